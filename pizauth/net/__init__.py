@@ -1,0 +1,1 @@
+"""The network child (DESIGN.md): never imported by the parent."""

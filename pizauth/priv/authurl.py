@@ -1,0 +1,157 @@
+"""The authorisation URL, PKCE, and the redirect URI a callback must match (spec §5.2-5.4)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pizauth.config import Account
+from pizauth.priv.secmem import Secret
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def form_encode(value: str) -> str:
+    """application/x-www-form-urlencoded, byte for byte as the original (spec §5.2)."""
+    out = []
+    for byte in value.encode("utf-8"):
+        if byte in _FORM_SAFE:
+            out.append(chr(byte))
+        elif byte == 0x20:
+            out.append("+")
+        else:
+            out.append(f"%{byte:02X}")
+    return "".join(out)
+
+
+def form_pairs(pairs: Sequence[tuple[str, str]]) -> str:
+    return "&".join(f"{form_encode(k)}={form_encode(v)}" for k, v in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class Url:
+    """A URL split the way the original's `url` crate normalises it."""
+
+    scheme: str
+    host: str
+    port: int | None  # None: the scheme's default
+    path: str
+    query: str | None
+
+    def effective_port(self) -> int | None:
+        return self.port if self.port is not None else DEFAULT_PORTS.get(self.scheme)
+
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port is None or self.port == DEFAULT_PORTS.get(self.scheme):
+            return host
+        return f"{host}:{self.port}"
+
+    def serialise(self) -> str:
+        query = "" if self.query is None else "?" + self.query
+        return f"{self.scheme}://{self.netloc()}{self.path}{query}"
+
+    def query_pairs(self) -> list[tuple[str, str]]:
+        return urllib.parse.parse_qsl(self.query or "", keep_blank_values=True)
+
+
+def parse_url(uri: str) -> Url:
+    """Parse a URI from the configuration (already validated as http/https)."""
+    parts = urllib.parse.urlsplit(uri)
+    query = parts.query if "?" in uri else None
+    return Url(
+        scheme=parts.scheme.lower(),
+        host=(parts.hostname or "").lower(),
+        port=parts.port,
+        path=parts.path or "/",
+        query=query,
+    )
+
+
+def effective_redirect_uri(account: Account, http_port: int | None, https_port: int | None) -> Url:
+    """The configured redirect URI with the listener's real port (spec §5.3)."""
+    url = parse_url(account.redirect_uri)
+    if url.scheme == "https" and https_port is not None:
+        port = https_port
+    else:
+        port = http_port
+    return Url(url.scheme, url.host, port, url.path, url.query)
+
+
+@dataclass(slots=True)
+class AuthRequest:
+    state: str
+    code_verifier: Secret
+    redirect_uri: str
+    url: str
+
+
+def new_auth_request(
+    account: Account, http_port: int | None, https_port: int | None
+) -> AuthRequest:
+    """A fresh state, PKCE verifier and authorisation URL (spec §5.2, gap 1)."""
+    state = b64url(secrets.token_bytes(32))
+    verifier = bytearray(base64.urlsafe_b64encode(secrets.token_bytes(64)).rstrip(b"="))
+    challenge = b64url(hashlib.sha256(verifier).digest())
+    redirect = effective_redirect_uri(account, http_port, https_port).serialise()
+    pairs = [
+        ("access_type", "offline"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+        ("client_id", account.client_id),
+        ("redirect_uri", redirect),
+        ("response_type", "code"),
+        ("state", state),
+    ]
+    if account.scopes:
+        pairs.append(("scope", " ".join(account.scopes)))
+    pairs.extend(account.auth_uri_fields)
+    if account.login_hint is not None:
+        pairs.append(("login_hint", account.login_hint))
+    base = parse_url(account.auth_uri)
+    query = form_pairs(pairs) if base.query is None else base.query + "&" + form_pairs(pairs)
+    url = Url(base.scheme, base.host, base.port, base.path, query).serialise()
+    return AuthRequest(state, Secret(verifier), redirect, url)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackUrl:
+    """What the network child read from a redirect request (already parsed there)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    has_fragment: bool
+    pairs: tuple[tuple[str, str], ...]
+
+    def get(self, key: str) -> str | None:
+        """The first value of `key` (spec §5.4)."""
+        for k, v in self.pairs:
+            if k == key:
+                return v
+        return None
+
+
+def redirect_matches(expected: Url, got: CallbackUrl) -> bool:
+    """Same scheme, host, port, path; no fragment; every expected pair present (spec §5.4)."""
+    if got.has_fragment:
+        return False
+    if (expected.scheme, expected.host, expected.effective_port(), expected.path) != (
+        got.scheme.lower(),
+        got.host.lower(),
+        got.port,
+        got.path,
+    ):
+        return False
+    have = set(got.pairs)
+    return all(pair in have for pair in expected.query_pairs())

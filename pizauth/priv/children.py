@@ -1,0 +1,186 @@
+"""The parent's handle on a child process: start by fork+exec, channel, restart.
+
+A child is `python -m MODULE` so that it inherits no memory of the parent; the
+descriptors it needs (its channel and any listening socket) are passed
+explicitly and named on its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+
+from pizauth import ipc
+from pizauth.priv.clock import instant
+
+log = logging.getLogger("pizauth")
+
+# A child that keeps dying straight after start is restarted at most this often.
+RESTART_DELAY = 0.5
+
+
+class Child:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        fds: dict[str, int],
+        args: list[str],
+        watch: Callable[[int, Callable[[], None]], None],
+        unwatch: Callable[[int], None],
+        set_writing: Callable[[int, bool], None],
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.fds = fds
+        self.args = args
+        self._watch = watch
+        self._unwatch = unwatch
+        self._set_writing = set_writing
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: socket.socket | None = None
+        self.pidfd: int | None = None
+        self.reader = ipc.FrameReader()
+        self.outbox: deque[tuple[memoryview, bytearray, bool]] = deque()
+        self.started_at = 0.0
+        self.on_frame: Callable[[bytearray], None] = lambda frame: None
+        self.on_exit: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-m", self.module, "--channel", str(theirs.fileno())]
+        for key, fd in self.fds.items():
+            argv += [f"--{key}", str(fd)]
+        argv += self.args
+        self.proc = subprocess.Popen(
+            argv,
+            pass_fds=[theirs.fileno(), *self.fds.values()],
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        theirs.close()
+        ours.setblocking(False)
+        self.channel = ours
+        self.reader = ipc.FrameReader()
+        self.outbox.clear()
+        self.started_at = instant()
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        self._watch(ours.fileno(), self._readable)
+        self._watch(self.pidfd, self._exited)
+        log.debug("started %s child, pid %d", self.name, self.proc.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def send(self, frame: bytearray, secret: bool = False) -> None:
+        """Queue a frame; a frame with `secret` set is wiped once it has been written."""
+        if self.channel is None:
+            if secret:
+                ipc.wipe(frame)
+            return
+        self.outbox.append((memoryview(frame), frame, secret))
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.channel is not None
+        while self.outbox:
+            view, frame, secret = self.outbox[0]
+            try:
+                n = self.channel.send(view)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                log.warning("%s child channel: %s", self.name, e)
+                self.drop()
+                return
+            if n < view.nbytes:
+                self.outbox[0] = (view[n:], frame, secret)
+                break
+            self.outbox.popleft()
+            if secret:
+                ipc.wipe(frame)
+        self._set_writing(self.channel.fileno(), bool(self.outbox))
+
+    def flush(self, timeout: float) -> None:
+        """Write what is queued, waiting up to `timeout` (at shutdown)."""
+        if self.channel is None or not self.outbox:
+            return
+        self.channel.settimeout(timeout)
+        try:
+            while self.outbox:
+                view, frame, secret = self.outbox.popleft()
+                self.channel.sendall(view)
+                if secret:
+                    ipc.wipe(frame)
+        except OSError:
+            pass
+
+    def writable(self) -> None:
+        if self.channel is not None:
+            self._flush()
+
+    def _readable(self) -> None:
+        assert self.channel is not None
+        try:
+            frames = self.reader.read_from(self.channel)
+        except ipc.ProtocolError as e:
+            log.error("protocol error from %s child: %s", self.name, e)
+            self.drop()
+            return
+        except OSError as e:
+            log.warning("%s child channel: %s", self.name, e)
+            self.drop()
+            return
+        if frames is None:
+            self.drop()
+            return
+        for frame in frames:
+            if self.channel is None:
+                ipc.wipe(frame)
+                continue
+            self.on_frame(frame)
+
+    def drop(self) -> None:
+        """Close the channel and end the child; its exit then starts a new one."""
+        if self.channel is not None:
+            self._unwatch(self.channel.fileno())
+            for _, frame, secret in self.outbox:
+                if secret:
+                    ipc.wipe(frame)
+            self.outbox.clear()
+            self.channel.close()
+            self.channel = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+    def _exited(self) -> None:
+        assert self.proc is not None and self.pidfd is not None
+        self.drop()
+        code = self.proc.wait()
+        self._unwatch(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = None
+        log.error("%s child (pid %d) exited with status %d", self.name, self.proc.pid, code)
+        self.proc = None
+        self.on_exit()
+
+    def stop(self) -> None:
+        """Terminate and reap (shutdown)."""
+        self.drop()
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.pidfd is not None:
+                self._unwatch(self.pidfd)
+                os.close(self.pidfd)
+                self.pidfd = None
+            self.proc = None

@@ -1,0 +1,621 @@
+"""The parent process: holds every token, decides, and talks only to its children.
+
+It never opens a network connection and never reads from a socket client: the
+command child and the network child parse what strangers send and pass the
+parent typed, framed messages. One dispatch table per peer says what each may
+ask (STYLE.md); an unknown type or a malformed frame drops that child, which
+is then restarted. Everything runs on one thread around a selector.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pizauth import config as configuration
+from pizauth import ipc
+from pizauth.ipc import MsgType
+from pizauth.priv import notifier, refresher
+from pizauth.priv.authurl import (
+    CallbackUrl,
+    effective_redirect_uri,
+    new_auth_request,
+    redirect_matches,
+)
+from pizauth.priv.children import RESTART_DELAY, Child
+from pizauth.priv.clock import instant
+from pizauth.priv.hooks import NOTIFY_TIMEOUT, TRANSIENT_ERROR_IF_TIMEOUT, HookQueue, HookRunner
+from pizauth.priv.secmem import Secret
+from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenTable
+
+log = logging.getLogger("pizauth")
+
+PROCESSING_PAGE = "pizauth processing authentication: you can safely close this page."
+NO_PENDING_PAGE = "No pending token matches request state: request a fresh token"
+# spec §6.3: every 6th consecutive transient failure asks transient_error_if_cmd
+TRANSIENT_ARBITRATION_EVERY = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Sockets:
+    """What server start-up bound before the parent took over."""
+
+    control: socket.socket
+    http: socket.socket | None
+    https: socket.socket | None
+
+    def port(self, sock: socket.socket | None) -> int | None:
+        return None if sock is None else sock.getsockname()[1]
+
+
+@dataclass(frozen=True, slots=True)
+class NetRequest:
+    kind: str  # "exchange" or "refresh"
+    account: str
+    generation: int
+
+
+class Parent:
+    def __init__(
+        self,
+        config: configuration.Config,
+        config_path: str,
+        sockets: Sockets,
+        child_args: list[str],
+        on_ready: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.sockets = sockets
+        self.http_port = sockets.port(sockets.http)
+        self.https_port = sockets.port(sockets.https)
+        self.on_ready = on_ready
+        self.table = TokenTable(config.accounts)
+        self.sel = selectors.DefaultSelector()
+        self.hooks = HookRunner(self.watch, self.unwatch)
+        self.notifications = HookQueue(self.hooks)
+        self.events = HookQueue(self.hooks)
+        self.net_requests: dict[int, NetRequest] = {}
+        self.next_request_id = 1
+        self.stopping = False
+        self.reload_requested = False
+        self.ready = False
+        self.restart_at: dict[str, float] = {}
+        net_fds = {}
+        if sockets.http is not None:
+            net_fds["http"] = sockets.http.fileno()
+        if sockets.https is not None:
+            net_fds["https"] = sockets.https.fileno()
+        self.net = self._child("network", "pizauth.net", net_fds, child_args)
+        self.cmd = self._child(
+            "command", "pizauth.command", {"socket": sockets.control.fileno()}, child_args
+        )
+        self.net.on_frame = self._dispatcher(self.net, self.NET_HANDLERS)
+        self.cmd.on_frame = self._dispatcher(self.cmd, self.CMD_HANDLERS)
+        self.net.on_exit = lambda: self._child_exited(self.net)
+        self.cmd.on_exit = lambda: self._child_exited(self.cmd)
+
+    # -- the event loop ----------------------------------------------------------------------
+
+    def _child(self, name: str, module: str, fds: dict[str, int], args: list[str]) -> Child:
+        return Child(name, module, fds, args, self.watch, self.unwatch, self._set_writing)
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        self.sel.register(fd, selectors.EVENT_READ, (callback, None))
+
+    def unwatch(self, fd: int) -> None:
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def _set_writing(self, fd: int, writing: bool) -> None:
+        key = self.sel.get_key(fd)
+        read_cb, _ = key.data
+        child = self.net if self.net.channel and self.net.channel.fileno() == fd else self.cmd
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+        if key.events != events:
+            self.sel.modify(fd, events, (read_cb, child.writable))
+
+    def run(self) -> None:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno())
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        self.watch(wake_r.fileno(), lambda: _drain(wake_r))
+        self.net.start()
+        self.cmd.start()
+        while not self.stopping:
+            if self.reload_requested:
+                self.reload_requested = False
+                error = self.reload()
+                if error:
+                    log.error("reload failed: %s", error)
+            now = instant()
+            self.tick(now)
+            if self.stopping:
+                break
+            timeout = self.next_wakeup(now)
+            for key, mask in self.sel.select(timeout):
+                read_cb, write_cb = key.data
+                if mask & selectors.EVENT_WRITE and write_cb is not None:
+                    write_cb()
+                if mask & selectors.EVENT_READ:
+                    read_cb()
+                if self.stopping:
+                    break
+        self.shutdown()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stopping = True
+
+    def tick(self, now: float) -> None:
+        self.hooks.enforce_timeouts(now)
+        for name, when in list(self.restart_at.items()):
+            if when <= now:
+                del self.restart_at[name]
+                (self.net if name == "network" else self.cmd).start()
+        for entry in refresher.due(self.table, now):
+            self.start_refresh(entry, now)
+        for entry in notifier.due(self.table, self.config.auth_notify_interval, now):
+            self.remind(entry, now)
+
+    def next_wakeup(self, now: float) -> float:
+        candidates = [
+            refresher.next_wakeup(self.table),
+            notifier.next_wakeup(self.table, self.config.auth_notify_interval),
+            self.hooks.next_deadline(),
+            *self.restart_at.values(),
+        ]
+        soonest = min((t for t in candidates if t is not None), default=now + refresher.MAX_SLEEP)
+        return min(max(soonest - now, 0.0), refresher.MAX_SLEEP)
+
+    def _dispatcher(
+        self, child: Child, handlers: dict[MsgType, Callable[[Parent, ipc.Message], None]]
+    ) -> Callable[[bytearray], None]:
+        def dispatch(frame: bytearray) -> None:
+            try:
+                msg = ipc.decode(frame)
+                handler = handlers.get(msg.type)
+                if handler is None:
+                    raise ipc.ProtocolError(f"{msg.type.name} is not for the parent")
+                handler(self, msg)
+            except ipc.ProtocolError as e:
+                log.error("protocol error from %s child: %s", child.name, e)
+                child.drop()
+            finally:
+                ipc.wipe(frame)
+
+        return dispatch
+
+    def _child_exited(self, child: Child) -> None:
+        if self.stopping:
+            return
+        if child is self.net:
+            self._net_requests_lost()
+        # Restart on the same sockets; throttle a child that dies as soon as it starts.
+        delay = RESTART_DELAY if instant() - child.started_at < 1.0 else 0.0
+        self.restart_at[child.name] = instant() + delay
+
+    def _net_requests_lost(self) -> None:
+        for request in self.net_requests.values():
+            entry = self.table.get(request.account)
+            if entry is None or entry.generation != request.generation:
+                continue
+            if request.kind == "exchange" and isinstance(entry.state, Pending):
+                # The code may or may not have been used: the user can simply log in again.
+                entry.state.exchanging = False
+            elif request.kind == "refresh" and isinstance(entry.state, Active):
+                self._refresh_transient(entry, "network process restarted", instant())
+        self.net_requests.clear()
+
+    # -- the command child ------------------------------------------------------------------
+
+    def reply(self, msg: ipc.Message, text: str | bytearray, secret: bool = False) -> None:
+        payload = text.encode("utf-8") if isinstance(text, str) else text
+        frame = ipc.encode(MsgType.CMD_REPLY, msg.request_id, [payload])
+        if secret:
+            ipc.wipe(payload)  # type: ignore[arg-type]
+        self.cmd.send(frame, secret=secret)
+
+    def _entry_or_reply(self, msg: ipc.Message, name: str) -> Entry | None:
+        entry = self.table.get(name)
+        if entry is None:
+            self.reply(msg, f"error:No account '{name}'")
+        return entry
+
+    def handle_ready(self, msg: ipc.Message) -> None:
+        if self.ready:
+            return
+        self.ready = True
+        if self.config.startup_cmd:
+            # spec §7.4: no timeout, no extra environment.
+            self.hooks.start(self.config.startup_cmd, {}, None, _log_startup)
+        self.on_ready()
+
+    def handle_show(self, msg: ipc.Message) -> None:
+        withurl, name = ipc.read_flag(msg.fields[0]), ipc.text(msg.fields[1])
+        entry = self._entry_or_reply(msg, name)
+        if entry is None:
+            return
+        now = instant()
+        match entry.state:
+            case Empty():
+                self.reply_pending(msg, self.start_auth(entry), withurl)
+            case Pending():
+                self.reply_pending(msg, entry.state, withurl)
+            case Active() as active if active.expiry > now:
+                reply = bytearray(b"access_token:")
+                reply += active.access_token.view()
+                self.reply(msg, reply, secret=True)
+            case Active() as active if active.refresh_token is None:
+                # Expired and nothing to refresh it with: the user must log in again.
+                self._invalidate(entry)
+                self.reply_pending(msg, self.start_auth(entry), withurl)
+            case Active() as active if active.ongoing_refresh or (
+                active.last_refresh_attempt is not None
+                and now < refresher.refresh_time(entry)  # type: ignore[operator]
+            ):
+                # A refresh is running, or failed and retries after refresh_retry (gap 25).
+                self.reply(
+                    msg,
+                    "error:Access token has expired. "
+                    "Refreshing is in progress but has not yet succeeded",
+                )
+            case Active():
+                self.start_refresh(entry, now)
+                self.reply(msg, "error:Access token has expired. Refreshing initiated")
+
+    def reply_pending(self, msg: ipc.Message, pending: Pending, withurl: bool) -> None:
+        self.reply(msg, "pending:" + (pending.request.url if withurl else ""))
+
+    def handle_refresh(self, msg: ipc.Message) -> None:
+        withurl, name = ipc.read_flag(msg.fields[0]), ipc.text(msg.fields[1])
+        entry = self._entry_or_reply(msg, name)
+        if entry is None:
+            return
+        match entry.state:
+            case Empty() | Pending():
+                self.reply_pending(msg, self.start_auth(entry), withurl)
+            case Active():
+                self.start_refresh(entry, instant())
+                self.reply(msg, "scheduled:")
+
+    def handle_revoke(self, msg: ipc.Message) -> None:
+        name = ipc.text(msg.fields[0])
+        entry = self._entry_or_reply(msg, name)
+        if entry is None:
+            return
+        if not isinstance(entry.state, Empty):
+            had_token = isinstance(entry.state, Active)
+            self.table.replace(name, Empty())
+            if had_token:  # gap 22: no event when nothing was revoked
+                self.event(name, "token_revoked")
+        self.reply(msg, "ok:")
+
+    def handle_status(self, msg: ipc.Message) -> None:
+        self.reply(msg, "ok:" + self.table.status(instant()))
+
+    def handle_info(self, msg: ipc.Message) -> None:
+        info = {
+            "http_port": "none" if self.http_port is None else str(self.http_port),
+            "https_port": "none" if self.https_port is None else str(self.https_port),
+        }
+        self.reply(msg, json.dumps(info, separators=(",", ":")))
+
+    def handle_reload(self, msg: ipc.Message) -> None:
+        error = self.reload()
+        self.reply(msg, "ok:" if error is None else "error:" + error)
+
+    def handle_shutdown(self, msg: ipc.Message) -> None:
+        # Wipe first: whatever happens next, no token outlives the request.
+        self.table.wipe_all()
+        self.reply(msg, "ok:")
+        self.stopping = True
+
+    def handle_unsupported(self, msg: ipc.Message) -> None:
+        self.reply(msg, f"error:{msg.type.name[4:].lower()} is not supported yet")
+
+    CMD_HANDLERS: dict[MsgType, Callable[[Parent, ipc.Message], None]] = {
+        MsgType.CMD_READY: handle_ready,
+        MsgType.CMD_SHOW: handle_show,
+        MsgType.CMD_REFRESH: handle_refresh,
+        MsgType.CMD_REVOKE: handle_revoke,
+        MsgType.CMD_STATUS: handle_status,
+        MsgType.CMD_INFO: handle_info,
+        MsgType.CMD_RELOAD: handle_reload,
+        MsgType.CMD_SHUTDOWN: handle_shutdown,
+        MsgType.CMD_DUMP: handle_unsupported,
+        MsgType.CMD_RESTORE: handle_unsupported,
+    }
+
+    # -- the network child ------------------------------------------------------------------
+
+    def verdict(self, msg: ipc.Message, status: int, page: str = "") -> None:
+        frame = ipc.encode(
+            MsgType.NET_CALLBACK_VERDICT, msg.request_id, [b"%d" % status, page.encode()]
+        )
+        self.net.send(frame)
+
+    def handle_net_ready(self, msg: ipc.Message) -> None:
+        log.debug("network child ready")
+
+    def handle_callback(self, msg: ipc.Message) -> None:
+        f = msg.fields
+        pairs = ipc.unpack_list(f[5])
+        if len(pairs) % 2:
+            raise ipc.ProtocolError("odd number of query fields")
+        try:
+            port = int(ipc.text(f[2]))
+        except ValueError:
+            raise ipc.ProtocolError("bad port") from None
+        url = CallbackUrl(
+            scheme=ipc.text(f[0]),
+            host=ipc.text(f[1]),
+            port=port,
+            path=ipc.text(f[3]),
+            has_fragment=ipc.read_flag(f[4]),
+            pairs=tuple(
+                (ipc.text(pairs[i]), ipc.text(pairs[i + 1])) for i in range(0, len(pairs), 2)
+            ),
+        )
+        # spec §5.4 steps 5-10, in this order.
+        state = url.get("state")
+        if state is None:
+            self.verdict(msg, 404)
+            return
+        entry = self.table.pending_with_state(state)
+        if entry is None:
+            self.verdict(msg, 200, NO_PENDING_PAGE)
+            return
+        expected = effective_redirect_uri(entry.account, self.http_port, self.https_port)
+        if not redirect_matches(expected, url):
+            self.verdict(msg, 404)
+            return
+        name = entry.account.name
+        error = url.get("error")
+        if error is not None:
+            self.table.replace(name, Empty())
+            self.verdict(msg, 400, f"Authentication for {name} failed: {error}")
+            self.notify_error(name, f"Authentication for {name} failed: {error}")
+            return
+        code = url.get("code")
+        if code is None:
+            self.verdict(msg, 400)
+            return
+        pending = entry.state
+        assert isinstance(pending, Pending)
+        self.verdict(msg, 200, PROCESSING_PAGE)
+        if pending.exchanging:
+            return  # gap 12: the first callback's exchange is already under way
+        pending.exchanging = True
+        account = entry.account
+        secret = (account.client_secret or "").encode()
+        request_id = self._net_request(NetRequest("exchange", name, entry.generation))
+        frame = ipc.encode(
+            MsgType.NET_EXCHANGE,
+            request_id,
+            [
+                account.token_uri.encode(),
+                account.client_id.encode(),
+                ipc.flag(account.client_secret is not None),
+                secret,
+                code.encode(),
+                pending.request.code_verifier.view(),
+                pending.request.redirect_uri.encode(),
+            ],
+        )
+        self.net.send(frame, secret=True)
+
+    def handle_token_result(self, msg: ipc.Message) -> None:
+        request = self.net_requests.pop(msg.request_id, None)
+        if request is None:
+            raise ipc.ProtocolError(f"token result for unknown request {msg.request_id}")
+        outcome, message = bytes(msg.fields[0]), ipc.text(msg.fields[1])
+        if outcome not in (b"ok", b"transient", b"permanent"):
+            raise ipc.ProtocolError("bad token outcome")
+        entry = self.table.get(request.account)
+        if entry is None or entry.generation != request.generation:
+            return  # spec §5.1: stale results are discarded silently
+        now = instant()
+        if outcome == b"ok":
+            self._token_received(entry, msg, request.kind, now)
+        elif request.kind == "exchange":
+            self.table.replace(entry.account.name, Empty())
+            self.notify_error(
+                entry.account.name, f"Authentication for {entry.account.name} failed: {message}"
+            )
+        elif outcome == b"transient":
+            self._refresh_transient(entry, message, now)
+        else:
+            log.info("Permanent refresh error for %s: %s", entry.account.name, message)
+            self._invalidate(entry)
+            # gap 3: a token that can no longer be refreshed is news the user needs.
+            self.notify_error(
+                entry.account.name,
+                f"Refreshing {entry.account.name} failed permanently: {message}",
+            )
+
+    def _token_received(self, entry: Entry, msg: ipc.Message, kind: str, now: float) -> None:
+        access, expires_raw, refresh_kind, refresh = msg.fields[2:6]
+        if not access.nbytes:
+            raise ipc.ProtocolError("empty access token")
+        account = entry.account
+        try:
+            expires_in = int(ipc.text(expires_raw)) if expires_raw.nbytes else None
+        except ValueError:
+            raise ipc.ProtocolError("bad expires_in") from None
+        if expires_in is None:
+            expires_in = account.refresh_at_least  # gap 7: expires_in is only recommended
+        old = entry.state
+        refresh_token: Secret | None
+        match bytes(refresh_kind):
+            case b"string":
+                refresh_token = Secret(refresh)
+            case b"absent" if isinstance(old, Active) and old.refresh_token is not None:
+                refresh_token = Secret(old.refresh_token.view())  # spec §6.2: keep the old one
+            case b"absent" | b"invalid":
+                refresh_token = None
+            case _:
+                raise ipc.ProtocolError("bad refresh token kind")
+        self.table.replace(
+            account.name, Active(Secret(access), now, now + expires_in, refresh_token)
+        )
+        self.event(account.name, "token_new" if kind == "exchange" else "token_refreshed")
+
+    def _refresh_transient(self, entry: Entry, message: str, now: float) -> None:
+        active = entry.state
+        assert isinstance(active, Active)
+        active.last_refresh_attempt = now
+        active.consecutive_refresh_fails += 1
+        name = entry.account.name
+        cmd = self.config.transient_error_if_cmd
+        if cmd and active.consecutive_refresh_fails % TRANSIENT_ARBITRATION_EVERY == 0:
+            generation = entry.generation
+
+            def judged(error: str | None) -> None:
+                if not self.table.is_current(name, generation):
+                    return
+                current = self.table.entries[name]
+                if error is None:
+                    assert isinstance(current.state, Active)
+                    current.state.ongoing_refresh = False
+                else:
+                    log.error("Permanent refresh error for %s: %s", name, error)
+                    self._invalidate(current)
+
+            active.ongoing_refresh = True
+            self.hooks.start(cmd, {"PIZAUTH_ACCOUNT": name}, TRANSIENT_ERROR_IF_TIMEOUT, judged)
+            return
+        active.ongoing_refresh = False
+        log.info("Transitory refresh error for %s: %s", name, message)
+
+    NET_HANDLERS: dict[MsgType, Callable[[Parent, ipc.Message], None]] = {
+        MsgType.NET_READY: handle_net_ready,
+        MsgType.NET_CALLBACK: handle_callback,
+        MsgType.NET_TOKEN_RESULT: handle_token_result,
+    }
+
+    # -- token flow ---------------------------------------------------------------------------
+
+    def _net_request(self, request: NetRequest) -> int:
+        request_id = self.next_request_id
+        self.next_request_id = (self.next_request_id % 0xFFFFFFFF) + 1
+        self.net_requests[request_id] = request
+        return request_id
+
+    def start_auth(self, entry: Entry) -> Pending:
+        """A new authorisation request; the notifier reminds at once (spec §5.1)."""
+        request = new_auth_request(entry.account, self.http_port, self.https_port)
+        pending = Pending(request)
+        self.table.replace(entry.account.name, pending)
+        return pending
+
+    def start_refresh(self, entry: Entry, now: float) -> None:
+        active = entry.state
+        if not isinstance(active, Active) or active.ongoing_refresh:
+            return
+        if active.refresh_token is None:
+            if active.expiry <= now:
+                self._invalidate(entry)  # gap 23: kept until it really expired
+            return
+        log.info("starting inner refresh")
+        active.ongoing_refresh = True
+        active.last_refresh_attempt = now
+        account = entry.account
+        request_id = self._net_request(NetRequest("refresh", account.name, entry.generation))
+        frame = ipc.encode(
+            MsgType.NET_REFRESH,
+            request_id,
+            [
+                account.token_uri.encode(),
+                account.client_id.encode(),
+                ipc.flag(account.client_secret is not None),
+                (account.client_secret or "").encode(),
+                active.refresh_token.view(),
+            ],
+        )
+        self.net.send(frame, secret=True)
+
+    def _invalidate(self, entry: Entry) -> None:
+        self.table.replace(entry.account.name, Empty())
+        self.event(entry.account.name, "token_invalidated")
+
+    def remind(self, entry: Entry, now: float) -> None:
+        pending = entry.state
+        assert isinstance(pending, Pending)
+        pending.last_notification = now
+        name = entry.account.name
+        cmd = self.config.auth_notify_cmd
+        if cmd:
+            env = {"PIZAUTH_ACCOUNT": name, "PIZAUTH_URL": pending.request.url}
+            self.notifications.submit(cmd, env, NOTIFY_TIMEOUT)
+        else:
+            log.info("%s needs authorising: run 'pizauth show %s' for the URL", name, name)
+
+    def notify_error(self, name: str, message: str) -> None:
+        cmd = self.config.error_notify_cmd
+        if cmd:
+            env = {"PIZAUTH_ACCOUNT": name, "PIZAUTH_MSG": message}
+            self.notifications.submit(cmd, env, NOTIFY_TIMEOUT)
+        else:
+            log.error("%s", message)  # gap 2: never let an error vanish
+
+    def event(self, name: str, event: str) -> None:
+        cmd = self.config.token_event_cmd
+        # gap 21: with no command, nothing is queued to be replayed later.
+        if cmd:
+            env = {"PIZAUTH_ACCOUNT": name, "PIZAUTH_EVENT": event}
+            self.events.submit(cmd, env, NOTIFY_TIMEOUT)
+
+    # -- reload and shutdown -----------------------------------------------------------------
+
+    def reload(self) -> str | None:
+        """Re-read the configuration (spec §8.3); the error text if it is bad."""
+        try:
+            config = configuration.load(self.config_path)
+        except configuration.ConfigError as e:
+            return str(e)
+        for name in self.table.reload(config.accounts):
+            self.event(name, "token_invalidated")  # gap 22
+        self.config = config
+        return None
+
+    def shutdown(self) -> None:
+        self.table.wipe_all()
+        # The socket goes first: once `pizauth shutdown` sees its connection close
+        # (when the command child ends), nothing of the server is left to find.
+        try:
+            os.unlink(self.sockets.control.getsockname())
+        except OSError:
+            pass
+        self.cmd.flush(timeout=1.0)
+        for child in (self.cmd, self.net):
+            child.stop()
+        self.hooks.kill_all()
+        log.info("pizauth shut down")
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(64):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def _log_startup(error: str | None) -> None:
+    if error is not None:
+        log.error("%s", error)

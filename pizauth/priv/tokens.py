@@ -1,0 +1,146 @@
+"""Token state per account: Empty -> Pending -> Active (spec §5.1).
+
+Each account has a generation that changes whenever its token state is
+replaced or a reload changes the account. Work that takes time (a code
+exchange, a refresh) remembers the generation it started from; a result for
+an older generation is discarded. Bookkeeping (reminder times, the
+"refreshing" flag) is updated in place and does not change the generation, so
+a reminder can never throw away a completed login (gap 11).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pizauth.config import Account
+from pizauth.priv.authurl import AuthRequest
+from pizauth.priv.clock import format_instant
+from pizauth.priv.secmem import Secret
+
+
+@dataclass(slots=True)
+class Empty:
+    def wipe(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class Pending:
+    request: AuthRequest
+    last_notification: float | None = None
+    exchanging: bool = False  # a code exchange is under way (gap 12)
+
+    def wipe(self) -> None:
+        self.request.code_verifier.wipe()
+
+
+@dataclass(slots=True)
+class Active:
+    access_token: Secret
+    obtained: float
+    expiry: float
+    refresh_token: Secret | None
+    ongoing_refresh: bool = False
+    consecutive_refresh_fails: int = 0
+    last_refresh_attempt: float | None = None
+
+    def wipe(self) -> None:
+        self.access_token.wipe()
+        if self.refresh_token is not None:
+            self.refresh_token.wipe()
+
+
+TokenState = Empty | Pending | Active
+
+
+@dataclass(slots=True)
+class Entry:
+    account: Account
+    generation: int
+    state: TokenState
+
+
+class TokenTable:
+    """The only place tokens live. Owned by the parent's event loop (one thread)."""
+
+    def __init__(self, accounts: Iterable[Account]) -> None:
+        self._generations = itertools.count()
+        self.entries: dict[str, Entry] = {
+            a.name: Entry(a, next(self._generations), Empty()) for a in accounts
+        }
+
+    def get(self, name: str) -> Entry | None:
+        return self.entries.get(name)
+
+    def is_current(self, name: str, generation: int) -> bool:
+        entry = self.entries.get(name)
+        return entry is not None and entry.generation == generation
+
+    def replace(self, name: str, state: TokenState) -> Entry:
+        """Give `name` a new token state and generation, wiping the old state."""
+        entry = self.entries[name]
+        if entry.state is not state:
+            entry.state.wipe()
+        entry.state = state
+        entry.generation = next(self._generations)
+        return entry
+
+    def pending_with_state(self, state: str) -> Entry | None:
+        for entry in self.entries.values():
+            if isinstance(entry.state, Pending) and entry.state.request.state == state:
+                return entry
+        return None
+
+    def reload(self, accounts: Iterable[Account]) -> list[str]:
+        """Apply a new configuration (spec §8.3). Returns accounts whose token was dropped."""
+        dropped = []
+        new: dict[str, Entry] = {}
+        for account in accounts:
+            old = self.entries.pop(account.name, None)
+            if old is not None and old.account.security_key() == account.security_key():
+                old.account = account
+                new[account.name] = old
+            else:
+                if old is not None:
+                    if isinstance(old.state, Active):
+                        dropped.append(account.name)
+                    old.state.wipe()
+                new[account.name] = Entry(account, next(self._generations), Empty())
+        for old in self.entries.values():
+            if isinstance(old.state, Active):
+                dropped.append(old.account.name)
+            old.state.wipe()
+        self.entries = new
+        return dropped
+
+    def wipe_all(self) -> None:
+        for entry in self.entries.values():
+            entry.state.wipe()
+            entry.state = Empty()
+
+    def status(self, now: float) -> str:
+        lines = [f"{name}: {describe(entry.state, now)}" for name, entry in self.entries.items()]
+        # The original sorts whole lines, byte order (spec §3).
+        return "\n".join(sorted(lines, key=lambda s: s.encode("utf-8")))
+
+
+def describe(state: TokenState, now: float) -> str:
+    match state:
+        case Empty():
+            return "No access token"
+        case Pending(last_notification=None):
+            return "Access token pending authentication"
+        case Pending(last_notification=t):
+            return f"Access token pending authentication (last notification {format_instant(t)})"
+        case Active(expiry=expiry, obtained=obtained) if expiry > now:
+            return (
+                f"Active access token (obtained {format_instant(obtained)}; "
+                f"expires {format_instant(expiry)})"
+            )
+        case Active(last_refresh_attempt=None):
+            return "Access token expired (refresh not yet attempted)"
+        case Active(last_refresh_attempt=t):
+            return f"Access token expired (last refresh attempt {format_instant(t)})"
+    raise AssertionError(state)

@@ -1,0 +1,199 @@
+"""`pizauth server`: start-up, daemonising, and handing over to the parent process.
+
+Everything that can fail for a reason the user must hear about -- another
+server running, a bad configuration, a port already taken -- happens before
+the daemon detaches, and the invoking `pizauth server` waits until the daemon
+answers commands before exiting 0 (gap 18).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import sys
+import time
+
+from pizauth import config as configuration
+from pizauth import paths
+from pizauth.process import child_args, harden, set_title, setup_logging
+
+log = logging.getLogger("pizauth")
+
+READY = b"R"
+READY_TIMEOUT = 30.0
+
+
+class StartError(Exception):
+    """A start-up failure, printed raw (spec §1.4)."""
+
+
+def already_running(sock_path: str) -> bool:
+    """spec §2.3: a server answers on the socket, or a stale socket is removed."""
+    if not os.path.lexists(sock_path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(sock_path)
+        return True
+    except OSError:
+        os.unlink(sock_path)
+        return False
+    finally:
+        probe.close()
+
+
+def bind_listener(address: str | None, what: str) -> socket.socket | None:
+    """A listening TCP socket for `host:port` (names resolved), or None for `none`."""
+    if address is None:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise StartError(f"Invalid {what} address '{address}': expected HOST:PORT")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, OverflowError) as e:
+        raise StartError(f"Can't resolve {what} address '{address}': {e}") from None
+    error: OSError | None = None
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(64)
+            sock.set_inheritable(True)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    raise StartError(f"Can't bind {what} to '{address}': {error.strerror if error else '?'}")
+
+
+def bind_control(sock_path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)  # the socket itself 0600, not just its 0700 directory
+    try:
+        sock.bind(sock_path)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise StartError("pizauth authenticator already running") from None
+        raise StartError(f"Can't bind {sock_path}: {e.strerror}") from None
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def daemonise() -> int | None:
+    """Fork into the background. In the invoking process, wait for the daemon
+    and return the exit status; in the daemon, return None."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(ready_w)
+        answer = _read_until_eof(ready_r, READY_TIMEOUT)
+        os.close(ready_r)
+        if answer.startswith(READY):
+            return 0
+        message = answer.decode("utf-8", "replace").strip()
+        print(message or "pizauth server failed to start", file=sys.stderr)
+        return 1
+    os.close(ready_r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.environ["PIZAUTH_READY_FD"] = str(ready_w)
+    return None
+
+
+def _read_until_eof(fd: int, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    out = b""
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return out
+        out += chunk
+        if out.startswith(READY):
+            return out
+    return out or b"pizauth server did not become ready in time"
+
+
+def _ready_pipe() -> int | None:
+    fd = os.environ.pop("PIZAUTH_READY_FD", None)
+    return int(fd) if fd is not None else None
+
+
+def main(explicit_config: str | None, foreground: bool, verbosity: int, progname: str) -> int:
+    try:
+        sock_path = paths.socket_path(paths.runtime_dir())
+        if already_running(sock_path):
+            raise StartError("pizauth authenticator already running")
+        config_path = paths.config_path(explicit_config)
+        config = configuration.load(config_path)
+        http = bind_listener(config.http_listen, "http_listen")
+        https = bind_listener(config.https_listen, "https_listen")
+        control = bind_control(sock_path)
+    except (StartError, paths.PathError, configuration.ConfigError) as e:
+        print(e, file=sys.stderr)
+        return 1
+
+    if not foreground:
+        status = daemonise()
+        if status is not None:
+            return status
+    ready_fd = _ready_pipe()
+    harden()
+    set_title("pizauth: parent")
+    setup_logging(verbosity, not foreground, progname)
+
+    from pizauth.priv.parent import Parent, Sockets
+
+    def on_ready() -> None:
+        nonlocal ready_fd
+        notify_systemd()
+        if ready_fd is not None:
+            os.write(ready_fd, READY)
+            os.close(ready_fd)
+            ready_fd = None
+
+    parent = Parent(
+        config,
+        config_path,
+        Sockets(control, http, https),
+        child_args(verbosity, not foreground, progname),
+        on_ready,
+    )
+    try:
+        parent.run()
+    except Exception as e:
+        parent.table.wipe_all()
+        log.exception("pizauth server failed")
+        if ready_fd is not None:
+            os.write(ready_fd, f"pizauth server failed: {e}".encode())
+        return 1
+    return 0
+
+
+def notify_systemd() -> None:
+    """READY=1 on $NOTIFY_SOCKET when systemd started us as Type=notify (spec §7.4)."""
+    address = os.environ.pop("NOTIFY_SOCKET", None)
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"READY=1", address)
+    except OSError as e:
+        log.warning("could not notify systemd: %s", e)

@@ -16,7 +16,6 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 from pizauth import ipc
 from pizauth.ipc import MsgType
@@ -173,29 +172,10 @@ class CommandChild:
             ipc.wipe(msg.fields[0])
             log.debug("reply for a client that gave up waiting")
 
-    HANDLERS: dict[MsgType, Callable[[CommandChild, ipc.Message], None]] = {
-        MsgType.CMD_REPLY: handle_reply,
-    }
-
     def run(self) -> None:
         threading.Thread(target=self.accept_loop, daemon=True).start()
         self.channel.send(MsgType.CMD_READY, 0)
-        reader = ipc.FrameReader()
-        while True:
-            try:
-                frame = ipc.recv_frame(self.channel.sock, reader)
-                if frame is None:
-                    break  # the parent is gone
-                msg = ipc.decode(frame)
-                handler = self.HANDLERS.get(msg.type)
-                if handler is None:
-                    raise ipc.ProtocolError(f"{msg.type.name} is not for the command child")
-                handler(self, msg)
-            except ipc.ProtocolError as e:
-                log.error("protocol error from parent: %s", e)
-                break
-            except OSError:
-                break
+        ipc.serve_parent(self.channel, {MsgType.CMD_REPLY: self.handle_reply}, "command")
 
 
 def main(argv: list[str]) -> None:

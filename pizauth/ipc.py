@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import enum
 import itertools
+import logging
 import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 Buffer = bytes | bytearray | memoryview
@@ -72,7 +73,7 @@ FIELD_COUNTS: dict[MsgType, int] = {
     MsgType.CMD_DUMP: 0,
     MsgType.CMD_RESTORE: 1,  # the dump bytes
     MsgType.CMD_REPLY: 1,  # the reply exactly as written to the client
-    MsgType.NET_READY: 0,
+    MsgType.NET_READY: 2,  # HTTPS public key, certificate SHA-256 (both empty without HTTPS)
     # scheme, host, port, path, has_fragment, query pairs (pack_list of k, v, k, v...)
     MsgType.NET_CALLBACK: 6,
     MsgType.NET_TOKEN_RESULT: 6,  # see TokenResult in this module
@@ -299,3 +300,27 @@ class Channel:
         waiter.reply = msg
         waiter.done.set()
         return True
+
+
+def serve_parent(
+    channel: Channel, handlers: Mapping[MsgType, Callable[[Message], None]], child: str
+) -> None:
+    """A child's main loop: dispatch the parent's messages until the parent is gone
+    or breaks the protocol; either way the child then exits."""
+    log = logging.getLogger("pizauth")
+    reader = FrameReader()
+    while True:
+        try:
+            frame = recv_frame(channel.sock, reader)
+            if frame is None:
+                return
+            msg = decode(frame)
+            handler = handlers.get(msg.type)
+            if handler is None:
+                raise ProtocolError(f"{msg.type.name} is not for the {child} child")
+            handler(msg)
+        except ProtocolError as e:
+            log.error("protocol error from parent: %s", e)
+            return
+        except OSError:
+            return

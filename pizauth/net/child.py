@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ import requests
 
 from pizauth import ipc
 from pizauth.ipc import MsgType
-from pizauth.net import redirect, tokenclient
+from pizauth.net import redirect, tls, tokenclient
 from pizauth.process import start_child
 
 log = logging.getLogger("pizauth")
@@ -33,6 +34,7 @@ class NetChild:
         self.channel = channel
         self.listeners = listeners
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.tls: ssl.SSLContext | None = None
 
     # -- redirect listener --------------------------------------------------------------------
 
@@ -50,12 +52,17 @@ class NetChild:
 
     def serve(self, scheme: str, conn: socket.socket) -> None:
         try:
+            if scheme == "https":
+                assert self.tls is not None
+                conn.settimeout(redirect.READ_TIMEOUT)
+                conn = self.tls.wrap_socket(conn, server_side=True)
             with conn:
                 status, page = self.judge(scheme, conn)
                 conn.settimeout(redirect.READ_TIMEOUT)
                 conn.sendall(redirect.response(status, page))
         except (OSError, TimeoutError) as e:
             log.warning("callback connection: %s", e)
+            conn.close()
         finally:
             self.slots.release()
 
@@ -101,32 +108,19 @@ class NetChild:
 
         threading.Thread(target=run, daemon=True).start()
 
-    HANDLERS: dict[MsgType, Callable[[NetChild, ipc.Message], None]] = {
-        MsgType.NET_CALLBACK_VERDICT: handle_verdict,
-        MsgType.NET_EXCHANGE: handle_exchange,
-        MsgType.NET_REFRESH: handle_refresh,
-    }
-
     def run(self) -> None:
+        cert = tls.make_certificate() if "https" in self.listeners else None
+        self.tls = cert.context if cert else None
         for scheme, listener in self.listeners.items():
             threading.Thread(target=self.accept_loop, args=(scheme, listener), daemon=True).start()
-        self.channel.send(MsgType.NET_READY, 0)
-        reader = ipc.FrameReader()
-        while True:
-            try:
-                frame = ipc.recv_frame(self.channel.sock, reader)
-                if frame is None:
-                    break  # the parent is gone
-                msg = ipc.decode(frame)
-                handler = self.HANDLERS.get(msg.type)
-                if handler is None:
-                    raise ipc.ProtocolError(f"{msg.type.name} is not for the network child")
-                handler(self, msg)
-            except ipc.ProtocolError as e:
-                log.error("protocol error from parent: %s", e)
-                break
-            except OSError:
-                break
+        ready = [cert.public_key.encode(), cert.fingerprint.encode()] if cert else [b"", b""]
+        self.channel.send(MsgType.NET_READY, 0, ready)
+        handlers = {
+            MsgType.NET_CALLBACK_VERDICT: self.handle_verdict,
+            MsgType.NET_EXCHANGE: self.handle_exchange,
+            MsgType.NET_REFRESH: self.handle_refresh,
+        }
+        ipc.serve_parent(self.channel, handlers, "network")
 
 
 def main(argv: list[str]) -> None:

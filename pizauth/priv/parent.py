@@ -86,7 +86,10 @@ class Parent:
         self.stopping = False
         self.reload_requested = False
         self.ready = False
+        self.cmd_ready = self.net_ready = False
         self.restart_at: dict[str, float] = {}
+        self.https_pub_key = ""
+        self.https_fingerprint = ""
         net_fds = {}
         if sockets.http is not None:
             net_fds["http"] = sockets.http.fileno()
@@ -236,8 +239,13 @@ class Parent:
             self.reply(msg, f"error:No account '{name}'")
         return entry
 
-    def handle_ready(self, msg: ipc.Message) -> None:
-        if self.ready:
+    def handle_cmd_ready(self, msg: ipc.Message) -> None:
+        self.cmd_ready = True
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        """Both children serve: run startup_cmd and tell whoever waits (spec §7.4)."""
+        if self.ready or not (self.cmd_ready and self.net_ready):
             return
         self.ready = True
         if self.config.startup_cmd:
@@ -313,6 +321,9 @@ class Parent:
             "http_port": "none" if self.http_port is None else str(self.http_port),
             "https_port": "none" if self.https_port is None else str(self.https_port),
         }
+        if self.https_pub_key:
+            info["https_pub_key"] = self.https_pub_key
+            info["https_cert_sha256"] = self.https_fingerprint  # gap 29
         self.reply(msg, json.dumps(info, separators=(",", ":")))
 
     def handle_reload(self, msg: ipc.Message) -> None:
@@ -329,7 +340,7 @@ class Parent:
         self.reply(msg, f"error:{msg.type.name[4:].lower()} is not supported yet")
 
     CMD_HANDLERS: dict[MsgType, Callable[[Parent, ipc.Message], None]] = {
-        MsgType.CMD_READY: handle_ready,
+        MsgType.CMD_READY: handle_cmd_ready,
         MsgType.CMD_SHOW: handle_show,
         MsgType.CMD_REFRESH: handle_refresh,
         MsgType.CMD_REVOKE: handle_revoke,
@@ -350,7 +361,10 @@ class Parent:
         self.net.send(frame)
 
     def handle_net_ready(self, msg: ipc.Message) -> None:
-        log.debug("network child ready")
+        self.https_pub_key = ipc.text(msg.fields[0])
+        self.https_fingerprint = ipc.text(msg.fields[1])
+        self.net_ready = True
+        self._maybe_ready()
 
     def handle_callback(self, msg: ipc.Message) -> None:
         f = msg.fields

@@ -1,0 +1,402 @@
+"""`pizauth` command line: argument parsing and dispatch (spec §1).
+
+`pizauth show` is run by mail clients every few minutes, so this module imports only
+`os`, `sys` and pizauth.paths at load time; everything else is imported by the command
+that needs it (pizauth.client by the client commands, json by `info`, pizauth.server by
+`server`). The option parser is hand-written for the same reason: `getopt` and
+`argparse` pull in `re`, `gettext`, ...
+"""
+
+import os
+import sys
+
+from pizauth import __version__, paths
+
+_USAGE_LINES = (
+    "dump",
+    "info [-j]",
+    "refresh [-u] <account>",
+    "restore",  # listed before reload, as in the original
+    "reload",
+    "revoke <account>",
+    "server [-c <config-path>] [-dv]",
+    "show [-u] <account>",
+    "shutdown",
+    "status",
+)
+
+
+class _UsageError(Exception):
+    """Bad command line: print the usage text and exit 1."""
+
+
+class _Ctx:
+    __slots__ = ("progname", "rundir", "sock")
+
+    def __init__(self, progname: str, rundir: str) -> None:
+        self.progname = progname
+        self.rundir = rundir
+        self.sock = paths.socket_path(rundir)
+
+
+def _progname(argv0: str) -> str:
+    name = os.path.basename(argv0)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        name = ""
+    return name or "pizauth"
+
+
+def _usage(progname: str) -> int:
+    sys.stderr.write("Usage:\n" + "".join(f"  {progname} {u}\n" for u in _USAGE_LINES))
+    return 1
+
+
+def _fatal(msg: str) -> int:
+    """A start-up error: printed raw, no «ERROR - » prefix."""
+    sys.stderr.write(msg + "\n")
+    return 1
+
+
+def _log_error(msg: str) -> int:
+    """A client error, in the original's stderr-logger format; red only on a terminal."""
+    err = sys.stderr
+    if err is None:
+        return 1
+    line = f"ERROR - {msg}"
+    if err.isatty():
+        line = f"\x1b[31m{line}\x1b[0m"
+    err.write(line + "\n")
+    return 1
+
+
+def _out(data: bytes) -> int:
+    """Write `data` to stdout; 1 if that fails (e.g. the reader has gone away)."""
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError:
+        # Point fd 1 at /dev/null so the interpreter's final flush of the unwritten
+        # data does not print a traceback-like complaint at exit.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Option parsing: Rust `getopts` semantics ("floating frees"), as the original used.
+
+_FLAG = 0  # may be given at most once
+_MULTI = 1  # may be repeated (-v)
+_MAYBE = 2  # optional argument (-c): -cPATH, -c PATH, --config=PATH
+
+# short name -> (long name or "", kind); every command accepts these two.
+_COMMON: dict[str, tuple[str, int]] = {"h": ("help", _FLAG), "v": ("verbose", _MULTI)}
+_SHOW_OPTS = {"u": ("", _FLAG)}
+_INFO_OPTS = {"c": ("config", _MAYBE), "j": ("", _FLAG)}
+_SERVER_OPTS = {"c": ("config", _MAYBE), "d": ("", _FLAG)}
+
+
+def _is_option(arg: str) -> bool:
+    # As getopts: "-" alone is a positional argument.
+    return len(arg) > 1 and arg[0] == "-"
+
+
+def _parse(
+    args: list[str], extra: dict[str, tuple[str, int]] | None = None
+) -> tuple[dict[str, list[str | None]], list[str]]:
+    """Parse `args` getopts-style into ({short name: [value or None, ...]}, positionals).
+
+    Options and positionals may be mixed; short flags group (`-dv`); an option taking an
+    optional argument consumes the rest of its group (`-cPATH`) or else the next word
+    unless that looks like an option (`-c PATH`), but a long one only takes `=VALUE`
+    (`--config PATH` leaves PATH positional); `--` ends options. Raises _UsageError for
+    an unknown option, an argument to a flag (`--help=x`) or a repeated non-`-v` option.
+    """
+    spec = dict(_COMMON)
+    if extra:
+        spec.update(extra)
+    longs = {long: short for short, (long, _) in spec.items() if long}
+    found: dict[str, list[str | None]] = {}
+    free: list[str] = []
+    i = 0
+    while i < len(args):
+        cur = args[i]
+        i += 1
+        if not _is_option(cur):
+            free.append(cur)
+            continue
+        if cur == "--":
+            free.extend(args[i:])
+            break
+        inline: str | None = None  # text attached to the option (--x=VAL, -cVAL)
+        if cur[1] == "-":
+            name, eq, value = cur[2:].partition("=")
+            if eq:
+                inline = value
+            # getopts reads a one-letter long name as the short option: --v is -v.
+            short = name if len(name) == 1 else longs.get(name, "")
+            if short not in spec:
+                raise _UsageError
+            names = [short]
+            was_long = True
+        else:
+            names = []
+            for j in range(1, len(cur)):
+                ch = cur[j]
+                if ch not in spec:
+                    raise _UsageError
+                names.append(ch)
+                if spec[ch][1] == _MAYBE and j + 1 < len(cur):
+                    inline = cur[j + 1 :]
+                    break
+            was_long = False
+        for pos, name in enumerate(names, start=1):
+            val: str | None = None
+            if spec[name][1] == _MAYBE:
+                if inline is not None:
+                    val, inline = inline, None
+                elif not was_long and pos == len(names) and i < len(args):
+                    if not _is_option(args[i]):
+                        val = args[i]
+                        i += 1
+            elif pos == len(names) and inline is not None:
+                raise _UsageError
+            found.setdefault(name, []).append(val)
+    for name, vals in found.items():
+        if spec[name][1] != _MULTI and len(vals) > 1:
+            raise _UsageError
+    return found, free
+
+
+def _check(found: dict[str, list[str | None]], free: list[str], npos: int) -> None:
+    if "h" in found or len(free) != npos:
+        raise _UsageError
+
+
+def _config_opt(found: dict[str, list[str | None]]) -> str | None:
+    """The `-c` value, or None if `-c` was not given.
+
+    A `-c` without a path (bare at the end, followed by another option, `--config`
+    without `=`, or an empty path) is a usage error: the original silently used the
+    default file instead, which hides typos (gap 33).
+    """
+    vals = found.get("c")
+    if vals is None:
+        return None
+    if not vals[0]:
+        raise _UsageError
+    return vals[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Commands. Each takes the context and the arguments after the command name, and
+# returns the exit status.
+
+
+def _cmd_show(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args, _SHOW_OPTS)
+    _check(found, free, 1)
+    from pizauth import client
+
+    try:
+        token = client.show_token(ctx.sock, free[0], with_url="u" not in found)
+    except client.ClientError as e:
+        return _log_error(str(e))
+    return _out(token + b"\n")
+
+
+def _cmd_refresh(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args, _SHOW_OPTS)
+    _check(found, free, 1)
+    from pizauth import client
+
+    try:
+        client.refresh(ctx.sock, free[0], with_url="u" not in found)
+    except client.ClientError as e:
+        return _log_error(str(e))
+    return 0
+
+
+def _cmd_revoke(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args)
+    _check(found, free, 1)
+    from pizauth import client
+
+    try:
+        client.revoke(ctx.sock, free[0])
+    except client.ClientError as e:
+        return _log_error(str(e))
+    return 0
+
+
+def _cmd_reload(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args)
+    _check(found, free, 0)
+    from pizauth import client
+
+    try:
+        client.reload(ctx.sock)
+    except client.ClientError as e:
+        return _log_error(str(e))
+    return 0
+
+
+def _cmd_status(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args)
+    _check(found, free, 0)
+    from pizauth import client
+
+    try:
+        text = client.status(ctx.sock)
+    except client.ClientError as e:
+        return _log_error(str(e))
+    return _out(text + b"\n")
+
+
+def _cmd_shutdown(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args)
+    _check(found, free, 0)
+    from pizauth import client
+
+    try:
+        client.shutdown(ctx.sock)
+    except client.ClientError as e:
+        return _log_error(str(e))
+    return 0
+
+
+def _cmd_dump(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args)
+    _check(found, free, 0)
+    # Not in this release. When it is: client.dump(ctx.sock), written raw to stdout.
+    return _log_error("dump is not supported by this version of pizauth yet")
+
+
+def _cmd_restore(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args)
+    _check(found, free, 0)
+    # Not in this release (and stdin is deliberately left unread). When it is: read all
+    # of stdin first, then client.restore(ctx.sock, data).
+    return _log_error("restore is not supported by this version of pizauth yet")
+
+
+def _server_info(sock: str) -> dict | None:
+    """The server's `info:` object, or None if no server gives a usable answer."""
+    import json
+
+    from pizauth import client
+
+    try:
+        reply = client.request(sock, b"info:")
+        info = json.loads(reply)
+    except (client.ClientError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    # The human form prints these; anything else is not an answer from our server.
+    for key in ("http_port", "https_port"):
+        if not isinstance(info.get(key), str):
+            return None
+    if not isinstance(info.get("https_pub_key", ""), str):
+        return None
+    return info
+
+
+def _cmd_info(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args, _INFO_OPTS)
+    _check(found, free, 0)
+    explicit = _config_opt(found)
+    info = _server_info(ctx.sock)
+    try:
+        # Informational only: a missing default config file is no reason to fail;
+        # show where it is expected (gap 31).
+        conf = paths.config_path(explicit, must_exist=False)
+    except paths.PathError as e:
+        return _fatal(str(e))
+    cache = paths.display_path(ctx.rundir)
+    conf = paths.display_path(conf)
+    if "j" in found:
+        import json
+
+        out: dict[str, object] = {
+            "cache_directory": cache,
+            "config_file": conf,
+            "executed_as": ctx.progname,
+            "info_format_version": 2,
+            "pizauth_version": __version__,
+            "server_running": info is not None,
+        }
+        if info is not None:
+            out["server_info"] = info
+        text = json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text += "\n"
+    else:
+        text = (
+            f"{ctx.progname} version {__version__}:\n"
+            f"  cache directory: {cache}\n"
+            f"  config file: {conf}\n"
+        )
+        if info is None:
+            text += "server not running\n"
+        else:
+            text += f"server running:\n  HTTP port: {info['http_port']}\n"
+            text += f"  HTTPS port: {info['https_port']}\n"
+            if "https_pub_key" in info:
+                text += f"  HTTPS public key: {info['https_pub_key']}\n"
+    return _out(text.encode("utf-8", errors="replace"))
+
+
+def _cmd_server(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args, _SERVER_OPTS)
+    _check(found, free, 0)
+    explicit = _config_opt(found)
+    from pizauth.server import main as server_main
+
+    return server_main(explicit, "d" in found, len(found.get("v", ())), ctx.progname)
+
+
+_COMMANDS = {
+    "dump": _cmd_dump,
+    "info": _cmd_info,
+    "refresh": _cmd_refresh,
+    "reload": _cmd_reload,
+    "restore": _cmd_restore,
+    "revoke": _cmd_revoke,
+    "server": _cmd_server,
+    "show": _cmd_show,
+    "shutdown": _cmd_shutdown,
+    "status": _cmd_status,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `pizauth` command line `argv` (default sys.argv); return the exit status."""
+    if argv is None:
+        argv = sys.argv
+    progname = _progname(argv[0] if argv else "")
+    if len(argv) < 2:
+        return _usage(progname)
+    # The runtime directory is prepared before dispatch, even for an unknown command,
+    # as the original does.
+    try:
+        rundir = paths.runtime_dir()
+    except paths.PathError as e:
+        return _fatal(str(e))
+    cmd = _COMMANDS.get(argv[1])
+    if cmd is None:
+        return _usage(progname)
+    try:
+        return cmd(_Ctx(progname, rundir), argv[2:])
+    except _UsageError:
+        return _usage(progname)
+
+
+if __name__ == "__main__":
+    # `python -m pizauth.cli`: argv[0] is the path of this file, not a program name.
+    sys.exit(main(["pizauth", *sys.argv[1:]]))

@@ -1,0 +1,191 @@
+"""The control-socket client behind show, refresh, revoke, reload, status, shutdown, info.
+
+One request per connection (spec §3): connect, write the request, half-close, read the
+reply until EOF. Replies are handled as bytes so a token or status text reaches stdout
+exactly as the server sent it, whatever the locale.
+
+`pizauth show` runs every few minutes from mail clients, so this module stays lean: it
+uses the C module `_socket` rather than `socket` (whose Python wrapper also imports
+`selectors`, `enum`, `array`, ... — about 4 ms, more than all of pizauth's own code on
+this path) and nothing else beyond pizauth.paths.
+"""
+
+import _socket
+import os
+
+from pizauth.paths import os_error_text
+
+# How long to wait for the server at each step (connect, write, each read). The server
+# answers every request from memory, so a healthy one replies in milliseconds; 60 s
+# leaves ample room for a loaded machine, while a wedged server (or something else
+# listening on our socket) cannot hang the mail client that called `pizauth show`
+# forever.
+REPLY_TIMEOUT = 60.0
+
+NOT_RUNNING = "pizauth authenticator not running or not responding"
+NOT_WRITEABLE = "Socket not writeable"
+
+_CHUNK = 65536
+
+
+class ClientError(Exception):
+    """A failed client command; str(exc) is what the user sees after «ERROR - »."""
+
+
+def _connect(sock_path: str, timeout: float | None) -> _socket.socket:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock_path)
+    except OSError:
+        # Missing socket file, stale socket, a path too long for AF_UNIX, a full
+        # backlog that outlasts the timeout: to the user these all mean the same thing.
+        s.close()
+        raise ClientError(NOT_RUNNING) from None
+    return s
+
+
+def _send(s: _socket.socket, payload: bytes) -> None:
+    try:
+        s.sendall(payload)
+    except OSError:
+        raise ClientError(NOT_WRITEABLE) from None
+
+
+def _read_to_eof(s: _socket.socket) -> bytes:
+    buf = bytearray()
+    while True:
+        chunk = s.recv(_CHUNK)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+
+
+def request(sock_path: str, payload: bytes, *, timeout: float | None = REPLY_TIMEOUT) -> bytes:
+    """Send one request to the server at `sock_path` and return its whole reply.
+
+    Raises ClientError: «…not running or not responding» if the connection cannot be
+    made or no reply arrives within `timeout`, «Socket not writeable» if the request
+    cannot be sent, otherwise the OS error text.
+    """
+    s = _connect(sock_path, timeout)
+    try:
+        _send(s, payload)
+        try:
+            # Half-close: the server reads the request until EOF.
+            s.shutdown(_socket.SHUT_WR)
+            return _read_to_eof(s)
+        except TimeoutError:
+            raise ClientError(NOT_RUNNING) from None
+        except OSError as e:
+            raise ClientError(os_error_text(e)) from None
+    finally:
+        s.close()
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")
+
+
+def malformed(reply: bytes) -> ClientError:
+    """The error for a reply that does not have an expected form."""
+    return ClientError(f"Malformed response '{_text(reply)}'")
+
+
+def _split(reply: bytes) -> tuple[bytes, bytes | None]:
+    """Split a reply at its first «:» into (kind, rest); rest is None without a colon."""
+    kind, colon, rest = reply.partition(b":")
+    return kind, (rest if colon else None)
+
+
+def _unavailable(url: bytes) -> ClientError:
+    # With `-u` the server sends `pending:` with no URL; the original then printed
+    # «...with URL » with a dangling space (gap 13). Only mention a URL if there is one.
+    if not url:
+        return ClientError("Access token unavailable until authorised")
+    return ClientError(f"Access token unavailable until authorised with URL {_text(url)}")
+
+
+def _fail(reply: bytes, *, pending_ok: bool = False) -> ClientError:
+    """The error for any reply that is not the command's success form."""
+    kind, rest = _split(reply)
+    if rest is not None:
+        if kind == b"error":
+            return ClientError(_text(rest))
+        if pending_ok and kind == b"pending":
+            return _unavailable(rest)
+    return malformed(reply)
+
+
+def expect_ok(reply: bytes) -> None:
+    """Interpret a reload/revoke/restore reply: exactly `ok:` is success."""
+    if reply != b"ok:":
+        raise _fail(reply)
+
+
+def _token_request(kind: bytes, account: str, with_url: bool) -> bytes:
+    # fsencode: an account name given as undecodable bytes on the command line goes
+    # back to the server as those same bytes.
+    return kind + (b":withurl " if with_url else b":withouturl ") + os.fsencode(account)
+
+
+def show_token(sock_path: str, account: str, with_url: bool = True) -> bytes:
+    """The access token for `account` (without a newline)."""
+    reply = request(sock_path, _token_request(b"showtoken", account, with_url))
+    kind, rest = _split(reply)
+    if kind == b"access_token" and rest is not None:
+        return rest
+    raise _fail(reply, pending_ok=True)
+
+
+def refresh(sock_path: str, account: str, with_url: bool = True) -> None:
+    """Ask the server to refresh `account`'s token; success means `scheduled:`."""
+    reply = request(sock_path, _token_request(b"refresh", account, with_url))
+    if reply != b"scheduled:":
+        raise _fail(reply, pending_ok=True)
+
+
+def revoke(sock_path: str, account: str) -> None:
+    expect_ok(request(sock_path, b"revoke:" + os.fsencode(account)))
+
+
+def reload(sock_path: str) -> None:
+    expect_ok(request(sock_path, b"reload:"))
+
+
+def status(sock_path: str) -> bytes:
+    """The status text (one line per account, without a final newline)."""
+    reply = request(sock_path, b"status:")
+    kind, rest = _split(reply)
+    if kind == b"ok" and rest is not None:
+        return rest
+    raise _fail(reply)
+
+
+def dump(sock_path: str) -> bytes:
+    """The server's dump, uninterpreted."""
+    return request(sock_path, b"dump:")
+
+
+def restore(sock_path: str, data: bytes) -> None:
+    """Hand a dump (already read in full by the caller) back to the server."""
+    expect_ok(request(sock_path, b"restore:" + data))
+
+
+def shutdown(sock_path: str, *, timeout: float | None = REPLY_TIMEOUT) -> None:
+    """Ask the server to shut down and wait until it has closed the connection.
+
+    Success only depends on the request being written; what happens afterwards (EOF,
+    a reply, a reset, a timeout) is ignored. Waiting for EOF means `pizauth shutdown`
+    returns once the server is gone, instead of racing it as the original did.
+    """
+    s = _connect(sock_path, timeout)
+    try:
+        _send(s, b"shutdown:")
+        try:
+            s.shutdown(_socket.SHUT_WR)
+            _read_to_eof(s)
+        except OSError:
+            pass
+    finally:
+        s.close()

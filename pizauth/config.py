@@ -1,0 +1,553 @@
+"""Parse and validate ``pizauth.conf`` (spec §4).
+
+Two passes: a pyparsing grammar turns the text into statements that remember where they
+start, then a validation pass walks them in file order, applies the rules of §4.3 (the first
+error wins) and builds frozen dataclasses.  Every problem is raised as ``ConfigError`` whose
+text is what the user sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    import pyparsing as pp
+
+DEFAULT_AUTH_NOTIFY_INTERVAL = 15 * 60
+DEFAULT_REFRESH_AT_LEAST = 90 * 60
+DEFAULT_REFRESH_BEFORE_EXPIRY = 90
+DEFAULT_REFRESH_RETRY = 40
+DEFAULT_LISTEN = "127.0.0.1:0"
+DEFAULT_REDIRECT_URI = "http://localhost/"
+
+# Keys pizauth itself puts in the authorisation URL (spec §4.3).
+RESERVED_AUTH_URI_FIELDS = frozenset(
+    {
+        "access_type",
+        "client_id",
+        "code_challenge",
+        "code_challenge_method",
+        "redirect_uri",
+        "response_type",
+        "scope",
+        "state",
+    }
+)
+
+_U64_MAX = 2**64 - 1
+_TIME_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class ConfigError(Exception):
+    """str(err) is the complete user-facing text (may contain newlines)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    auth_uri: str
+    auth_uri_fields: tuple[tuple[str, str], ...]
+    client_id: str
+    client_secret: str | None
+    login_hint: str | None
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    token_uri: str
+    refresh_at_least: int
+    refresh_before_expiry: int
+    refresh_retry: int
+
+    def security_key(self) -> tuple:
+        """What must stay equal across a reload for the account to keep its tokens (§8.3)."""
+        return (
+            self.name,
+            self.auth_uri,
+            self.auth_uri_fields,
+            self.client_id,
+            self.client_secret,
+            self.redirect_uri,
+            self.scopes,
+            self.token_uri,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    accounts: tuple[Account, ...]
+    auth_notify_cmd: str | None
+    auth_notify_interval: int
+    error_notify_cmd: str | None
+    http_listen: str | None
+    https_listen: str | None
+    refresh_at_least: int | None
+    refresh_before_expiry: int | None
+    refresh_retry: int | None
+    startup_cmd: str | None
+    token_event_cmd: str | None
+    transient_error_if_cmd: str | None
+
+    def account(self, name: str) -> Account | None:
+        for act in self.accounts:
+            if act.name == name:
+                return act
+        return None
+
+
+def load(path: str) -> Config:
+    """Read and parse the config file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            # Bytes, not text mode: universal newlines would hide '\r' from strings.
+            data = f.read()
+    except OSError as e:
+        reason = f"{e.strerror} (os error {e.errno})" if e.strerror else str(e)
+        raise ConfigError(f'Can\'t read "{path}": {reason}') from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # Same wording as Rust's read_to_string.
+        raise ConfigError(f'Can\'t read "{path}": stream did not contain valid UTF-8') from None
+    return parse(text)
+
+
+def parse(text: str) -> Config:
+    """Parse and validate config text; raises ConfigError."""
+    return _validate(text, _parse_syntax(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Syntax (spec §4.1, §4.2)
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """A STRING (unescaped), TIME (as written) or `none` (None) token and where it starts."""
+
+    value: str | None
+    loc: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    key: _Value
+    value: _Value
+
+
+@dataclass(frozen=True, slots=True)
+class _Stmt:
+    """`key = value;` where value is a _Value, or a tuple of _Value (scopes) / _Pair."""
+
+    key: str
+    value: _Value | tuple[_Value, ...] | tuple[_Pair, ...]
+    loc: int
+
+
+@dataclass(frozen=True, slots=True)
+class _AccountBlock:
+    name: str
+    fields: tuple[_Stmt, ...]
+    loc: int
+
+
+_STRING_RE = r'"(?:[^"\\]|\\["\\])*"'
+_UNESCAPE_RE = re.compile(r"\\([\"\\])")
+
+
+def _unescape(quoted: str) -> str:
+    return _UNESCAPE_RE.sub(r"\1", quoted[1:-1])
+
+
+@functools.cache
+def _grammar() -> pp.ParserElement:
+    # pyparsing is imported here, not at module level, so that importing this module for its
+    # dataclasses and constants stays cheap (the client path must not pay ~40 ms for it).
+    import pyparsing as pp
+
+    # Pure parse actions only, so the grammar stays correct if anyone enables packrat.
+    string = pp.Regex(_STRING_RE).set_name("a string")
+    string.set_parse_action(lambda s, loc, t: _Value(_unescape(t[0]), loc))
+    time = pp.Regex(r"[0-9]+[dhms]").set_name("a time such as 30s, 5m, 2h or 1d")
+    time.set_parse_action(lambda s, loc, t: _Value(t[0], loc))
+    none = pp.Literal("none")
+    none.set_parse_action(lambda s, loc, t: _Value(None, loc))
+    string_or_none = (none | string).set_name("'none' or a string")
+
+    eq, semi, colon, comma = (pp.Suppress(c) for c in "=;:,")
+    lbrace, lbracket = pp.Suppress("{"), pp.Suppress("[")
+
+    # `-` (ErrorStop) after each keyword: once the keyword is seen, a failure is reported
+    # where it happens rather than backtracking to the start of the statement.  Keywords
+    # that take the same kind of value share one statement rule (one regex instead of a
+    # dozen alternatives: much faster).
+    def stmt(keywords: str, value: pp.ParserElement) -> pp.ParserElement:
+        keyword = pp.Regex("|".join(map(re.escape, keywords.split())))
+        expr = keyword - eq - value - semi
+        return expr.set_parse_action(lambda s, loc, t: _Stmt(t[0], t[1], loc))
+
+    # A leading comma is accepted for compatibility (gap 28), a trailing one is not.
+    scopes = (
+        pp.Literal("scopes")
+        - eq
+        - lbracket
+        - pp.Opt(string)
+        - pp.ZeroOrMore(comma - string)
+        - pp.Suppress("]").set_name("',' or ']'")
+        - semi
+    ).set_parse_action(lambda s, loc, t: _Stmt(t[0], tuple(t[1:]), loc))
+    pair = (string - colon - string).set_parse_action(lambda s, loc, t: _Pair(t[0], t[1]))
+    auth_uri_fields = (
+        pp.Literal("auth_uri_fields")
+        - eq
+        - lbrace
+        - pp.Opt(pair)
+        - pp.ZeroOrMore(comma - pair)
+        - pp.Suppress("}").set_name("',' or '}'")
+        - semi
+    ).set_parse_action(lambda s, loc, t: _Stmt(t[0], tuple(t[1:]), loc))
+
+    field = pp.MatchFirst(
+        [
+            auth_uri_fields,  # before auth_uri, which is a prefix of it
+            stmt("auth_uri client_id client_secret login_hint redirect_uri token_uri", string),
+            stmt("refresh_at_least refresh_before_expiry refresh_retry", time),
+            scopes,
+        ]
+    )
+    account = (
+        pp.Literal("account")
+        - string
+        - lbrace
+        - pp.ZeroOrMore(field)
+        - pp.Suppress("}").set_name("an account option or '}'")
+    ).set_parse_action(lambda s, loc, t: _AccountBlock(t[1].value, tuple(t[2:]), loc))
+
+    toplevel = pp.MatchFirst(
+        [
+            account,
+            stmt(
+                "auth_error_cmd auth_notify_cmd error_notify_cmd startup_cmd token_event_cmd"
+                " transient_error_if_cmd",
+                string,
+            ),
+            stmt("auth_notify_interval refresh_at_least refresh_before_expiry refresh_retry", time),
+            stmt("https_listen http_listen", string_or_none),
+        ]
+    )
+    grammar = pp.ZeroOrMore(toplevel) + pp.StringEnd().set_name("'account' or a global option")
+    # Only '//' comments exist ('#' is an error); whitespace is pyparsing's default " \t\r\n".
+    grammar.ignore(pp.Regex(r"//[^\n]*"))
+    # Without this pyparsing expands tabs, which shifts columns and alters string values.
+    grammar.parse_with_tabs()
+    return grammar
+
+
+# One lexeme of §4.1 (plus whole words and numbers), only to say what was found at an error.
+_LEXEME_RE = re.compile(_STRING_RE + r"|[0-9]+[dhms]|[A-Za-z_][A-Za-z0-9_]*|[0-9]+|.", re.S)
+
+
+def _parse_syntax(text: str) -> list[_Stmt | _AccountBlock]:
+    import pyparsing as pp  # lazily, see _grammar()
+
+    try:
+        return list(_grammar().parse_string(text))
+    except pp.ParseBaseException as e:
+        # Only the first error, unlike the original's error-recovering LR parser (§4.2).
+        loc = min(e.loc, len(text))
+        line, col = _line_col(text, loc)
+        expected = e.msg or "Syntax error"
+        raise ConfigError(
+            f"Parsing error at line {line} column {col}. {expected}, found {_found(text, loc)}"
+        ) from None
+
+
+def _found(text: str, loc: int) -> str:
+    m = _LEXEME_RE.match(text, loc)
+    if m is None:
+        return "end of input"
+    lexeme = m.group()
+    short = lexeme.split("\n", 1)[0][:40]
+    return repr(short if short == lexeme else short + "...")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (spec §4.3)
+
+# What Rust's str::trim() removes (Unicode White_Space); Python's strip() also removes \x1c-\x1f.
+_RUST_WS = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
+)
+
+_TIME_OPTIONS = (
+    "auth_notify_interval",
+    "refresh_at_least",
+    "refresh_before_expiry",
+    "refresh_retry",
+)
+_LOGIN_HINT_CONFLICT = (
+    "Both the 'login_hint' attribute and a 'auth_uri_fields' field with the name 'login_hint'"
+    " are specified. The 'login_hint' attribute is deprecated so remove it."
+)
+
+
+def _line_col(text: str, loc: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, loc) + 1
+    return text.count("\n", 0, loc) + 1, loc - line_start + 1
+
+
+def _error_at(text: str, loc: int, msg: str) -> ConfigError:
+    """A positioned error (§4.3) for the span starting at `loc`, quoting its first line."""
+    line, col = _line_col(text, loc)
+    line_end = text.find("\n", loc)
+    src = text[loc - col + 1 : line_end if line_end != -1 else len(text)].strip(_RUST_WS)
+    return ConfigError(f"Line {line}, column {col}:\n  {src}\n{msg}")
+
+
+def _time_seconds(text: str, tok: _Value) -> int:
+    assert tok.value is not None
+    digits, unit = tok.value[:-1].lstrip("0") or "0", tok.value[-1]
+    # Values are u64 in the original; keep its two distinct overflow messages.  The length
+    # test comes first because int() refuses strings of more than 4300 digits.
+    if len(digits) > 20 or int(digits) > _U64_MAX:
+        raise _error_at(text, tok.loc, "Invalid time: number too large to fit in target type")
+    secs = int(digits) * _TIME_UNITS[unit]
+    if secs > _U64_MAX:
+        raise _error_at(text, tok.loc, "Invalid time: Number too big")
+    return secs
+
+
+def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
+    # Values so far, keyed by option name: str | None for strings and `none`, int for times.
+    opts: dict[str, Any] = {}
+    accounts: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if isinstance(item, _AccountBlock):
+            # A later block with the same name replaces the earlier one (gap 6, kept as in
+            # the original) but keeps the earlier one's place in the order.
+            accounts[item.name] = _validate_account(text, item)
+            continue
+        value = item.value
+        assert isinstance(value, _Value)
+        if item.key == "auth_error_cmd":
+            raise _error_at(
+                text, item.loc, "'auth_error_cmd' has been renamed to 'error_notify_cmd'"
+            )
+        if item.key in opts:
+            raise _error_at(text, value.loc, f"Mustn't specify '{item.key}' more than once")
+        is_time = item.key in _TIME_OPTIONS
+        opts[item.key] = _time_seconds(text, value) if is_time else value.value
+
+    http_listen = opts.get("http_listen", DEFAULT_LISTEN)
+    https_listen = opts.get("https_listen", DEFAULT_LISTEN)
+    if http_listen is None and https_listen is None:
+        raise ConfigError("Cannot set both http_listen and https_listen to 'none'")
+    if not accounts:
+        raise ConfigError("Must specify at least one account")
+
+    built = []
+    for name, fields in accounts.items():
+        redirect_uri = fields.get("redirect_uri", DEFAULT_REDIRECT_URI)
+        # Compared case-insensitively (gap 27), as the redirect URL is built.
+        scheme = _uri_scheme(redirect_uri)
+        if scheme == "https" and https_listen is None:
+            raise ConfigError(
+                f"Account {name} has an 'https' redirect but the HTTPS server is set to 'none'"
+            )
+        if scheme == "http" and http_listen is None:
+            raise ConfigError(
+                f"Account {name} has an 'http' redirect but the HTTP server is set to 'none'"
+            )
+
+        def effective(key: str, default: int, fields: dict[str, Any] = fields) -> int:
+            # Precedence: account > global > built-in default (§4.4).
+            return fields.get(key, opts.get(key, default))
+
+        built.append(
+            Account(
+                name=name,
+                auth_uri=fields["auth_uri"],
+                auth_uri_fields=fields.get("auth_uri_fields", ()),
+                client_id=fields["client_id"],
+                client_secret=fields.get("client_secret"),
+                login_hint=fields.get("login_hint"),
+                redirect_uri=redirect_uri,
+                scopes=fields.get("scopes", ()),
+                token_uri=fields["token_uri"],
+                refresh_at_least=effective("refresh_at_least", DEFAULT_REFRESH_AT_LEAST),
+                refresh_before_expiry=effective(
+                    "refresh_before_expiry", DEFAULT_REFRESH_BEFORE_EXPIRY
+                ),
+                refresh_retry=effective("refresh_retry", DEFAULT_REFRESH_RETRY),
+            )
+        )
+
+    return Config(
+        accounts=tuple(built),
+        auth_notify_cmd=opts.get("auth_notify_cmd"),
+        auth_notify_interval=opts.get("auth_notify_interval", DEFAULT_AUTH_NOTIFY_INTERVAL),
+        error_notify_cmd=opts.get("error_notify_cmd"),
+        http_listen=http_listen,
+        https_listen=https_listen,
+        refresh_at_least=opts.get("refresh_at_least"),
+        refresh_before_expiry=opts.get("refresh_before_expiry"),
+        refresh_retry=opts.get("refresh_retry"),
+        startup_cmd=opts.get("startup_cmd"),
+        token_event_cmd=opts.get("token_event_cmd"),
+        transient_error_if_cmd=opts.get("transient_error_if_cmd"),
+    )
+
+
+def _validate_account(text: str, block: _AccountBlock) -> dict[str, Any]:
+    """Check one account block (§4.3 order); return its fields keyed by option name, with
+    times in seconds and lists as tuples."""
+    fields: dict[str, Any] = {}
+    for stmt in block.fields:
+        value = stmt.value
+        if stmt.key in fields:
+            # Lists are reported at their keyword, single values at the value.
+            loc = value.loc if isinstance(value, _Value) else stmt.loc
+            raise _error_at(text, loc, f"Mustn't specify '{stmt.key}' more than once")
+        if isinstance(value, _Value):
+            if stmt.key in _TIME_OPTIONS:
+                fields[stmt.key] = _time_seconds(text, value)
+                continue
+            if stmt.key in ("auth_uri", "redirect_uri", "token_uri"):
+                problem = _uri_problem(value.value or "")
+                if problem is not None:
+                    raise _error_at(text, value.loc, problem)
+            fields[stmt.key] = value.value
+        elif stmt.key == "auth_uri_fields":
+            pairs = []
+            for pair in value:
+                assert isinstance(pair, _Pair)
+                if pair.key.value in RESERVED_AUTH_URI_FIELDS:
+                    raise _error_at(text, pair.key.loc, f"'{pair.key.value}' is a reserved key")
+                pairs.append((pair.key.value, pair.value.value))
+            fields[stmt.key] = tuple(pairs)
+        else:  # scopes
+            fields[stmt.key] = tuple(v.value for v in value if isinstance(v, _Value))
+
+    for mandatory in ("auth_uri", "client_id", "token_uri"):
+        if mandatory not in fields:
+            raise _error_at(text, block.loc, f"{mandatory} not specified")
+    if "login_hint" in fields and any(
+        key == "login_hint" for key, _ in fields.get("auth_uri_fields", ())
+    ):
+        raise _error_at(text, block.loc, _LOGIN_HINT_CONFLICT)
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------
+# URI checks: enough of the WHATWG parser (Rust's `url` crate) to reject what it rejects for
+# http(s) URIs, with its error texts.
+
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+_SCHEMES_WITH_HOST = frozenset({"http", "https", "ws", "wss", "ftp"})
+_AUTHORITY_END_RE = re.compile(r"[/\\?#]")
+_FORBIDDEN_DOMAIN_RE = re.compile(r"[\x00-\x20#%/:<>?@\[\\\]^|\x7f]")
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_IPV4_DIGITS = {8: "01234567", 10: "0123456789", 16: "0123456789abcdefABCDEF"}
+
+
+def _strip_uri(uri: str) -> str:
+    # As the URL standard does: trim C0 controls and spaces, drop every tab/CR/LF.
+    return uri.strip(_C0_OR_SPACE).replace("\t", "").replace("\n", "").replace("\r", "")
+
+
+def _uri_scheme(uri: str) -> str | None:
+    m = _SCHEME_RE.match(_strip_uri(uri))
+    return None if m is None else m.group()[:-1].lower()
+
+
+def _uri_problem(uri: str) -> str | None:
+    """The error message for an auth/token/redirect URI, or None if it is acceptable."""
+    s = _strip_uri(uri)
+    m = _SCHEME_RE.match(s)
+    if m is None:
+        return "Invalid URI: relative URL without a base"
+    scheme = m.group()[:-1].lower()
+    rest = s[m.end() :]
+    if scheme in _SCHEMES_WITH_HOST:
+        authority = _AUTHORITY_END_RE.split(rest.lstrip("/\\"), maxsplit=1)[0]
+        problem = _authority_problem(authority)
+        if problem is not None:
+            return f"Invalid URI: {problem}"
+    if "#" in rest:
+        return "URI fragments ('#...') are not allowed"
+    if scheme not in ("http", "https"):
+        return "not a valid HTTP or HTTPS URI"
+    return None
+
+
+def _authority_problem(authority: str) -> str | None:
+    host_port = authority.rpartition("@")[2]
+    # The port separator is the first ':' outside an IPv6 literal's brackets.
+    in_brackets, split_at = False, len(host_port)
+    for i, c in enumerate(host_port):
+        if c == "[":
+            in_brackets = True
+        elif c == "]":
+            in_brackets = False
+        elif c == ":" and not in_brackets:
+            split_at = i
+            break
+    host, port = host_port[:split_at], host_port[split_at + 1 :]
+    if host == "":
+        return "empty host"
+    if port and not (port.isascii() and port.isdigit() and _bounded_int(port, 10) <= 65535):
+        return "invalid port number"
+    if host.startswith("["):
+        try:
+            if not host.endswith("]") or "%" in host:
+                raise ValueError
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return "invalid IPv6 address"
+        return None
+    host = unquote(host)
+    if _FORBIDDEN_DOMAIN_RE.search(host):
+        return "invalid domain character"
+    if not _valid_ipv4_if_numeric(host):
+        return "invalid IPv4 address"
+    return None
+
+
+def _ipv4_number(part: str) -> int | None:
+    if part == "":
+        return None
+    radix = 10
+    if part[:2] in ("0x", "0X"):
+        part, radix = part[2:], 16
+    elif len(part) > 1 and part[0] == "0":
+        part, radix = part[1:], 8
+    if part == "":
+        return 0
+    if not all(c in _IPV4_DIGITS[radix] for c in part):
+        return None
+    return _bounded_int(part, radix)
+
+
+def _bounded_int(digits: str, radix: int) -> int:
+    # Anything this long is out of range anyway, and int() refuses over 4300 decimal digits.
+    digits = digits.lstrip("0") or "0"
+    return int(digits, radix) if len(digits) <= 40 else 2**160
+
+
+def _valid_ipv4_if_numeric(host: str) -> bool:
+    """False if `host` ends in a number (so must be an IPv4 address) but is not a valid one."""
+    parts = host.split(".")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()
+    last = parts[-1]
+    if last == "" or (not (last.isascii() and last.isdigit()) and _ipv4_number(last) is None):
+        return True  # a domain name
+    nums = [n for n in map(_ipv4_number, parts) if n is not None]
+    if len(parts) > 4 or len(nums) != len(parts):
+        return False
+    return all(n <= 255 for n in nums[:-1]) and nums[-1] < 256 ** (5 - len(nums))

@@ -61,12 +61,12 @@ def parse_request(raw: bytes) -> tuple[MsgType, list[bytes]]:
     if not sep:
         log.warning("Syntactically invalid request '%s'", printable(raw))
         # An empty request is the "already running" probe: it gets no reply (spec §2.3).
-        raise Reply("error:Syntactically invalid request" if raw else None)
+        raise Reply(f"error:Syntactically invalid request '{printable(raw)}'" if raw else None)
     try:
         name = command.decode("utf-8")
     except UnicodeDecodeError:
         log.warning("Syntactically invalid request '%s'", printable(raw))
-        raise Reply("error:Syntactically invalid request") from None
+        raise Reply(f"error:Syntactically invalid request '{printable(raw)}'") from None
     if name in NO_ARGS:
         if args:
             raise Reply(f"error:Unknown command '{name}'")

@@ -18,6 +18,7 @@ import time
 
 from pizauth import config as configuration
 from pizauth import paths
+from pizauth.priv.listeners import ListenError, bind_listener
 from pizauth.process import child_args, harden, set_title, setup_logging
 
 log = logging.getLogger("pizauth")
@@ -43,33 +44,6 @@ def already_running(sock_path: str) -> bool:
         return False
     finally:
         probe.close()
-
-
-def bind_listener(address: str | None, what: str) -> socket.socket | None:
-    """A listening TCP socket for `host:port` (names resolved), or None for `none`."""
-    if address is None:
-        return None
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise StartError(f"Invalid {what} address '{address}': expected HOST:PORT")
-    host = host.removeprefix("[").removesuffix("]")
-    try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except (socket.gaierror, OverflowError) as e:
-        raise StartError(f"Can't resolve {what} address '{address}': {e}") from None
-    error: OSError | None = None
-    for family, type_, proto, _, addr in infos:
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(64)
-            sock.set_inheritable(True)
-            return sock
-        except OSError as e:
-            sock.close()
-            error = e
-    raise StartError(f"Can't bind {what} to '{address}': {error.strerror if error else '?'}")
 
 
 def bind_control(sock_path: str) -> socket.socket:
@@ -144,7 +118,7 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
         http = bind_listener(config.http_listen, "http_listen")
         https = bind_listener(config.https_listen, "https_listen")
         control = bind_control(sock_path)
-    except (StartError, paths.PathError, configuration.ConfigError) as e:
+    except (StartError, ListenError, paths.PathError, configuration.ConfigError) as e:
         print(e, file=sys.stderr)
         return 1
 

@@ -103,8 +103,13 @@ def test_parameters_in_exact_order_with_scopes_fields_and_login_hint_last():
     assert values["client_id"] == "test_client_id"
     assert values["redirect_uri"] == "http%3A%2F%2Flocalhost%3A41321%2F"
     assert values["response_type"] == "code"
-    assert pairs[7:] == [("scope", "c+d"), ("l", "m"), ("n", "o"), ("l", "p"),
-                         ("login_hint", "i%40j.com")]
+    assert pairs[7:] == [
+        ("scope", "c+d"),
+        ("l", "m"),
+        ("n", "o"),
+        ("l", "p"),
+        ("login_hint", "i%40j.com"),
+    ]
     # client_secret never goes in the URL.
     assert "client_secret" not in req.url and "=h&" not in req.url + "&"
 
@@ -188,19 +193,11 @@ def test_base_url_normalisation(auth_uri, prefix):
     assert req.url.startswith(prefix), req.url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an empty query ('…/auth?') gives '?&access_type=…'; the url crate appends "
-    "no '&' to an empty query",
-)
 def test_empty_existing_query_gets_no_leading_ampersand():
     req = new_auth_request(account(auth_uri='"http://a.com/auth?"'), 1234, None)
     assert req.url.startswith("http://a.com/auth?access_type=offline&"), req.url
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: parse_url/Url drop the userinfo ('user:pw@') of auth_uri"
-)
 def test_userinfo_in_auth_uri_is_kept():
     req = new_auth_request(account(auth_uri='"http://user:pw@a.com/auth"'), 1234, None)
     assert req.url.startswith("http://user:pw@a.com/auth?access_type=offline&"), req.url
@@ -248,7 +245,9 @@ def test_default_ports_vanish(redirect, http_port, https_port, expected):
 
 def test_query_and_ipv6_host_survive():
     act = account(redirect_uri='"http://localhost/cb?a=b&c=d+e"')
-    assert effective_redirect_uri(act, 1234, None).serialise() == "http://localhost:1234/cb?a=b&c=d+e"
+    assert (
+        effective_redirect_uri(act, 1234, None).serialise() == "http://localhost:1234/cb?a=b&c=d+e"
+    )
     act = account(redirect_uri='"http://[::1]/"')
     assert effective_redirect_uri(act, 1234, None).serialise() == "http://[::1]:1234/"
 

@@ -120,11 +120,6 @@ def test_invalid_request_uri(target, host):
     assert bad(get(target, host)).startswith("Invalid request URI")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a Host value that is not a valid host (space) is accepted; spec §5.4 step 4 "
-    "says an unparsable URL is a 400 «Invalid request URI»",
-)
 def test_host_with_space_is_invalid():
     assert bad(get(host="local host")).startswith("Invalid request URI")
 

@@ -282,7 +282,7 @@ def test_malformed_request_gets_an_answer(pizauth: Pizauth) -> None:
         (b"showtoken:", b"error:Syntactically invalid request 'showtoken:'"),
         (b"bogus:x", b"error:Unknown command 'bogus'"),
         (b"status:extra", b"error:Unknown command 'status'"),
-        (b"no colon", b"error:Syntactically invalid request"),
+        (b"no colon", b"error:Syntactically invalid request 'no colon'"),
     ]:
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(sock_path)
@@ -419,3 +419,25 @@ def test_reload_keeps_tokens_unless_security_fields_change(pizauth: Pizauth) -> 
     assert result.returncode == 1
     assert result.stderr.startswith(b"ERROR - Parsing error at line 1 column 1.")
     assert pizauth._token("a") == token_a
+
+
+def test_reload_rebinds_changed_listener(pizauth: Pizauth) -> None:
+    pizauth.start()
+    old_url = pizauth.auth_url()
+    old_port = urllib.parse.urlsplit(query(old_url)["redirect_uri"]).port
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    new_port = free.getsockname()[1]
+    free.close()
+    pizauth.conf.write_text(
+        pizauth.conf.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{new_port}"', 1)
+    )
+    assert pizauth.run("reload").returncode == 0
+    info = json.loads(pizauth.run("info", "-j", "-c", str(pizauth.conf)).stdout)
+    assert info["server_info"]["http_port"] == str(new_port)
+    # The pending login named the old port; the next one names the new port and works.
+    new_url = wait_for(lambda: (u := pizauth.auth_url()) != old_url and u, 5, "new URL")
+    assert urllib.parse.urlsplit(query(new_url)["redirect_uri"]).port == new_port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+    assert pizauth.authorise()

@@ -195,16 +195,24 @@ def test_global_option_change_keeps_token():
     table = TokenTable(accounts(f'account "x" {{ {BASE} }}'))
     token = active()
     old = table.replace("x", token).generation
-    assert table.reload(accounts(f'auth_notify_interval = 1m; refresh_retry = 5s;\n'
-                                 f'account "x" {{ {BASE} }}')) == []
+    assert (
+        table.reload(
+            accounts(f'auth_notify_interval = 1m; refresh_retry = 5s;\naccount "x" {{ {BASE} }}')
+        )
+        == []
+    )
     assert table.get("x").state is token and table.get("x").generation == old
 
 
 def test_reload_returns_dropped_active_tokens_and_wipes_them():
     table = TokenTable(accounts(block("x") + block("y") + block("z") + block("w")))
     tx, ty, tz = active(b"tx", b"rx"), active(b"ty", None), pending(verifier=b"vz")
-    views = [tx.access_token.view(), tx.refresh_token.view(), ty.access_token.view(),
-             tz.request.code_verifier.view()]
+    views = [
+        tx.access_token.view(),
+        tx.refresh_token.view(),
+        ty.access_token.view(),
+        tz.request.code_verifier.view(),
+    ]
     table.replace("x", tx)
     table.replace("y", ty)
     table.replace("z", tz)

@@ -8,6 +8,7 @@ its own thread, never the listener (gap 16).
 from __future__ import annotations
 
 import html
+import re
 import socket
 import time
 import urllib.parse
@@ -19,7 +20,9 @@ MAX_REQUEST = 16384
 READ_TIMEOUT = 10.0
 DEADLINE = 30.0
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found"}
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
+# A reg-name, IPv4 address or bracketed IPv6 literal, with an optional port (RFC 3986).
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(:[0-9]*)?")
 
 
 class BadRequest(Exception):
@@ -74,11 +77,9 @@ def read_request(conn: socket.socket, deadline: float) -> bytes:
 
 
 def _header_end(buf: bytearray) -> int | None:
-    for marker in (b"\r\n\r\n", b"\n\n", b"\n\r\n"):
-        i = buf.find(marker)
-        if i >= 0:
-            return i
-    return None
+    """Where the first blank line starts, whichever line ending the client uses."""
+    found = [i for m in (b"\r\n\r\n", b"\n\n", b"\n\r\n") if (i := buf.find(m)) >= 0]
+    return min(found, default=None)
 
 
 def parse_request(raw: bytes, scheme: str) -> Callback:
@@ -111,6 +112,8 @@ def parse_request(raw: bytes, scheme: str) -> Callback:
         raise BadRequest("No host field specified in HTTP request")
     if len(hosts) > 1:
         raise BadRequest("Repeated 'host' field in HTTP header")
+    if not _HOST.fullmatch(hosts[0]):
+        raise BadRequest(f"Invalid request URI: invalid host '{hosts[0]}'")
     try:
         url = urllib.parse.urlsplit(f"{scheme}://{hosts[0]}{target}")
         port = url.port

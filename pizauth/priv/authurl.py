@@ -46,12 +46,15 @@ class Url:
     port: int | None  # None: the scheme's default
     path: str
     query: str | None
+    userinfo: str = ""  # "user:password" before the host, kept as written
 
     def effective_port(self) -> int | None:
         return self.port if self.port is not None else DEFAULT_PORTS.get(self.scheme)
 
     def netloc(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.userinfo:
+            host = f"{self.userinfo}@{host}"
         if self.port is None or self.port == DEFAULT_PORTS.get(self.scheme):
             return host
         return f"{host}:{self.port}"
@@ -74,6 +77,7 @@ def parse_url(uri: str) -> Url:
         port=parts.port,
         path=parts.path or "/",
         query=query,
+        userinfo=parts.netloc.rpartition("@")[0],
     )
 
 
@@ -84,7 +88,7 @@ def effective_redirect_uri(account: Account, http_port: int | None, https_port: 
         port = https_port
     else:
         port = http_port
-    return Url(url.scheme, url.host, port, url.path, url.query)
+    return Url(url.scheme, url.host, port, url.path, url.query, url.userinfo)
 
 
 @dataclass(slots=True)
@@ -118,8 +122,9 @@ def new_auth_request(
     if account.login_hint is not None:
         pairs.append(("login_hint", account.login_hint))
     base = parse_url(account.auth_uri)
-    query = form_pairs(pairs) if base.query is None else base.query + "&" + form_pairs(pairs)
-    url = Url(base.scheme, base.host, base.port, base.path, query).serialise()
+    # An empty existing query ("…/auth?") takes no "&", as in the url crate.
+    query = base.query + "&" + form_pairs(pairs) if base.query else form_pairs(pairs)
+    url = Url(base.scheme, base.host, base.port, base.path, query, base.userinfo).serialise()
     return AuthRequest(state, Secret(verifier), redirect, url)
 
 

@@ -31,6 +31,7 @@ from pizauth.priv.authurl import (
 from pizauth.priv.children import RESTART_DELAY, Child
 from pizauth.priv.clock import instant
 from pizauth.priv.hooks import NOTIFY_TIMEOUT, TRANSIENT_ERROR_IF_TIMEOUT, HookQueue, HookRunner
+from pizauth.priv.listeners import ListenError, bind_listener
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenTable
 
@@ -40,18 +41,30 @@ PROCESSING_PAGE = "pizauth processing authentication: you can safely close this 
 NO_PENDING_PAGE = "No pending token matches request state: request a fresh token"
 # spec §6.3: every 6th consecutive transient failure asks transient_error_if_cmd
 TRANSIENT_ARBITRATION_EVERY = 6
+# spec §2.4: files in $XDG_RUNTIME_DIR untouched for 6 h may be reaped.
+SOCKET_TOUCH_PERIOD = 6 * 3600.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sockets:
-    """What server start-up bound before the parent took over."""
+    """What server start-up bound before the parent took over; reload may re-bind
+    the listeners (gap 20)."""
 
     control: socket.socket
     http: socket.socket | None
     https: socket.socket | None
 
-    def port(self, sock: socket.socket | None) -> int | None:
-        return None if sock is None else sock.getsockname()[1]
+    def listener_fds(self) -> dict[str, int]:
+        fds = {}
+        if self.http is not None:
+            fds["http"] = self.http.fileno()
+        if self.https is not None:
+            fds["https"] = self.https.fileno()
+        return fds
+
+
+def _port(sock: socket.socket | None) -> int | None:
+    return None if sock is None else sock.getsockname()[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +86,8 @@ class Parent:
         self.config = config
         self.config_path = config_path
         self.sockets = sockets
-        self.http_port = sockets.port(sockets.http)
-        self.https_port = sockets.port(sockets.https)
+        self.http_port = _port(sockets.http)
+        self.https_port = _port(sockets.https)
         self.on_ready = on_ready
         self.table = TokenTable(config.accounts)
         self.sel = selectors.DefaultSelector()
@@ -89,13 +102,9 @@ class Parent:
         self.cmd_ready = self.net_ready = False
         self.restart_at: dict[str, float] = {}
         self.https_pub_key = ""
+        self.next_touch = instant() + SOCKET_TOUCH_PERIOD
         self.https_fingerprint = ""
-        net_fds = {}
-        if sockets.http is not None:
-            net_fds["http"] = sockets.http.fileno()
-        if sockets.https is not None:
-            net_fds["https"] = sockets.https.fileno()
-        self.net = self._child("network", "pizauth.net", net_fds, child_args)
+        self.net = self._child("network", "pizauth.net", sockets.listener_fds(), child_args)
         self.cmd = self._child(
             "command", "pizauth.command", {"socket": sockets.control.fileno()}, child_args
         )
@@ -166,6 +175,9 @@ class Parent:
 
     def tick(self, now: float) -> None:
         self.hooks.enforce_timeouts(now)
+        if now >= self.next_touch:
+            self.next_touch = now + SOCKET_TOUCH_PERIOD
+            self.touch_socket()
         for name, when in list(self.restart_at.items()):
             if when <= now:
                 del self.restart_at[name]
@@ -180,6 +192,7 @@ class Parent:
             refresher.next_wakeup(self.table),
             notifier.next_wakeup(self.table, self.config.auth_notify_interval),
             self.hooks.next_deadline(),
+            self.next_touch,
             *self.restart_at.values(),
         ]
         soonest = min((t for t in candidates if t is not None), default=now + refresher.MAX_SLEEP)
@@ -600,12 +613,57 @@ class Parent:
         """Re-read the configuration (spec §8.3); the error text if it is bad."""
         try:
             config = configuration.load(self.config_path)
-        except configuration.ConfigError as e:
+            self._rebind(config)
+        except (configuration.ConfigError, ListenError) as e:
             return str(e)
         for name in self.table.reload(config.accounts):
             self.event(name, "token_invalidated")  # gap 22
         self.config = config
         return None
+
+    def touch_socket(self) -> None:
+        """Keep the socket from being reaped as stale (spec §2.4; also when detached, gap 4)."""
+        try:
+            os.utime(self.sockets.control.getsockname(), follow_symlinks=False)
+        except OSError:
+            pass
+
+    def _rebind(self, config: configuration.Config) -> None:
+        """Bind changed listener addresses and restart the network child on them."""
+        old = self.config
+        changed = {
+            what: address
+            for what, address, before in (
+                ("http", config.http_listen, old.http_listen),
+                ("https", config.https_listen, old.https_listen),
+            )
+            if address != before
+        }
+        if not changed:
+            return
+        # Bind everything first, so a bad address leaves the running server untouched.
+        fresh: dict[str, socket.socket | None] = {}
+        try:
+            for what, address in changed.items():
+                fresh[what] = bind_listener(address, f"{what}_listen")
+        except ListenError:
+            for sock in fresh.values():
+                if sock is not None:
+                    sock.close()
+            raise
+        for what, sock in fresh.items():
+            previous = getattr(self.sockets, what)
+            if previous is not None:
+                previous.close()
+            setattr(self.sockets, what, sock)
+        self.http_port = _port(self.sockets.http)
+        self.https_port = _port(self.sockets.https)
+        self.net.fds = self.sockets.listener_fds()
+        self.net.drop()  # restarted on the new sockets once it has exited
+        # Pending URLs name the old redirect port: those logins must start afresh.
+        for entry in self.table.entries.values():
+            if isinstance(entry.state, Pending):
+                self.table.replace(entry.account.name, Empty())
 
     def shutdown(self) -> None:
         self.table.wipe_all()

@@ -1,0 +1,471 @@
+"""Token-endpoint calls and triage of replies (spec §6.1, §6.2; gaps 7, 8, 9, 10).
+
+The token endpoint is a scripted http.server on 127.0.0.1 in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.parse
+from collections import deque
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from pizauth.net import tokenclient
+from pizauth.net.tokenclient import TokenResult, exchange_code, refresh
+
+UNEXPECTED_EXCHANGE = "invalid response received"
+UNEXPECTED_REFRESH = "Received JSON in unexpected format"
+
+GOOD = {"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt"}
+
+STALL = "stall"  # send nothing until the test ends
+STALL_BODY = "stall-body"  # send the headers and part of the body, then nothing
+
+
+def body(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+class Endpoint:
+    """A token endpoint that answers each POST with the next scripted action."""
+
+    def __init__(self) -> None:
+        self.script: deque[tuple[int, bytes] | str] = deque()
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.release = threading.Event()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", "0"))
+                data = self.rfile.read(length)
+                endpoint.requests.append((self.path, dict(self.headers), data))
+                action = endpoint.script.popleft() if endpoint.script else (500, b"")
+                if action == STALL:
+                    endpoint.release.wait(10)
+                    return
+                if action == STALL_BODY:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"access_token": ')
+                    self.wfile.flush()
+                    endpoint.release.wait(10)
+                    return
+                status, payload = action
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        # A short poll interval keeps shutdown() (and so each test's teardown) quick.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def answer(self, *actions: tuple[int, bytes] | str) -> Endpoint:
+        self.script.extend(actions)
+        return self
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    ep = Endpoint()
+    ep.thread.start()
+    yield ep
+    ep.release.set()
+    ep.server.shutdown()
+    ep.server.server_close()
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        s.trust_env = False  # no proxy from the environment for 127.0.0.1
+        yield s
+
+
+@pytest.fixture
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Sleeps(list):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+EXCHANGE_FORM = [
+    ("code", "the-code"),
+    ("client_id", "cid"),
+    ("code_verifier", "ver"),
+    ("redirect_uri", "http://localhost:1/"),
+    ("grant_type", "authorization_code"),
+]
+REFRESH_FORM = [("client_id", "cid"), ("refresh_token", "rt"), ("grant_type", "refresh_token")]
+
+
+def judge(status: int, payload: bytes, unexpected: str = UNEXPECTED_EXCHANGE) -> TokenResult:
+    return tokenclient._judge(status, payload, unexpected)
+
+
+def judge_error(status: int, payload: bytes, unexpected: str = UNEXPECTED_EXCHANGE):
+    """(kind, message) of a reply _judge refuses."""
+    try:
+        result = judge(status, payload, unexpected)
+    except tokenclient._Transient as e:
+        return "transient", str(e)
+    except tokenclient._Permanent as e:
+        return "permanent", str(e)
+    pytest.fail(f"accepted: {result}")
+
+
+# -- _judge: what counts as a token ----------------------------------------------------------
+
+
+def test_valid_reply():
+    assert judge(200, body(GOOD)) == TokenResult("ok", "", "at-1", 3600, "string", "rt")
+
+
+def test_lower_case_bearer_accepted():
+    result = judge(200, body({**GOOD, "token_type": "bearer"}))
+    assert (result.outcome, result.access_token) == ("ok", "at-1")
+
+
+def test_missing_expires_in_accepted_as_none():
+    doc = {k: v for k, v in GOOD.items() if k != "expires_in"}
+    result = judge(200, body(doc))
+    assert result.outcome == "ok" and result.expires_in is None
+    assert result.fields()[3] == b""
+
+
+def test_zero_expires_in_accepted():
+    assert judge(200, body({**GOOD, "expires_in": 0})).expires_in == 0
+
+
+@pytest.mark.parametrize("unexpected", [UNEXPECTED_EXCHANGE, UNEXPECTED_REFRESH])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {**GOOD, "expires_in": -1},
+        {**GOOD, "expires_in": True},
+        {**GOOD, "expires_in": "3600"},
+        {**GOOD, "expires_in": 3600.5},
+        {k: v for k, v in GOOD.items() if k != "access_token"},
+        {**GOOD, "access_token": 5},
+        {**GOOD, "access_token": None},
+        {k: v for k, v in GOOD.items() if k != "token_type"},
+        {**GOOD, "token_type": "mac"},
+        {**GOOD, "token_type": None},
+        [GOOD],
+        "token",
+    ],
+)
+def test_unexpected_replies(doc, unexpected):
+    assert judge_error(200, body(doc), unexpected) == ("permanent", unexpected)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"error": "invalid_grant"}, "invalid_grant"),
+        (
+            {"error": "invalid_grant", "error_description": "Code expired"},
+            "invalid_grant: Code expired",
+        ),
+        ({"error": "invalid_grant", "error_description": ""}, "invalid_grant"),
+        ({"error": "invalid_grant", "error_description": 7}, "invalid_grant"),
+        # an error wins even next to a token
+        ({**GOOD, "error": "server_error"}, "server_error"),
+    ],
+)
+def test_json_error_on_200(doc, message):
+    assert judge_error(200, body(doc)) == ("permanent", message)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"error": "invalid_grant"}, "HTTP code 400 (invalid_grant)"),
+        (
+            {"error": "invalid_grant", "error_description": "Bad code"},
+            "HTTP code 400 (invalid_grant: Bad code)",
+        ),
+        ({"nothing": "useful"}, "HTTP code 400"),
+        ("not json", "HTTP code 400"),
+    ],
+)
+def test_json_error_on_400(doc, message):
+    payload = doc.encode() if isinstance(doc, str) else body(doc)
+    assert judge_error(400, payload) == ("permanent", message)
+
+
+def test_non_json_body():
+    kind, message = judge_error(200, b"<html>oops</html>")
+    assert kind == "permanent" and message.startswith("Invalid JSON: ")
+    kind, message = judge_error(200, b"\xff\xfe")
+    assert kind == "permanent" and message.startswith("Invalid JSON: ")
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_transient_statuses(status):
+    assert judge_error(status, b"") == ("transient", f"HTTP code {status}")
+
+
+@pytest.mark.parametrize("status", [301, 302, 400, 401, 403, 404, 501])
+def test_permanent_statuses(status):
+    assert judge_error(status, b"") == ("permanent", f"HTTP code {status}")
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind", "token"),
+    [
+        ({}, "absent", ""),
+        ({"refresh_token": "new-rt"}, "string", "new-rt"),
+        ({"refresh_token": None}, "invalid", ""),
+        ({"refresh_token": 12}, "invalid", ""),
+    ],
+)
+def test_refresh_token_kinds(extra, kind, token):
+    doc = {k: v for k, v in GOOD.items() if k != "refresh_token"} | extra
+    result = judge(200, body(doc), UNEXPECTED_REFRESH)
+    assert (result.refresh_kind, result.refresh_token) == (kind, token)
+
+
+# -- refresh over HTTP -----------------------------------------------------------------------
+
+
+def test_refresh_ok(endpoint, session):
+    endpoint.answer((200, body(GOOD)))
+    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    assert result == TokenResult("ok", "", "at-1", 3600, "string", "rt")
+    path, headers, sent = endpoint.requests[0]
+    assert path == "/token"
+    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert "Authorization" not in headers  # client_secret_post, never HTTP Basic
+    assert sent == b"client_id=cid&refresh_token=rt&grant_type=refresh_token"
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_refresh_transient_status(endpoint, session, status):
+    endpoint.answer((status, body({"error": "slow_down"})))
+    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    assert result.outcome == "transient"
+    assert result.message.startswith(f"HTTP code {status}")
+    assert len(endpoint.requests) == 1  # one attempt; the parent schedules retries
+
+
+def test_refresh_permanent_400(endpoint, session):
+    endpoint.answer((400, body({"error": "invalid_grant", "error_description": "revoked"})))
+    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    assert (result.outcome, result.message) == (
+        "permanent",
+        "HTTP code 400 (invalid_grant: revoked)",
+    )
+
+
+def test_refresh_non_json(endpoint, session):
+    endpoint.answer((200, b"not json"))
+    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    assert result.outcome == "permanent" and result.message.startswith("Invalid JSON: ")
+
+
+def test_refresh_unexpected_json(endpoint, session):
+    endpoint.answer((200, body({**GOOD, "expires_in": -5})))
+    assert refresh(session, endpoint.uri, REFRESH_FORM) == TokenResult(
+        "permanent", UNEXPECTED_REFRESH
+    )
+
+
+def test_redirects_are_not_followed(endpoint, session):
+    endpoint.answer((302, b""))
+    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    assert (result.outcome, result.message) == ("permanent", "HTTP code 302")
+    assert len(endpoint.requests) == 1
+
+
+def test_oversized_body_is_permanent(endpoint, session, monkeypatch):
+    monkeypatch.setattr(tokenclient, "MAX_BODY", 100)
+    endpoint.answer((200, body({**GOOD, "padding": "x" * 1000})))
+    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    assert result.outcome == "permanent"
+    assert "too large" in result.message
+
+
+def test_refresh_connection_refused_is_transient(session, closed_port):
+    uri = f"http://127.0.0.1:{closed_port}/token"
+    result = refresh(session, uri, REFRESH_FORM)
+    assert result.outcome == "transient"
+    assert result.message == f"couldn't connect to {uri}"
+
+
+def test_refresh_read_timeout_is_transient(endpoint, session, monkeypatch):
+    monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
+    endpoint.answer(STALL)
+    assert refresh(session, endpoint.uri, REFRESH_FORM).outcome == "transient"
+
+
+def test_refresh_body_stall_is_transient(endpoint, session, monkeypatch):
+    monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
+    endpoint.answer(STALL_BODY)
+    assert refresh(session, endpoint.uri, REFRESH_FORM).outcome == "transient"
+
+
+# -- code exchange over HTTP -----------------------------------------------------------------
+
+
+def test_exchange_ok(endpoint, session):
+    endpoint.answer((200, body(GOOD)))
+    sleeps = Sleeps()
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    assert result.outcome == "ok" and result.access_token == "at-1"
+    assert sleeps == []
+    assert urllib.parse.parse_qsl(endpoint.requests[0][2].decode()) == EXCHANGE_FORM
+
+
+def test_exchange_400_not_retried_and_reports_oauth_error(endpoint, session):
+    endpoint.answer((400, body({"error": "invalid_grant", "error_description": "used"})))
+    sleeps = Sleeps()
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    assert (result.outcome, result.message) == ("permanent", "HTTP code 400 (invalid_grant: used)")
+    assert sleeps == [] and len(endpoint.requests) == 1
+
+
+def test_exchange_error_on_200(endpoint, session):
+    endpoint.answer((200, body({"error": "access_denied"})))
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=Sleeps())
+    assert (result.outcome, result.message) == ("permanent", "access_denied")
+
+
+def test_exchange_invalid_reply(endpoint, session):
+    endpoint.answer((200, body({**GOOD, "token_type": "mac"})))
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=Sleeps())
+    assert (result.outcome, result.message) == ("permanent", UNEXPECTED_EXCHANGE)
+
+
+def test_exchange_503_retried_then_succeeds(endpoint, session):
+    endpoint.answer((503, b""), (200, body(GOOD)))
+    sleeps = Sleeps()
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    assert result.outcome == "ok"
+    assert sleeps == [tokenclient.EXCHANGE_RETRY_DELAY] == [6.0]
+    assert len(endpoint.requests) == 2
+    assert endpoint.requests[0][2] == endpoint.requests[1][2]
+
+
+def test_exchange_503_every_time_gives_up(endpoint, session):
+    endpoint.answer(*[(503, b"")] * tokenclient.EXCHANGE_ATTEMPTS)
+    sleeps = Sleeps()
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    assert (result.outcome, result.message) == ("permanent", "HTTP code 503")
+    assert len(endpoint.requests) == tokenclient.EXCHANGE_ATTEMPTS == 10
+    assert sleeps == [6.0] * 9
+
+
+def test_exchange_connection_refused_retried(session, closed_port):
+    uri = f"http://127.0.0.1:{closed_port}/token"
+    sleeps = Sleeps()
+    result = exchange_code(session, uri, EXCHANGE_FORM, sleep=sleeps)
+    assert sleeps == [6.0] * (tokenclient.EXCHANGE_ATTEMPTS - 1)
+    assert (result.outcome, result.message) == ("permanent", f"couldn't connect to {uri}")
+
+
+def test_exchange_read_timeout_not_retried(endpoint, session, monkeypatch):
+    """gap 10: the code may have been used; sending it again could revoke the grant."""
+    monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
+    endpoint.answer(STALL, (200, body(GOOD)))
+    sleeps = Sleeps()
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    assert result.outcome == "permanent"
+    assert sleeps == []
+    assert len(endpoint.requests) == 1
+
+
+def test_exchange_body_stall_not_retried(endpoint, session, monkeypatch):
+    monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
+    endpoint.answer(STALL_BODY, (200, body(GOOD)))
+    sleeps = Sleeps()
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    assert result.outcome == "permanent"
+    assert sleeps == []
+    assert len(endpoint.requests) == 1
+
+
+# -- forms (§6.1, §6.2 field order) ----------------------------------------------------------
+
+
+def test_exchange_form_order_with_secret():
+    uri, form = tokenclient.exchange_form(
+        (b"http://t/token", b"cid", b"1", b"sec", b"code", b"ver", b"http://localhost:1/")
+    )
+    assert uri == "http://t/token"
+    assert form == [
+        ("code", "code"),
+        ("client_id", "cid"),
+        ("code_verifier", "ver"),
+        ("redirect_uri", "http://localhost:1/"),
+        ("grant_type", "authorization_code"),
+        ("client_secret", "sec"),
+    ]
+
+
+def test_exchange_form_without_secret():
+    _, form = tokenclient.exchange_form(
+        (b"http://t/token", b"cid", b"0", b"", b"code", b"ver", b"http://localhost:1/")
+    )
+    assert [k for k, _ in form] == [
+        "code",
+        "client_id",
+        "code_verifier",
+        "redirect_uri",
+        "grant_type",
+    ]
+
+
+def test_exchange_form_with_empty_secret_still_sends_it():
+    _, form = tokenclient.exchange_form(
+        (b"http://t/token", b"cid", b"1", b"", b"code", b"ver", b"http://localhost:1/")
+    )
+    assert form[-1] == ("client_secret", "")
+
+
+def test_refresh_form_order():
+    uri, form = tokenclient.refresh_form((b"http://t/token", b"cid", b"1", b"sec", b"rt"))
+    assert uri == "http://t/token"
+    assert form == [
+        ("client_id", "cid"),
+        ("refresh_token", "rt"),
+        ("grant_type", "refresh_token"),
+        ("client_secret", "sec"),
+    ]
+    _, form = tokenclient.refresh_form((b"http://t/token", b"cid", b"0", b"", b"rt"))
+    assert [k for k, _ in form] == ["client_id", "refresh_token", "grant_type"]
+
+
+def test_form_posted_in_order_with_secret_last(endpoint, session):
+    uri, form = tokenclient.exchange_form(
+        (endpoint.uri.encode(), b"c id", b"1", b"s&cret", b"co/de", b"ver", b"http://l:1/")
+    )
+    endpoint.answer((200, body(GOOD)))
+    assert exchange_code(session, uri, form, sleep=Sleeps()).outcome == "ok"
+    assert endpoint.requests[0][2] == (
+        b"code=co%2Fde&client_id=c+id&code_verifier=ver&redirect_uri=http%3A%2F%2Fl%3A1%2F"
+        b"&grant_type=authorization_code&client_secret=s%26cret"
+    )

@@ -102,8 +102,8 @@ class Parent:
         self.cmd_ready = self.net_ready = False
         self.restart_at: dict[str, float] = {}
         self.https_pub_key = ""
-        self.next_touch = instant() + SOCKET_TOUCH_PERIOD
         self.https_fingerprint = ""
+        self.next_touch = instant() + SOCKET_TOUCH_PERIOD
         self.net = self._child("network", "pizauth.net", sockets.listener_fds(), child_args)
         self.cmd = self._child(
             "command", "pizauth.command", {"socket": sockets.control.fileno()}, child_args

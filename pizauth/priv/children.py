@@ -33,7 +33,7 @@ class Child:
         args: list[str],
         watch: Callable[[int, Callable[[], None]], None],
         unwatch: Callable[[int], None],
-        set_writing: Callable[[int, bool], None],
+        set_writing: Callable[[int, Callable[[], None] | None], None],
     ) -> None:
         self.name = name
         self.module = module
@@ -105,7 +105,7 @@ class Child:
             self.outbox.popleft()
             if secret:
                 ipc.wipe(frame)
-        self._set_writing(self.channel.fileno(), bool(self.outbox))
+        self._set_writing(self.channel.fileno(), self.writable if self.outbox else None)
 
     def flush(self, timeout: float) -> None:
         """Write what is queued, waiting up to `timeout` (at shutdown)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pizauth import config as configuration
 from pizauth import ipc
 from pizauth.ipc import MsgType
-from pizauth.priv import notifier, refresher
+from pizauth.priv import dump, notifier, refresher
 from pizauth.priv.authurl import (
     CallbackUrl,
     effective_redirect_uri,
@@ -127,13 +127,13 @@ class Parent:
         except (KeyError, ValueError):
             pass
 
-    def _set_writing(self, fd: int, writing: bool) -> None:
+    def _set_writing(self, fd: int, on_writable: Callable[[], None] | None) -> None:
+        """Also wait for `fd` to be writable (a child's queued frames), or stop."""
         key = self.sel.get_key(fd)
         read_cb, _ = key.data
-        child = self.net if self.net.channel and self.net.channel.fileno() == fd else self.cmd
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on_writable else 0)
         if key.events != events:
-            self.sel.modify(fd, events, (read_cb, child.writable))
+            self.sel.modify(fd, events, (read_cb, on_writable))
 
     def run(self) -> None:
         wake_r, wake_w = socket.socketpair()
@@ -239,12 +239,14 @@ class Parent:
 
     # -- the command child ------------------------------------------------------------------
 
-    def reply(self, msg: ipc.Message, text: str | bytearray, secret: bool = False) -> None:
-        payload = text.encode("utf-8") if isinstance(text, str) else text
+    def reply(self, msg: ipc.Message, text: str) -> None:
+        self.cmd.send(ipc.encode(MsgType.CMD_REPLY, msg.request_id, [text.encode("utf-8")]))
+
+    def reply_secret(self, msg: ipc.Message, payload: bytearray) -> None:
+        """A reply carrying a token or a dump: every copy we made is wiped once sent."""
         frame = ipc.encode(MsgType.CMD_REPLY, msg.request_id, [payload])
-        if secret:
-            ipc.wipe(payload)  # type: ignore[arg-type]
-        self.cmd.send(frame, secret=secret)
+        ipc.wipe(payload)
+        self.cmd.send(frame, secret=True)
 
     def _entry_or_reply(self, msg: ipc.Message, name: str) -> Entry | None:
         entry = self.table.get(name)
@@ -277,27 +279,30 @@ class Parent:
                 self.reply_pending(msg, self.start_auth(entry), withurl)
             case Pending():
                 self.reply_pending(msg, entry.state, withurl)
-            case Active() as active if active.expiry > now:
-                reply = bytearray(b"access_token:")
-                reply += active.access_token.view()
-                self.reply(msg, reply, secret=True)
-            case Active() as active if active.refresh_token is None:
-                # Expired and nothing to refresh it with: the user must log in again.
-                self._invalidate(entry)
-                self.reply_pending(msg, self.start_auth(entry), withurl)
-            case Active() as active if active.ongoing_refresh or (
-                active.last_refresh_attempt is not None
-                and now < refresher.refresh_time(entry)  # type: ignore[operator]
-            ):
-                # A refresh is running, or failed and retries after refresh_retry (gap 25).
-                self.reply(
-                    msg,
-                    "error:Access token has expired. "
-                    "Refreshing is in progress but has not yet succeeded",
-                )
-            case Active():
-                self.start_refresh(entry, now)
-                self.reply(msg, "error:Access token has expired. Refreshing initiated")
+            case Active() as active:
+                self._show_active(msg, entry, active, withurl, now)
+
+    def _show_active(
+        self, msg: ipc.Message, entry: Entry, active: Active, withurl: bool, now: float
+    ) -> None:
+        if active.expiry > now:
+            reply = bytearray(b"access_token:")
+            reply += active.access_token.view()
+            self.reply_secret(msg, reply)
+        elif active.refresh_token is None:
+            # Expired and nothing to refresh it with: the user must log in again.
+            self._invalidate(entry)
+            self.reply_pending(msg, self.start_auth(entry), withurl)
+        elif active.ongoing_refresh or (refresher.refresh_time(entry) or now) > now:
+            # A refresh is running, or failed and is retried after refresh_retry (gap 25).
+            self.reply(
+                msg,
+                "error:Access token has expired. "
+                "Refreshing is in progress but has not yet succeeded",
+            )
+        else:
+            self.start_refresh(entry, now)
+            self.reply(msg, "error:Access token has expired. Refreshing initiated")
 
     def reply_pending(self, msg: ipc.Message, pending: Pending, withurl: bool) -> None:
         self.reply(msg, "pending:" + (pending.request.url if withurl else ""))
@@ -349,8 +354,25 @@ class Parent:
         self.reply(msg, "ok:")
         self.stopping = True
 
-    def handle_unsupported(self, msg: ipc.Message) -> None:
-        self.reply(msg, f"error:{msg.type.name[4:].lower()} is not supported yet")
+    def handle_dump(self, msg: ipc.Message) -> None:
+        data = dump.dump(self.table)
+        if len(data) > dump.MAX_DUMP:
+            ipc.wipe(data)
+            # A dump that restore could not take back would be a silent loss later.
+            self.reply(msg, "error:Dump too large to be restored")
+            return
+        self.reply_secret(msg, data)  # raw bytes, no prefix (spec §3); wiped once sent
+
+    def handle_restore(self, msg: ipc.Message) -> None:
+        try:
+            restored = dump.restore(self.table, msg.fields[0])
+        except dump.DumpError as e:
+            self.reply(msg, f"error:{e}")  # spec §8.2: nothing has changed
+            return
+        for name in restored:
+            self.event(name, "token_new")  # gap 22: the original emits no event
+        self.reply(msg, "ok:")
+        # Nothing to wake: the loop recomputes refresh and reminder times every iteration.
 
     CMD_HANDLERS: dict[MsgType, Callable[[Parent, ipc.Message], None]] = {
         MsgType.CMD_READY: handle_cmd_ready,
@@ -361,8 +383,8 @@ class Parent:
         MsgType.CMD_INFO: handle_info,
         MsgType.CMD_RELOAD: handle_reload,
         MsgType.CMD_SHUTDOWN: handle_shutdown,
-        MsgType.CMD_DUMP: handle_unsupported,
-        MsgType.CMD_RESTORE: handle_unsupported,
+        MsgType.CMD_DUMP: handle_dump,
+        MsgType.CMD_RESTORE: handle_restore,
     }
 
     # -- the network child ------------------------------------------------------------------

@@ -274,16 +274,31 @@ def _cmd_shutdown(ctx: _Ctx, args: list[str]) -> int:
 def _cmd_dump(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 0)
-    # Not in this release. When it is: client.dump(ctx.sock), written raw to stdout.
-    return _log_error("dump is not supported by this version of pizauth yet")
+    from pizauth import client
+
+    try:
+        data = client.dump(ctx.sock)
+    except client.ClientError as e:
+        return _log_error(str(e))
+    return _out(data)  # raw bytes, no newline (spec §1.2)
 
 
 def _cmd_restore(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 0)
-    # Not in this release (and stdin is deliberately left unread). When it is: read all
-    # of stdin first, then client.restore(ctx.sock, data).
-    return _log_error("restore is not supported by this version of pizauth yet")
+    # spec §1.2: all of stdin first, then connect, so a slow producer (`age -d` asking
+    # for a passphrase) holds no connection open.
+    try:
+        data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+    except OSError as e:
+        return _log_error(paths.os_error_text(e))
+    from pizauth import client
+
+    try:
+        client.restore(ctx.sock, data)
+    except client.ClientError as e:
+        return _log_error(str(e))
+    return 0
 
 
 def _server_info(sock: str) -> dict | None:
@@ -349,6 +364,9 @@ def _cmd_info(ctx: _Ctx, args: list[str]) -> int:
             text += f"  HTTPS port: {info['https_port']}\n"
             if "https_pub_key" in info:
                 text += f"  HTTPS public key: {info['https_pub_key']}\n"
+            if isinstance(info.get("https_cert_sha256"), str):
+                # gap 29: the fingerprint browsers show, to check a certificate warning against
+                text += f"  HTTPS certificate SHA-256: {info['https_cert_sha256']}\n"
     return _out(text.encode("utf-8", errors="replace"))
 
 
@@ -382,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     progname = _progname(argv[0] if argv else "")
     if len(argv) < 2:
         return _usage(progname)
+    if len(argv) == 2 and argv[1] in ("-V", "--version"):
+        # Ours, not the original's; needs no runtime directory. Not in the usage text,
+        # which stays byte-identical to the original's.
+        return _out(f"{progname} {__version__}\n".encode())
     # The runtime directory is prepared before dispatch, even for an unknown command,
     # as the original does.
     try:

@@ -1,4 +1,5 @@
-"""The control-socket client behind show, refresh, revoke, reload, status, shutdown, info.
+"""The control-socket client behind show, refresh, revoke, reload, status, shutdown, info,
+dump and restore.
 
 One request per connection (spec §3): connect, write the request, half-close, read the
 reply until EOF. Replies are handled as bytes so a token or status text reaches stdout
@@ -163,8 +164,17 @@ def status(sock_path: str) -> bytes:
 
 
 def dump(sock_path: str) -> bytes:
-    """The server's dump, uninterpreted."""
-    return request(sock_path, b"dump:")
+    """The server's dump, uninterpreted (spec §1.2), unless it is an `error:` reply.
+
+    The original copies any reply to stdout. Ours can be an error (the server did not
+    answer in time, the dump is too large), and `pizauth dump > file` must not replace
+    a good dump with that text and exit 0. A real dump starts with a random nonce, which
+    begins with «error:» once in 2**48 dumps.
+    """
+    reply = request(sock_path, b"dump:")
+    if reply.startswith(b"error:"):
+        raise _fail(reply)
+    return reply
 
 
 def restore(sock_path: str, data: bytes) -> None:

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from pizauth import ipc
+from pizauth import ipc, sandbox
 from pizauth.ipc import MsgType
 from pizauth.process import start_child
 
@@ -48,37 +48,44 @@ class Reply(Exception):
         self.text = text
 
 
-def printable(raw: bytes) -> str:
+def printable(raw: bytes | bytearray, limit: int = 200) -> str:
+    """A request as logs and error replies show it, cut short if long."""
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return "<can't represent as UTF-8>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
-def parse_request(raw: bytes) -> tuple[MsgType, list[bytes]]:
-    """The message for a client request, or Reply with the answer (spec §3)."""
-    command, sep, args = raw.partition(b":")
-    if not sep:
+def parse_request(raw: bytes | bytearray) -> tuple[MsgType, list[ipc.Buffer]]:
+    """The message for a client request, or Reply with the answer (spec §3).
+
+    A restore request's dump is passed on as a view of `raw`, not copied, so
+    that wiping `raw` afterwards leaves no copy of it in this process.
+    """
+    colon = raw.find(b":")
+    if colon < 0:
         log.warning("Syntactically invalid request '%s'", printable(raw))
         # An empty request is the "already running" probe: it gets no reply (spec §2.3).
         raise Reply(f"error:Syntactically invalid request '{printable(raw)}'" if raw else None)
+    command, args = bytes(raw[:colon]), memoryview(raw)[colon + 1 :]
     try:
         name = command.decode("utf-8")
     except UnicodeDecodeError:
         log.warning("Syntactically invalid request '%s'", printable(raw))
         raise Reply(f"error:Syntactically invalid request '{printable(raw)}'") from None
     if name in NO_ARGS:
-        if args:
+        if args.nbytes:
             raise Reply(f"error:Unknown command '{name}'")
         return NO_ARGS[name], []
     if name == "restore":
         return MsgType.CMD_RESTORE, [args]
     try:
-        text = args.decode("utf-8")
+        text = str(args, "utf-8")
     except UnicodeDecodeError:
         raise Reply("error:Account names must be UTF-8") from None
     if name == "revoke":
-        return MsgType.CMD_REVOKE, [args]
+        return MsgType.CMD_REVOKE, [text.encode()]
     if name in ("showtoken", "refresh"):
         word, space, account = text.partition(" ")
         if not space:
@@ -90,21 +97,50 @@ def parse_request(raw: bytes) -> tuple[MsgType, list[bytes]]:
     raise Reply(f"error:Unknown command '{name}'")
 
 
-def read_request(conn: socket.socket) -> bytes:
-    """Everything the client sends until it half-closes, bounded in size and time."""
+def read_request(conn: socket.socket) -> bytearray:
+    """Everything the client sends until it half-closes, bounded in size and time.
+
+    Read with recv_into into buffers that are wiped when outgrown, since a
+    restore request carries tokens and client secrets.
+    """
     deadline = time.monotonic() + READ_DEADLINE
-    buf = bytearray()
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("client did not finish its request in time")
-        conn.settimeout(remaining)
-        chunk = conn.recv(65536)
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > MAX_REQUEST:
-            raise Reply("error:Request too large")
+    buf, n = bytearray(min(4096, MAX_REQUEST + 1)), 0
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("client did not finish its request in time")
+            conn.settimeout(remaining)
+            if n == len(buf):
+                bigger = bytearray(min(2 * n, MAX_REQUEST + 1))
+                bigger[:n] = buf
+                ipc.wipe(buf)
+                buf = bigger
+            got = conn.recv_into(memoryview(buf)[n:])
+            if not got:
+                request = bytearray(n)
+                request[:] = memoryview(buf)[:n]
+                return request
+            n += got
+            if n > MAX_REQUEST:
+                _drain(conn, deadline)
+                raise Reply("error:Request too large")
+    finally:
+        ipc.wipe(buf)
+
+
+def _drain(conn: socket.socket, deadline: float) -> None:
+    """Read and drop the rest of an oversized request, so the client can hear why."""
+    scratch = bytearray(65536)
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            conn.settimeout(remaining)
+            if not conn.recv_into(scratch):
+                return
+    except TimeoutError:
+        pass
+    finally:
+        ipc.wipe(scratch)
 
 
 class CommandChild:
@@ -147,12 +183,19 @@ class CommandChild:
 
     def answer(self, conn: socket.socket) -> None:
         try:
-            msg_type, fields = parse_request(read_request(conn))
+            raw = read_request(conn)
+        except Reply as r:
+            conn.sendall(r.text.encode() if r.text else b"")
+            return
+        try:
+            msg_type, fields = parse_request(raw)
+            reply = self.channel.call(msg_type, fields, REPLY_TIMEOUT)
         except Reply as r:
             if r.text is not None:
                 conn.sendall(r.text.encode())
             return
-        reply = self.channel.call(msg_type, fields, REPLY_TIMEOUT)
+        finally:
+            ipc.wipe(raw)  # it may have been a dump
         if reply is None:
             conn.sendall(b"error:pizauth server did not answer in time")
             return
@@ -180,6 +223,8 @@ class CommandChild:
 
 def main(argv: list[str]) -> None:
     fds, _ = start_child("pizauth: command", argv)
+    # Before the first thread: the filter covers this thread and every one it starts.
+    sandbox.confine("command child")
     channel = ipc.Channel(socket.socket(fileno=fds["channel"]))
     CommandChild(channel, socket.socket(fileno=fds["socket"])).run()
     os._exit(0)

@@ -108,13 +108,17 @@ def encode(
         raise ProtocolError(f"{msg_type.name} of {total} bytes exceeds {MAX_MESSAGE}")
     frame = bytearray(total)
     HEADER.pack_into(frame, 0, msg_type, total, request_id, os.getpid() if pid is None else pid)
+    # Copy through a memoryview: assigning a non-bytearray to a bytearray slice makes a
+    # temporary bytearray copy of it, which would leave an unwiped copy of any secret.
+    out = memoryview(frame)
     pos = HEADER_SIZE
     for f in fields:
         view = memoryview(f).cast("B")
         FIELD_LEN.pack_into(frame, pos, view.nbytes)
         pos += FIELD_LEN.size
-        frame[pos : pos + view.nbytes] = view
+        out[pos : pos + view.nbytes] = view
         pos += view.nbytes
+    out.release()
     return frame
 
 
@@ -205,8 +209,29 @@ class FrameReader:
         self._have_frame = 0
 
     def read_from(self, sock: socket.socket) -> list[bytearray] | None:
-        """Read what is available; complete frames, or None on end-of-file."""
+        """Read what is available; complete frames, or None on end-of-file.
+
+        If reading fails (a protocol or socket error) every byte read so far is
+        wiped before the error propagates: the channel is about to be dropped.
+        """
         frames: list[bytearray] = []
+        try:
+            return self._read(sock, frames)
+        except BaseException:
+            for frame in frames:
+                wipe(frame)
+            self.wipe()
+            raise
+
+    def wipe(self) -> None:
+        """Zero and forget a partly read frame (its channel is being dropped)."""
+        if self._frame is not None:
+            wipe(self._frame)
+            self._frame = None
+        wipe(self._header)
+        self._have_header = self._have_frame = 0
+
+    def _read(self, sock: socket.socket, frames: list[bytearray]) -> list[bytearray] | None:
         while True:
             try:
                 if self._frame is None:

@@ -127,16 +127,20 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
         if status is not None:
             return status
     ready_fd = _ready_pipe()
+    # Taken out of the environment so that neither children nor hooks inherit it.
+    notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
     harden()
     set_title("pizauth: parent")
     setup_logging(verbosity, not foreground, progname)
 
     from pizauth.priv.parent import Parent, Sockets
 
-    def on_ready() -> None:
+    def on_ready(startup_done: bool) -> None:
+        """Commands are served; with `startup_done`, startup_cmd has finished too."""
         nonlocal ready_fd
-        notify_systemd()
-        if ready_fd is not None:
+        if startup_done:
+            notify_systemd(notify_socket)
+        elif ready_fd is not None:
             os.write(ready_fd, READY)
             os.close(ready_fd)
             ready_fd = None
@@ -159,9 +163,8 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
     return 0
 
 
-def notify_systemd() -> None:
+def notify_systemd(address: str | None) -> None:
     """READY=1 on $NOTIFY_SOCKET when systemd started us as Type=notify (spec §7.4)."""
-    address = os.environ.pop("NOTIFY_SOCKET", None)
     if not address:
         return
     if address.startswith("@"):

@@ -447,31 +447,88 @@ def test_error_is_red_on_a_terminal(inproc, monkeypatch):
     assert err.getvalue() == "\x1b[31m" + NOT_RUNNING[:-1] + "\x1b[0m\n"
 
 
-# -- dump and restore (not in this release) --------------------------------------------
+# -- dump and restore ------------------------------------------------------------------
+
+DUMP = b"\x00\xffnonce-bytes\n\r:error:binary"  # any bytes at all, even a newline
 
 
-@pytest.mark.parametrize("cmd", ["dump", "restore"])
-def test_dump_restore_not_supported(e, cmd):
+@pytest.mark.parametrize("reply", [DUMP, b"", b"ok:x"])
+def test_dump_copies_the_reply_to_stdout(e, reply):
+    srv = e.server(reply)
+    r = e.run("dump")
+    assert srv.finish() == b"dump:"
+    # spec §1.2: raw bytes, no newline added; an empty reply is an empty dump, exit 0.
+    assert (r.returncode, r.stdout, r.stderr) == (0, reply, b"")
+
+
+def test_dump_error_reply_writes_nothing(e):
+    # `pizauth dump > file` must not replace a good dump with an error text.
+    srv = e.server(b"error:pizauth server did not answer in time")
+    r = e.run("dump")
+    srv.finish()
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert r.stderr.decode() == err("pizauth server did not answer in time")
+
+
+def test_dump_and_restore_not_running(e):
+    r = e.run("dump")
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", NOT_RUNNING)
+    r = e.run("restore", input=DUMP)
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", NOT_RUNNING)
+
+
+@pytest.mark.parametrize("data", [DUMP, b"", bytes(range(256)) * 300])
+def test_restore_sends_all_of_stdin(e, data):
     srv = e.server(b"ok:")
+    r = e.run("restore", input=data)
+    assert srv.finish() == b"restore:" + data
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+
+
+@pytest.mark.parametrize(
+    "reply, stderr",
+    [
+        (b"error:Restoring dump failed", err("Restoring dump failed")),
+        (b"error:Unknown dump version", err("Unknown dump version")),
+        (b"ok:x", bad("ok:x")),
+        (b"", bad("")),
+    ],
+)
+def test_restore_replies(e, reply, stderr):
+    srv = e.server(reply)
+    r = e.run("restore", input=DUMP)
+    srv.finish()
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", stderr)
+
+
+def test_restore_reads_stdin_before_connecting(e):
+    # No server yet: a client that connected before reading stdin would fail at once.
+    e.rundir.mkdir(parents=True)
     p = subprocess.Popen(
-        [sys.executable, "-m", "pizauth.cli", cmd],
+        [sys.executable, "-m", "pizauth.cli", "restore"],
         env=e.env,
         cwd=REPO,
-        stdin=subprocess.PIPE,  # left open: reading it would hang
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
+        p.stdin.write(DUMP[:5])
+        p.stdin.flush()
+        # A negative cannot be waited for: give a wrong client half a second to fail.
+        with pytest.raises(subprocess.TimeoutExpired):
+            p.wait(timeout=0.5)
+        srv = e.server(b"ok:")
+        p.stdin.write(DUMP[5:])
+        p.stdin.close()
         code = p.wait(timeout=20)
-        out, err = p.stdout.read(), p.stderr.read()
+        out, error = p.stdout.read(), p.stderr.read()
     finally:
         p.kill()
         for f in (p.stdin, p.stdout, p.stderr):
             f.close()
-    srv.listener.close()
-    assert srv.request is None  # the server was never contacted
-    assert (code, out) == (1, b"")
-    assert err.decode() == f"ERROR - {cmd} is not supported by this version of pizauth yet\n"
+    assert srv.finish() == b"restore:" + DUMP
+    assert (code, out, error) == (0, b"", b"")
 
 
 # -- info ------------------------------------------------------------------------------
@@ -522,6 +579,21 @@ def test_info_with_https(e):
         e,
         "x",
         "server running:\n  HTTP port: 1\n  HTTPS port: 2\n  HTTPS public key: 04:8A:1F\n",
+    )
+
+
+def test_info_with_https_fingerprint(e):
+    srv = e.server(
+        b'{"http_port":"1","https_port":"2","https_pub_key":"04:8A:1F",'
+        b'"https_cert_sha256":"AB:CD"}'
+    )
+    r = e.run("info", "-c", "x")
+    srv.finish()
+    assert r.stdout.decode() == human(
+        e,
+        "x",
+        "server running:\n  HTTP port: 1\n  HTTPS port: 2\n  HTTPS public key: 04:8A:1F\n"
+        "  HTTPS certificate SHA-256: AB:CD\n",
     )
 
 

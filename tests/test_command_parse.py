@@ -167,10 +167,23 @@ def test_read_request_accepts_exactly_max(pair, monkeypatch):
 def test_read_request_oversized(pair, monkeypatch):
     monkeypatch.setattr(command, "MAX_REQUEST", 64)
     client, server = pair
-    client.sendall(b"restore:" + b"x" * 100)  # and never half-closes
+    client.sendall(b"restore:" + b"x" * 100)
+    client.shutdown(socket.SHUT_WR)
     with pytest.raises(Reply) as info:
         read_request(server)
     assert info.value.text == "error:Request too large"
+
+
+def test_read_request_oversized_and_never_half_closed(pair, monkeypatch):
+    monkeypatch.setattr(command, "MAX_REQUEST", 64)
+    monkeypatch.setattr(command, "READ_DEADLINE", 0.2)
+    client, server = pair
+    client.sendall(b"restore:" + b"x" * 100)
+    start = time.monotonic()
+    with pytest.raises(Reply) as info:
+        read_request(server)
+    assert info.value.text == "error:Request too large"
+    assert time.monotonic() - start < 2.0
 
 
 def test_read_request_peer_never_half_closes(pair, monkeypatch):

@@ -1,12 +1,14 @@
 """The network child: redirect listeners and token-endpoint calls.
 
 It accepts browser redirects on the listening sockets the parent handed it,
-asks the parent to judge each callback, and performs the token requests the
-parent asks for. It holds no token state of its own.
+asks the parent to judge each callback, and relays the token requests the
+parent asks for to short-lived worker processes (net/worker.py), so that it
+keeps no token once a request is done. It holds no token state of its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -14,61 +16,121 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
 
-import requests
-
-from pizauth import ipc
+from pizauth import ipc, sandbox
 from pizauth.ipc import MsgType
 from pizauth.net import redirect, tls, tokenclient
+from pizauth.net.worker import Launcher
 from pizauth.process import start_child
 
 log = logging.getLogger("pizauth")
 
-MAX_CONNECTIONS = 64  # concurrent callback connections; more wait in the backlog
+MAX_CONNECTIONS = 64  # callback connections served at once (see Connections)
 VERDICT_TIMEOUT = 10.0
 
 
+class Connections:
+    """The open callback connections (gap 16).
+
+    At most MAX_CONNECTIONS are served at once. When all are taken, a new
+    connection closes the oldest one that is still sending its request: a
+    browser sends its request the moment it has connected, so only a slow or
+    idle client is ever evicted, and idle connections cannot lock a real
+    callback out. A connection whose request has been read is never evicted.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.keys = itertools.count()
+        self.reading: dict[int, socket.socket] = {}  # insertion order = oldest first
+        self.open = 0
+
+    def admit(self, conn: socket.socket) -> int | None:
+        """A key for a new connection, or None if it must be refused."""
+        with self.lock:
+            if self.open >= self.limit:
+                if not self.reading or self.open >= 2 * self.limit:
+                    return None  # every slot is busy with a real request
+                victim = self.reading.pop(next(iter(self.reading)))  # the oldest
+                try:
+                    # The plain socket's shutdown, also for a TLS socket: its thread then
+                    # sees end-of-file at once and frees the slot.
+                    socket.socket.shutdown(victim, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            key = next(self.keys)
+            self.reading[key] = conn
+            self.open += 1
+            return key
+
+    def wrapped(self, key: int, conn: socket.socket) -> None:
+        """The connection is now `conn` (TLS): evict that one if need be."""
+        with self.lock:
+            if key in self.reading:
+                self.reading[key] = conn
+
+    def request_read(self, key: int) -> None:
+        with self.lock:
+            self.reading.pop(key, None)
+
+    def close(self, key: int) -> None:
+        with self.lock:
+            self.reading.pop(key, None)
+            self.open -= 1
+
+
 class NetChild:
-    def __init__(self, channel: ipc.Channel, listeners: dict[str, socket.socket]) -> None:
+    def __init__(
+        self, channel: ipc.Channel, listeners: dict[str, socket.socket], launcher: Launcher
+    ) -> None:
         self.channel = channel
         self.listeners = listeners
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.launcher = launcher
+        self.connections = Connections(MAX_CONNECTIONS)
         self.tls: ssl.SSLContext | None = None
 
     # -- redirect listener --------------------------------------------------------------------
 
     def accept_loop(self, scheme: str, listener: socket.socket) -> None:
         while True:
-            self.slots.acquire()
             try:
                 conn, _ = listener.accept()
             except OSError as e:
-                self.slots.release()
                 log.warning("accepting a %s connection failed: %s", scheme, e)
                 time.sleep(0.1)
                 continue
-            threading.Thread(target=self.serve, args=(scheme, conn), daemon=True).start()
+            key = self.connections.admit(conn)
+            if key is None:
+                log.warning("too many callback connections; refusing one")
+                conn.close()
+                continue
+            threading.Thread(target=self.serve, args=(scheme, conn, key), daemon=True).start()
 
-    def serve(self, scheme: str, conn: socket.socket) -> None:
+    def serve(self, scheme: str, conn: socket.socket, key: int) -> None:
         try:
+            conn.settimeout(redirect.READ_TIMEOUT)
             if scheme == "https":
                 assert self.tls is not None
-                conn.settimeout(redirect.READ_TIMEOUT)
-                conn = self.tls.wrap_socket(conn, server_side=True)
+                conn = self.tls.wrap_socket(
+                    conn, server_side=True, do_handshake_on_connect=False
+                )
+                self.connections.wrapped(key, conn)
+                conn.do_handshake()
             with conn:
-                status, page = self.judge(scheme, conn)
+                status, page = self.judge(scheme, conn, key)
                 conn.settimeout(redirect.READ_TIMEOUT)
                 conn.sendall(redirect.response(status, page))
         except (OSError, TimeoutError) as e:
             log.warning("callback connection: %s", e)
             conn.close()
         finally:
-            self.slots.release()
+            self.connections.close(key)
 
-    def judge(self, scheme: str, conn: socket.socket) -> tuple[int, str]:
+    def judge(self, scheme: str, conn: socket.socket, key: int) -> tuple[int, str]:
         try:
             raw = redirect.read_request(conn, time.monotonic() + redirect.DEADLINE)
+            self.connections.request_read(key)
             callback = redirect.parse_request(raw, scheme)
         except redirect.BadRequest as e:
             log.warning("%s", e)
@@ -86,48 +148,64 @@ class NetChild:
         if not self.channel.deliver(msg):
             log.debug("verdict for a callback that gave up waiting")
 
-    def handle_exchange(self, msg: ipc.Message) -> None:
-        uri, form = tokenclient.exchange_form(msg.fields)
-        self._in_thread(msg.request_id, lambda s: tokenclient.exchange_code(s, uri, form))
+    def handle_token_request(self, msg: ipc.Message) -> None:
+        """NET_EXCHANGE or NET_REFRESH: run it in a worker process (net/worker.py)."""
+        request = ipc.encode(msg.type, msg.request_id, msg.fields)
+        for field in msg.fields:
+            ipc.wipe(field)  # the parent's frame; the worker gets `request`, wiped once sent
+        threading.Thread(target=self._relay, args=(msg.type, request), daemon=True).start()
 
-    def handle_refresh(self, msg: ipc.Message) -> None:
-        uri, form = tokenclient.refresh_form(msg.fields)
-        self._in_thread(msg.request_id, lambda s: tokenclient.refresh(s, uri, form))
-
-    def _in_thread(
-        self, request_id: int, call: Callable[[requests.Session], tokenclient.TokenResult]
-    ) -> None:
-        def run() -> None:
-            with requests.Session() as session:
-                try:
-                    result = call(session)
-                except Exception as e:  # noqa: BLE001 - every request gets an answer
-                    log.warning("token request failed: %s", type(e).__name__)
-                    result = tokenclient.TokenResult("permanent", "invalid response received")
-            self.channel.send(MsgType.NET_TOKEN_RESULT, request_id, result.fields())
-
-        threading.Thread(target=run, daemon=True).start()
+    def _relay(self, msg_type: MsgType, request: bytearray) -> None:
+        request_id = ipc.HEADER.unpack_from(request)[2]
+        try:
+            result = self.launcher.call(request, msg_type)
+        finally:
+            ipc.wipe(request)
+        try:
+            if result is not None:
+                reply = ipc.decode(result)
+                if reply.type == MsgType.NET_TOKEN_RESULT and reply.request_id == request_id:
+                    self.channel.send(MsgType.NET_TOKEN_RESULT, request_id, reply.fields)
+                    return
+        except ipc.ProtocolError as e:
+            log.warning("token request worker: %s", e)
+        finally:
+            if result is not None:
+                ipc.wipe(result)
+        # No answer (the worker crashed or overran its deadline). A code may have been
+        # used, so an exchange fails; a refresh is tried again later.
+        failed = tokenclient.TokenResult(
+            "permanent" if msg_type == MsgType.NET_EXCHANGE else "transient",
+            "token request failed",
+        )
+        self.channel.send(MsgType.NET_TOKEN_RESULT, request_id, failed.fields())
 
     def run(self) -> None:
         cert = tls.make_certificate() if "https" in self.listeners else None
         self.tls = cert.context if cert else None
+        # Before the first thread: the filter covers this thread and every one it starts.
+        sandbox.confine("network child")
+        self.launcher.watch()
         for scheme, listener in self.listeners.items():
             threading.Thread(target=self.accept_loop, args=(scheme, listener), daemon=True).start()
         ready = [cert.public_key.encode(), cert.fingerprint.encode()] if cert else [b"", b""]
         self.channel.send(MsgType.NET_READY, 0, ready)
         handlers = {
             MsgType.NET_CALLBACK_VERDICT: self.handle_verdict,
-            MsgType.NET_EXCHANGE: self.handle_exchange,
-            MsgType.NET_REFRESH: self.handle_refresh,
+            MsgType.NET_EXCHANGE: self.handle_token_request,
+            MsgType.NET_REFRESH: self.handle_token_request,
         }
         ipc.serve_parent(self.channel, handlers, "network")
 
 
 def main(argv: list[str]) -> None:
     fds, _ = start_child("pizauth: network", argv)
+    sandbox.prepare()  # find libseccomp while ldconfig may still be run
+    # Forked first: while this process has one thread, no secret and no TLS key.
+    launcher = Launcher(close_in_launcher=list(fds.values()))
     channel = ipc.Channel(socket.socket(fileno=fds.pop("channel")))
     listeners = {scheme: socket.socket(fileno=fd) for scheme, fd in fds.items()}
-    NetChild(channel, listeners).run()
+    NetChild(channel, listeners, launcher).run()
     os._exit(0)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pizauth.config import Account
-from pizauth.priv.secmem import Secret
+from pizauth.priv.secmem import Secret, random_urlsafe
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._")
@@ -104,8 +104,9 @@ def new_auth_request(
 ) -> AuthRequest:
     """A fresh state, PKCE verifier and authorisation URL (spec §5.2, gap 1)."""
     state = b64url(secrets.token_bytes(32))
-    verifier = bytearray(base64.urlsafe_b64encode(secrets.token_bytes(64)).rstrip(b"="))
-    challenge = b64url(hashlib.sha256(verifier).digest())
+    # Made inside the secret arena: no bytes copy of the verifier is left behind.
+    verifier = random_urlsafe(64)
+    challenge = b64url(hashlib.sha256(verifier.view()).digest())
     redirect = effective_redirect_uri(account, http_port, https_port).serialise()
     pairs = [
         ("access_type", "offline"),
@@ -125,7 +126,7 @@ def new_auth_request(
     # An empty existing query ("…/auth?") takes no "&", as in the url crate.
     query = base.query + "&" + form_pairs(pairs) if base.query else form_pairs(pairs)
     url = Url(base.scheme, base.host, base.port, base.path, query, base.userinfo).serialise()
-    return AuthRequest(state, Secret(verifier), redirect, url)
+    return AuthRequest(state, verifier, redirect, url)
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,7 @@ class Child:
                 if secret:
                     ipc.wipe(frame)
             self.outbox.clear()
+            self.reader.wipe()  # a frame cut short may hold half a token
             self.channel.close()
             self.channel = None
         if self.proc is not None and self.proc.poll() is None:

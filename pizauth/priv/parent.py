@@ -81,7 +81,7 @@ class Parent:
         config_path: str,
         sockets: Sockets,
         child_args: list[str],
-        on_ready: Callable[[], None],
+        on_ready: Callable[[bool], None],
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -211,6 +211,10 @@ class Parent:
             except ipc.ProtocolError as e:
                 log.error("protocol error from %s child: %s", child.name, e)
                 child.drop()
+            except Exception:
+                # A bug must not cost the user every token: drop the peer, keep the state.
+                log.exception("handling a message from the %s child failed", child.name)
+                child.drop()
             finally:
                 ipc.wipe(frame)
 
@@ -263,10 +267,18 @@ class Parent:
         if self.ready or not (self.cmd_ready and self.net_ready):
             return
         self.ready = True
+        self.on_ready(False)  # commands are served: `pizauth server` may return
         if self.config.startup_cmd:
-            # spec §7.4: no timeout, no extra environment.
-            self.hooks.start(self.config.startup_cmd, {}, None, _log_startup)
-        self.on_ready()
+
+            def done(error: str | None) -> None:
+                if error is not None:
+                    log.error("%s", error)
+                self.on_ready(True)
+
+            # spec §7.4: no timeout, no extra environment; READY=1 once it has finished.
+            self.hooks.start(self.config.startup_cmd, {}, None, done)
+        else:
+            self.on_ready(True)
 
     def handle_show(self, msg: ipc.Message) -> None:
         withurl, name = ipc.read_flag(msg.fields[0]), ipc.text(msg.fields[1])
@@ -437,7 +449,15 @@ class Parent:
         error = url.get("error")
         if error is not None:
             self.table.replace(name, Empty())
-            self.verdict(msg, 400, f"Authentication for {name} failed: {error}")
+            # gap 36: a page that says what failed and what to do (the network child escapes it).
+            description = url.get("error_description")
+            reason = f"{error} ({description})" if description else error
+            self.verdict(
+                msg,
+                400,
+                f"Authentication for {name} failed: {reason}. "
+                f"Run 'pizauth show {name}' for a new login URL.",
+            )
             self.notify_error(name, f"Authentication for {name} failed: {error}")
             return
         code = url.get("code")
@@ -451,7 +471,7 @@ class Parent:
             return  # gap 12: the first callback's exchange is already under way
         pending.exchanging = True
         account = entry.account
-        secret = (account.client_secret or "").encode()
+        secret = self.table.client_secret(name)  # a Secret: no str or bytes copy per request
         request_id = self._net_request(NetRequest("exchange", name, entry.generation))
         frame = ipc.encode(
             MsgType.NET_EXCHANGE,
@@ -459,8 +479,8 @@ class Parent:
             [
                 account.token_uri.encode(),
                 account.client_id.encode(),
-                ipc.flag(account.client_secret is not None),
-                secret,
+                ipc.flag(secret is not None),
+                b"" if secret is None else secret.view(),
                 code.encode(),
                 pending.request.code_verifier.view(),
                 pending.request.redirect_uri.encode(),
@@ -584,6 +604,7 @@ class Parent:
         active.ongoing_refresh = True
         active.last_refresh_attempt = now
         account = entry.account
+        secret = self.table.client_secret(account.name)
         request_id = self._net_request(NetRequest("refresh", account.name, entry.generation))
         frame = ipc.encode(
             MsgType.NET_REFRESH,
@@ -591,8 +612,8 @@ class Parent:
             [
                 account.token_uri.encode(),
                 account.client_id.encode(),
-                ipc.flag(account.client_secret is not None),
-                (account.client_secret or "").encode(),
+                ipc.flag(secret is not None),
+                b"" if secret is None else secret.view(),
                 active.refresh_token.view(),
             ],
         )
@@ -638,9 +659,9 @@ class Parent:
             self._rebind(config)
         except (configuration.ConfigError, ListenError) as e:
             return str(e)
+        self.config = config  # first: events run the new token_event_cmd (spec §7.2)
         for name in self.table.reload(config.accounts):
             self.event(name, "token_invalidated")  # gap 22
-        self.config = config
         return None
 
     def touch_socket(self) -> None:
@@ -708,8 +729,3 @@ def _drain(sock: socket.socket) -> None:
             pass
     except (BlockingIOError, InterruptedError):
         pass
-
-
-def _log_startup(error: str | None) -> None:
-    if error is not None:
-        log.error("%s", error)

@@ -66,10 +66,16 @@ class TokenTable:
     """The only place tokens live. Owned by the parent's event loop (one thread)."""
 
     def __init__(self, accounts: Iterable[Account]) -> None:
+        accounts = list(accounts)
         self._generations = itertools.count()
         self.entries: dict[str, Entry] = {
             a.name: Entry(a, next(self._generations), Empty()) for a in accounts
         }
+        self.client_secrets = _client_secrets(accounts)
+
+    def client_secret(self, name: str) -> Secret | None:
+        """The account's client secret as a Secret (made once per configuration load)."""
+        return self.client_secrets.get(name)
 
     def get(self, name: str) -> Entry | None:
         return self.entries.get(name)
@@ -95,6 +101,9 @@ class TokenTable:
 
     def reload(self, accounts: Iterable[Account]) -> list[str]:
         """Apply a new configuration (spec §8.3). Returns accounts whose token was dropped."""
+        accounts = list(accounts)
+        _wipe_secrets(self.client_secrets)
+        self.client_secrets = _client_secrets(accounts)
         dropped = []
         new: dict[str, Entry] = {}
         for account in accounts:
@@ -116,14 +125,30 @@ class TokenTable:
         return dropped
 
     def wipe_all(self) -> None:
+        """Forget every token and client secret (shutdown)."""
         for entry in self.entries.values():
             entry.state.wipe()
             entry.state = Empty()
+        _wipe_secrets(self.client_secrets)
 
     def status(self, now: float) -> str:
         lines = [f"{name}: {describe(entry.state, now)}" for name, entry in self.entries.items()]
         # The original sorts whole lines, byte order (spec §3).
         return "\n".join(sorted(lines, key=lambda s: s.encode("utf-8")))
+
+
+def _client_secrets(accounts: Iterable[Account]) -> dict[str, Secret]:
+    # The config's str copy cannot be wiped (SECURITY.md); this one is what requests use,
+    # so no further str or bytes copy is made per request.
+    return {
+        a.name: Secret(a.client_secret.encode()) for a in accounts if a.client_secret is not None
+    }
+
+
+def _wipe_secrets(secrets: dict[str, Secret]) -> None:
+    for secret in secrets.values():
+        secret.wipe()
+    secrets.clear()
 
 
 def describe(state: TokenState, now: float) -> str:

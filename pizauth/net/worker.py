@@ -1,0 +1,189 @@
+"""Token-endpoint calls in short-lived processes, so that no token outlives its call.
+
+`requests` and `json` leave str copies of every token they touch in the heap of
+the process that ran them, and Python cannot wipe a str. So each call runs in
+a worker process that exits as soon as it has answered: its memory dies with
+it. Workers are forked by a launcher, a single-threaded process that the
+network child forks at start-up, before it has any thread, any secret or any
+private key, and before its seccomp filter forbids it to make processes:
+
+    network child --SCM_RIGHTS: one end of a new socketpair--> launcher
+    launcher --fork--> worker: reads one NET_EXCHANGE or NET_REFRESH frame on
+    that socket, makes the call, writes one NET_TOKEN_RESULT frame, exits.
+
+The launcher only ever sees descriptors, never a request or a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+import requests
+
+from pizauth import ipc, sandbox
+from pizauth.ipc import MsgType
+from pizauth.net import tokenclient
+from pizauth.process import harden, set_title
+
+log = logging.getLogger("pizauth")
+
+MAX_WORKERS = 16  # calls at once; more wait for a free slot
+# The longest a worker may take, after which it is killed: a code exchange makes up to
+# EXCHANGE_ATTEMPTS attempts of (connect + read) plus the delay between them.
+_ATTEMPT = 10.0 + 2 * tokenclient.TIMEOUT
+DEADLINES = {
+    MsgType.NET_EXCHANGE: int(
+        tokenclient.EXCHANGE_ATTEMPTS * (_ATTEMPT + tokenclient.EXCHANGE_RETRY_DELAY)
+    ),
+    MsgType.NET_REFRESH: int(_ATTEMPT),
+}
+
+
+class Launcher:
+    """The network child's handle on its launcher process."""
+
+    def __init__(self, close_in_launcher: list[int]) -> None:
+        """Fork the launcher. Call before starting any thread; `close_in_launcher`
+        names descriptors of the network child that the launcher must not keep."""
+        # SEQPACKET: one record per request, so descriptors never arrive merged.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the launcher process
+            try:
+                ours.close()
+                for fd in close_in_launcher:
+                    os.close(fd)
+                _launcher(theirs, os.getppid())
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.pid = pid
+        self.sock = ours
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_WORKERS)
+
+    def watch(self) -> None:
+        """End the network child if the launcher dies, so that the parent restarts both:
+        a network child that can no longer start workers would fail every token request."""
+
+        def wait_for_exit() -> None:
+            try:
+                while self.sock.recv(1):
+                    pass
+            except OSError:
+                pass
+            log.error("network launcher (pid %d) exited", self.pid)
+            os._exit(1)
+
+        threading.Thread(target=wait_for_exit, daemon=True).start()
+
+    def call(self, request: bytearray, msg_type: MsgType) -> bytearray | None:
+        """Run `request` (a NET_EXCHANGE or NET_REFRESH frame) in a new worker.
+
+        The worker's NET_TOKEN_RESULT frame, or None if it failed to answer.
+        """
+        with self._slots:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            with mine:
+                try:
+                    with self._lock:
+                        socket.send_fds(self.sock, [b"W"], [theirs.fileno()])
+                finally:
+                    theirs.close()
+                mine.settimeout(DEADLINES[msg_type] + 5.0)
+                try:
+                    mine.sendall(request)
+                    mine.shutdown(socket.SHUT_WR)  # the worker reads to end-of-file
+                    return _one_frame(mine)
+                except OSError as e:
+                    log.warning("token request worker: %s", e)
+                    return None
+
+
+def _one_frame(sock: socket.socket) -> bytearray | None:
+    """The single frame a worker writes before it exits (EOF ends it)."""
+    reader = ipc.FrameReader()
+    frames: list[bytearray] = []
+    try:
+        while (got := reader.read_from(sock)) is not None:
+            frames += got
+    except ipc.ProtocolError as e:
+        log.warning("token request worker: %s", e)
+    except OSError as e:
+        log.warning("token request worker: %s", e)
+    if len(frames) == 1:
+        return frames[0]
+    for frame in frames:
+        ipc.wipe(frame)
+    return None
+
+
+def _launcher(sock: socket.socket, network_child: int) -> None:  # pragma: no cover - forked
+    harden(parent_death_signal=signal.SIGKILL)
+    if os.getppid() != network_child:
+        return  # the network child died before the death signal was armed
+    set_title("pizauth: network launcher")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+    sandbox.confine("network launcher", new_processes=True)
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, 16, MAX_WORKERS)
+        except OSError:
+            return
+        if not data:
+            return  # the network child is gone
+        for fd in fds:
+            _start_worker(sock, fd)
+
+
+def _start_worker(launcher: socket.socket, fd: int) -> None:  # pragma: no cover - forked
+    try:
+        pid = os.fork()
+    except OSError as e:
+        log.error("cannot start a token request worker: %s", e)
+        os.close(fd)  # the network child sees end-of-file: the request failed
+        return
+    if pid == 0:
+        try:
+            launcher.close()
+            _worker(socket.socket(fileno=fd))
+        except Exception as e:  # noqa: BLE001 - the network child sees no answer
+            log.warning("token request worker failed: %s", e)
+        finally:
+            os._exit(0)
+    os.close(fd)
+
+
+def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
+    harden(parent_death_signal=signal.SIGKILL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    set_title("pizauth: network worker")
+    # On top of the launcher's filter: no new processes either. (If the launcher could not
+    # be confined, it has said so; one warning per token request would be noise.)
+    sandbox.confine("network worker", warn=False)
+    conn.settimeout(10.0)
+    request = _one_frame(conn)
+    if request is None:
+        return
+    msg = ipc.decode(request)
+    if msg.type not in DEADLINES:
+        raise ipc.ProtocolError(f"{msg.type.name} is not a token request")
+    # SIGALRM's default action ends the process: a hard bound whatever the call does.
+    signal.alarm(DEADLINES[msg.type])
+    with requests.Session() as session:
+        try:
+            if msg.type == MsgType.NET_EXCHANGE:
+                uri, form = tokenclient.exchange_form(msg.fields)
+                result = tokenclient.exchange_code(session, uri, form)
+            else:
+                uri, form = tokenclient.refresh_form(msg.fields)
+                result = tokenclient.refresh(session, uri, form)
+        except Exception as e:  # noqa: BLE001 - every request gets an answer
+            log.warning("token request failed: %s", type(e).__name__)
+            result = tokenclient.TokenResult("permanent", "invalid response received")
+    conn.settimeout(10.0)
+    conn.sendall(ipc.encode(MsgType.NET_TOKEN_RESULT, msg.request_id, result.fields()))

@@ -1,0 +1,480 @@
+"""The `pizauth dump` format, and what `pizauth restore` does with one (spec §8.1, §8.2).
+
+A dump is NONCE(12) || ChaCha20-Poly1305(plaintext) under a fixed, published key, so
+it is byte-compatible with the Rust pizauth 1.1 both ways. The plaintext is bincode-1:
+little-endian fixed-width integers, u64 length prefixes, Option = u8 0/1 + value,
+enum = u32 variant index + fields, Time = u64 seconds + u32 nanoseconds since 1970.
+
+The key is public: this only keeps tokens away from `grep` and `strings` (gap 30).
+Users who keep dumps on disk must encrypt them themselves (e.g. with age).
+
+Secrets: the plaintext and the output are bytearrays of their final size (a growing
+bytearray may leave copies behind when it is reallocated), tokens are copied from and
+into Secret buffers, and every buffer this module allocates is wiped once used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from pizauth import ipc
+from pizauth.config import Account
+from pizauth.ipc import Buffer
+from pizauth.priv.clock import instant
+from pizauth.priv.secmem import Secret
+from pizauth.priv.tokens import Active, Empty, Pending, TokenTable
+
+# spec §8.1: the original's key. Published, so this is obfuscation, not encryption.
+KEY = bytes.fromhex("66a247a85e48cfecaaed9b36eba97d5350d4286375097a44eeffb9c4546b65a3")
+NONCE_LEN = 12
+TAG_LEN = 16
+VERSION = 1
+# The largest dump `restore` can take back: the command child accepts requests of up
+# to ipc.MAX_MESSAGE - 1024 bytes (command.MAX_REQUEST), «restore:» included. A larger
+# dump is refused when it is made rather than when it is needed.
+MAX_DUMP = ipc.MAX_MESSAGE - 1024 - len(b"restore:")
+
+# bincode enum variants of TokenStateDump (spec §8.1).
+_EMPTY, _ACTIVE = 0, 1
+_U8, _U32, _U64 = struct.Struct("<B"), struct.Struct("<I"), struct.Struct("<Q")
+_U64_MAX = 2**64 - 1
+_NANOS = 1_000_000_000
+
+
+class DumpError(Exception):
+    """A dump that cannot be restored; str(err) is the reply text (spec §8.2)."""
+
+
+class Now(NamedTuple):
+    """The wall clock and the instant clock, read together, to convert between them."""
+
+    wall: float
+    instant: float
+
+
+def now() -> Now:
+    return Now(time.time(), instant())
+
+
+class Time(NamedTuple):
+    """A wall-clock time as bincode stores a Rust SystemTime."""
+
+    secs: int
+    nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDump:
+    """What must match the configured account for a dumped token to be restored."""
+
+    auth_uri: str
+    auth_uri_fields: tuple[tuple[str, str], ...]
+    client_id: str
+    client_secret: str | None
+    redirect_uri: str  # as written in the config, not the effective one (spec §8.2)
+    scopes: tuple[str, ...]
+    token_uri: str
+
+    @classmethod
+    def of(cls, account: Account) -> AccountDump:
+        return cls(
+            account.auth_uri,
+            account.auth_uri_fields,
+            account.client_id,
+            account.client_secret,
+            account.redirect_uri,
+            account.scopes,
+            account.token_uri,
+        )
+
+
+@dataclass(slots=True)
+class ActiveDump:
+    access_token: Secret
+    obtained: Time
+    expiry: Time
+    refresh_token: Secret | None
+
+    def wipe(self) -> None:
+        self.access_token.wipe()
+        if self.refresh_token is not None:
+            self.refresh_token.wipe()
+
+
+# None is the Empty variant; Pending is dumped as Empty (spec §8.1).
+TokenDump = ActiveDump | None
+
+
+@dataclass(slots=True)
+class Dump:
+    version: int
+    accounts: dict[str, tuple[AccountDump, TokenDump]]
+
+    def wipe(self) -> None:
+        for _, token in self.accounts.values():
+            if token is not None:
+                token.wipe()
+
+
+# -- time ---------------------------------------------------------------------------------
+
+
+def to_time(at: float, clock: Now) -> Time:
+    """Instant `at` as wall-clock time: now ± (at − instant now) (spec §8.1)."""
+    wall = clock.wall + (at - clock.instant)
+    if not (math.isfinite(wall) and 0 <= wall <= _U64_MAX):
+        # Not representable (before 1970, or absurdly far ahead): "now", as the original
+        # does when it cannot convert an instant.
+        wall = max(clock.wall, 0.0)
+    secs = math.floor(wall)
+    nanos = round((wall - secs) * _NANOS)
+    if nanos == _NANOS:
+        secs, nanos = secs + 1, 0
+    return Time(min(secs, _U64_MAX), nanos)
+
+
+def to_instant(t: Time, clock: Now) -> float:
+    """The inverse of to_time, relative to `clock`."""
+    return clock.instant + ((t.secs - clock.wall) + t.nanos / _NANOS)
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+
+class _Pieces:
+    """The plaintext as a list of pieces, joined once into a buffer of its final size.
+
+    Tokens are memoryviews of their Secrets, so no copy of them is made but the one in
+    the plaintext, which the caller wipes.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[memoryview] = []
+        self.size = 0
+
+    def raw(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        self.parts.append(view)
+        self.size += view.nbytes
+
+    def u32(self, n: int) -> None:
+        self.raw(_U32.pack(n))
+
+    def u64(self, n: int) -> None:
+        self.raw(_U64.pack(n))
+
+    def blob(self, data: Buffer) -> None:
+        self.u64(memoryview(data).nbytes)
+        self.raw(data)
+
+    def string(self, s: str) -> None:
+        self.blob(s.encode("utf-8"))
+
+    def tag(self, present: bool) -> None:
+        """An Option's tag; the value follows if present."""
+        self.raw(b"\x01" if present else b"\x00")
+
+    def time(self, t: Time) -> None:
+        self.u64(t.secs)
+        self.u32(t.nanos)
+
+    def join(self) -> bytearray:
+        out = bytearray(self.size)
+        pos = 0
+        for part in self.parts:
+            out[pos : pos + part.nbytes] = part
+            pos += part.nbytes
+            part.release()  # so a Secret can be wiped and freed again
+        self.parts.clear()
+        return out
+
+
+def _account(p: _Pieces, a: AccountDump) -> None:
+    p.string(a.auth_uri)
+    p.u64(len(a.auth_uri_fields))
+    for key, value in a.auth_uri_fields:
+        p.string(key)
+        p.string(value)
+    p.string(a.client_id)
+    p.tag(a.client_secret is not None)
+    if a.client_secret is not None:
+        p.string(a.client_secret)
+    p.string(a.redirect_uri)
+    p.u64(len(a.scopes))
+    for scope in a.scopes:
+        p.string(scope)
+    p.string(a.token_uri)
+
+
+def encode(table: TokenTable, clock: Now) -> bytearray:
+    """The bincode plaintext of every configured account (spec §8.1). Wipe it after use."""
+    p = _Pieces()
+    p.u64(VERSION)
+    p.u64(len(table.entries))
+    for name, entry in table.entries.items():
+        p.string(name)
+        _account(p, AccountDump.of(entry.account))
+        match entry.state:
+            case Active() as active:
+                p.u32(_ACTIVE)
+                p.blob(active.access_token.view())
+                p.time(to_time(active.obtained, clock))
+                p.time(to_time(active.expiry, clock))
+                p.tag(active.refresh_token is not None)
+                if active.refresh_token is not None:
+                    p.blob(active.refresh_token.view())
+            case Empty() | Pending():
+                p.u32(_EMPTY)
+    return p.join()
+
+
+def seal(plaintext: Buffer, nonce: Buffer) -> bytearray:
+    """NONCE || ChaCha20-Poly1305(plaintext, no associated data) under KEY."""
+    nonce = bytes(nonce)
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"nonce must be {NONCE_LEN} bytes")
+    plain = memoryview(plaintext).cast("B")
+    out = bytearray(NONCE_LEN + plain.nbytes + TAG_LEN)
+    out[:NONCE_LEN] = nonce
+    cipher = ChaCha20Poly1305(KEY)
+    encrypt_into = getattr(cipher, "encrypt_into", None)
+    if encrypt_into is not None:
+        encrypt_into(nonce, plain, None, memoryview(out)[NONCE_LEN:])
+    else:
+        # cryptography < 44 only returns an immutable `bytes`, which cannot be wiped
+        # (it holds the tokens under a public key): drop it at once.
+        out[NONCE_LEN:] = cipher.encrypt(nonce, plain, None)
+    return out
+
+
+def dump(table: TokenTable, clock: Now | None = None, nonce: Buffer | None = None) -> bytearray:
+    """The `dump:` reply for `table`: raw bytes, no prefix (spec §3, §8.1)."""
+    plaintext = encode(table, clock or now())
+    try:
+        return seal(plaintext, os.urandom(NONCE_LEN) if nonce is None else nonce)
+    finally:
+        ipc.wipe(plaintext)
+
+
+# -- decoding -----------------------------------------------------------------------------
+
+
+def open_sealed(data: Buffer) -> bytearray:
+    """Check and decrypt a dump; the plaintext, which the caller must wipe (spec §8.2)."""
+    view = memoryview(data).cast("B")
+    if view.nbytes < NONCE_LEN:
+        raise DumpError("Input too short")
+    nonce, sealed = bytes(view[:NONCE_LEN]), view[NONCE_LEN:]
+    if sealed.nbytes < TAG_LEN:
+        raise DumpError("Restoring dump failed")
+    cipher = ChaCha20Poly1305(KEY)
+    plain = bytearray(sealed.nbytes - TAG_LEN)
+    try:
+        decrypt_into = getattr(cipher, "decrypt_into", None)
+        if decrypt_into is not None:
+            decrypt_into(nonce, sealed, None, plain)
+        else:
+            # cryptography < 44: the `bytes` it returns cannot be wiped; see seal().
+            plain[:] = cipher.decrypt(nonce, sealed, None)
+    except InvalidTag:
+        ipc.wipe(plain)  # decrypt_into may have written unauthenticated plaintext
+        raise DumpError("Restoring dump failed") from None
+    return plain
+
+
+def is_utf8(data: memoryview) -> bool:
+    """Whether `data` is valid UTF-8 (RFC 3629), checked without making it a str."""
+    i, n = 0, data.nbytes
+    while i < n:
+        b = data[i]
+        if b < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= b <= 0xDF:
+            need, lo, hi = 1, 0x80, 0xBF
+        elif b == 0xE0:
+            need, lo, hi = 2, 0xA0, 0xBF  # no overlong forms
+        elif b == 0xED:
+            need, lo, hi = 2, 0x80, 0x9F  # no surrogates
+        elif 0xE1 <= b <= 0xEF:
+            need, lo, hi = 2, 0x80, 0xBF
+        elif b == 0xF0:
+            need, lo, hi = 3, 0x90, 0xBF
+        elif 0xF1 <= b <= 0xF3:
+            need, lo, hi = 3, 0x80, 0xBF
+        elif b == 0xF4:
+            need, lo, hi = 3, 0x80, 0x8F  # nothing above U+10FFFF
+        else:
+            return False
+        if i + need >= n or not lo <= data[i + 1] <= hi:
+            return False
+        for j in range(i + 2, i + need + 1):
+            if not 0x80 <= data[j] <= 0xBF:
+                return False
+        i += need + 1
+    return True
+
+
+class _Reader:
+    """Strict, bounded bincode reading: nothing is allocated beyond what the input holds."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if n > self.data.nbytes - self.pos:
+            raise DumpError(
+                f"Malformed dump: {n} bytes wanted at offset {self.pos}, "
+                f"{self.data.nbytes - self.pos} left"
+            )
+        view = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return view
+
+    def _int(self, fmt: struct.Struct) -> int:
+        return fmt.unpack(self.take(fmt.size))[0]
+
+    def u32(self) -> int:
+        return self._int(_U32)
+
+    def u64(self) -> int:
+        return self._int(_U64)
+
+    def count(self) -> int:
+        """A sequence length; every element takes at least one byte."""
+        n = self.u64()
+        if n > self.data.nbytes - self.pos:
+            raise DumpError(f"Malformed dump: length {n} at offset {self.pos - 8} is too large")
+        return n
+
+    def blob(self) -> memoryview:
+        return self.take(self.count())
+
+    def string(self) -> str:
+        at = self.pos
+        try:
+            return str(self.blob(), "utf-8")
+        except UnicodeDecodeError:
+            raise DumpError(f"Malformed dump: string at offset {at} is not UTF-8") from None
+
+    def secret(self) -> Secret:
+        at = self.pos
+        view = self.blob()
+        if not is_utf8(view):  # a Rust String: the original would refuse it too
+            raise DumpError(f"Malformed dump: string at offset {at} is not UTF-8")
+        return Secret(view)
+
+    def present(self) -> bool:
+        """An Option's tag."""
+        tag = self._int(_U8)
+        if tag > 1:
+            raise DumpError(f"Malformed dump: invalid Option tag {tag} at offset {self.pos - 1}")
+        return tag == 1
+
+    def time(self) -> Time:
+        secs, nanos = self.u64(), self.u32()
+        if nanos >= _NANOS:
+            raise DumpError(f"Malformed dump: {nanos} nanoseconds at offset {self.pos - 4}")
+        return Time(secs, nanos)
+
+
+def _read_account(r: _Reader) -> AccountDump:
+    auth_uri = r.string()
+    auth_uri_fields = tuple((r.string(), r.string()) for _ in range(r.count()))
+    client_id = r.string()
+    client_secret = r.string() if r.present() else None
+    redirect_uri = r.string()
+    scopes = tuple(r.string() for _ in range(r.count()))
+    token_uri = r.string()
+    return AccountDump(
+        auth_uri, auth_uri_fields, client_id, client_secret, redirect_uri, scopes, token_uri
+    )
+
+
+def _read_token(r: _Reader) -> TokenDump:
+    variant = r.u32()
+    if variant == _EMPTY:
+        return None
+    if variant != _ACTIVE:
+        raise DumpError(f"Malformed dump: unknown token state {variant} at offset {r.pos - 4}")
+    access = r.secret()
+    try:
+        obtained, expiry = r.time(), r.time()
+        refresh = r.secret() if r.present() else None
+    except DumpError:
+        access.wipe()
+        raise
+    return ActiveDump(access, obtained, expiry, refresh)
+
+
+def decode(plaintext: Buffer) -> Dump:
+    """The whole of a plaintext, or DumpError; tokens are copied into Secrets."""
+    r = _Reader(memoryview(plaintext).cast("B"))
+    version = r.u64()
+    if version != VERSION:
+        # Checked before the rest, whose layout a later version may change.
+        raise DumpError("Unknown dump version")
+    result = Dump(version, {})
+    try:
+        for _ in range(r.count()):
+            at = r.pos
+            name = r.string()
+            entry = (_read_account(r), _read_token(r))
+            if name in result.accounts:
+                if entry[1] is not None:
+                    entry[1].wipe()
+                raise DumpError(f"Malformed dump: account '{name}' at offset {at} repeated")
+            result.accounts[name] = entry
+        if r.pos != r.data.nbytes:
+            raise DumpError(f"Malformed dump: {r.data.nbytes - r.pos} trailing bytes")
+    except DumpError:
+        result.wipe()
+        raise
+    return result
+
+
+# -- restoring ----------------------------------------------------------------------------
+
+
+def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[str]:
+    """Merge a dump into `table` (spec §8.2); the accounts that received a token.
+
+    Everything is decoded before anything changes, so an error leaves `table` as it was.
+    """
+    plaintext = open_sealed(data)
+    try:
+        dumped = decode(plaintext)
+    finally:
+        ipc.wipe(plaintext)
+    clock = clock or now()
+    restored = []
+    try:
+        for name, entry in table.entries.items():
+            account_dump, token = dumped.accounts.get(name, (None, None))
+            # A token only goes back to the very account it was issued for, and a
+            # current token or login in progress is never overwritten by an old one.
+            if token is None or account_dump != AccountDump.of(entry.account):
+                continue
+            if not isinstance(entry.state, Empty | Pending):
+                continue
+            state = Active(
+                token.access_token,
+                to_instant(token.obtained, clock),
+                to_instant(token.expiry, clock),
+                token.refresh_token,
+            )
+            del dumped.accounts[name]  # its Secrets now belong to the table
+            table.replace(name, state)  # a new generation: in-flight work is dropped
+            restored.append(name)
+    finally:
+        dumped.wipe()  # tokens that were not restored
+    return restored

@@ -1,0 +1,499 @@
+"""Processes and helpers of the end-to-end suite (its fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+E2E = Path(__file__).resolve().parent
+PIZAUTH = str(Path(sys.executable).with_name("pizauth"))
+ACCOUNT = "mail"  # pizauth's account name
+USER = "alice"  # the provider's account, the SMTP and IMAP user
+PIZAUTH_CLIENT = ("pizauth-e2e", "pizauth-e2e-secret-9d2a")
+SMTPD_CLIENT = ("smtpd", "smtpd-introspection-secret-41be")
+DOVECOT_CLIENT = ("dovecot", "dovecot-introspection-secret-7c03")
+# Access tokens live this long; pizauth refreshes them REFRESH_BEFORE_EXPIRY earlier.
+ACCESS_TOKEN_TTL = 20
+REFRESH_BEFORE_EXPIRY = 10
+# The scopes pizauth asks for; the provider drops the one it does not know.
+SCOPES = ["openid", "offline_access", "email", "https://mail.e2e.test/unknown"]
+GRANTED_SCOPE = "openid offline_access email"
+# The exact browser command line of the issue.
+CHROMIUM_FLAGS = (
+    "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run "
+    "--disable-background-networking --disable-component-update --disable-sync"
+)
+SBIN = ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+
+
+def which(program: str) -> str | None:
+    path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN])
+    return shutil.which(program, path=path)
+
+
+def need(*programs: str) -> dict[str, str]:
+    """The programs' paths; skip the test when one is missing."""
+    found = {}
+    for program in programs:
+        path = which(program)
+        if path is None:
+            pytest.skip(f"{program} is not installed (tests/e2e/setup.sh installs it)")
+        found[program] = path
+    return found
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without proxies (everything is local), plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "ftp_proxy")
+    }
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env.update(extra)
+    return env
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, details=None):
+    """Poll `condition` until it is truthy; fail the test (with `details()`) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{details()}" if details else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what}{extra}")
+        time.sleep(0.05)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return f"({path.name}: missing)"
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    return f"--- {path.name} (last {len(text)} lines)\n" + "\n".join(text)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:  # a line being written right now
+            pass
+    return events
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM the process group started with `proc`, then SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+            # The leader is gone; make sure none of its group outlives it.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait(timeout=timeout)
+
+
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL, by pid, processes whose command line contains `marker` (a unique temporary
+    path of ours), such as a browser that outlived the hook that started it."""
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def start_service(
+    argv: list[str], name: str, workdir: Path, timeout: float = 30.0, **kwargs
+) -> tuple[subprocess.Popen, dict]:
+    """Start a program that prints one JSON line on stdout when it is ready. Skips the
+    test (with its stderr) when it cannot start."""
+    stderr_path = workdir / f"{name}.stderr"
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+            **kwargs,
+        )
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    buffer = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not selector.select(remaining):
+            kill_group(proc)
+            pytest.skip(f"{name} did not start within {timeout} s\n{tail(stderr_path)}")
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:
+            kill_group(proc)
+            pytest.skip(f"{name} exited at start ({proc.returncode})\n{tail(stderr_path)}")
+        buffer += chunk
+    selector.close()
+    proc.stdout.close()
+    return proc, json.loads(buffer.split(b"\n", 1)[0])
+
+
+class OIDCProvider:
+    """The running oidc-provider: its endpoints, its event log and a few questions to it."""
+
+    def __init__(self, issuer: str, events: Path) -> None:
+        self.issuer = issuer
+        self.auth_uri = f"{issuer}/auth"
+        self.token_uri = f"{issuer}/token"
+        self.introspection_uri = f"{issuer}/token/introspection"
+        self.events_path = events
+
+    def events(self, kind: str | None = None, since: float = 0.0, **match) -> list[dict]:
+        return [
+            e
+            for e in read_jsonl(self.events_path)
+            if (kind is None or e["event"] == kind)
+            and e["at"] >= since
+            and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    def deny_next_consent(self) -> None:
+        request = urllib.request.Request(f"{self.issuer}/e2e/deny-next", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+    def introspect(self, token: str) -> dict:
+        """Ask the provider about a token, as the SMTP server does."""
+        body = urllib.parse.urlencode({"token": token}).encode()
+        request = urllib.request.Request(self.introspection_uri, data=body)
+        credentials = f"{SMTPD_CLIENT[0]}:{SMTPD_CLIENT[1]}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials).decode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def describe(self) -> str:
+        return tail(self.events_path, 60)
+
+
+class SMTPServer:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        return [e for e in read_jsonl(self.log) if kind is None or e["event"] == kind]
+
+
+SASL_PLUGIN_GLOBS = [
+    "/usr/lib/*/sasl2/libkdexoauth2.so*",
+    "/usr/lib/sasl2/libkdexoauth2.so*",
+    "/usr/lib64/sasl2/libkdexoauth2.so*",
+]
+
+
+class IMAPServer:
+    def __init__(self, port: int, root: Path, mail_uid: int, mail_gid: int) -> None:
+        self.port = port
+        self.root = root
+        self.log = root / "dovecot.log"
+        self.maildir = root / "home" / USER / "Maildir"
+        self.mail_uid = mail_uid
+        self.mail_gid = mail_gid
+        self.count = 0
+
+    def deliver(self, subject: str) -> None:
+        """Put a message straight into the user's mailbox on the server."""
+        self.count += 1
+        name = f"{int(time.time())}.M{self.count}P{os.getpid()}.e2e"
+        tmp = self.maildir / "tmp" / name
+        tmp.write_text(
+            f"From: bob@e2e.test\nTo: {USER}@e2e.test\nSubject: {subject}\n"
+            f"Message-ID: <e2e-{self.count}-{os.getpid()}@e2e.test>\n\n{subject}\n"
+        )
+        os.chown(tmp, self.mail_uid, self.mail_gid)
+        tmp.rename(self.maildir / "new" / name)
+
+
+def imap_greets(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            return s.recv(100).startswith(b"* OK")
+    except OSError:
+        return False
+
+
+class Pizauth:
+    """One `pizauth server` whose `auth_notify_cmd` is headless Chromium, with msmtp and
+    mbsync configured to take their tokens from it."""
+
+    def __init__(self, tmp: Path, provider: OIDCProvider, chromium: str) -> None:
+        self.tmp = tmp
+        self.provider = provider
+        self.chromium = chromium
+        self.conf = tmp / "pizauth.conf"
+        self.env = clean_env(
+            XDG_RUNTIME_DIR=str(tmp / "runtime"),
+            XDG_CONFIG_HOME=str(tmp / "config"),
+            HOME=str(tmp),
+            SHELL="/bin/sh",
+            PATH=os.pathsep.join([str(Path(PIZAUTH).parent), os.environ.get("PATH", "")]),
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- configuration --------------------------------------------------------------
+
+    def write_config(self) -> None:
+        # The hooks are small scripts in the server's working directory (its cwd).
+        (self.tmp / "browser.sh").write_text(
+            "# pizauth's auth_notify_cmd: the user opens the URL in a browser.\n"
+            'profile=$(mktemp -d "$PWD/chromium-profile.XXXXXX")\n'
+            'printf "%s start %s %s\\n" "$(date +%s.%N)" "$PIZAUTH_ACCOUNT" "$PIZAUTH_URL"'
+            " >> browser.log\n"
+            f"{self.chromium} {CHROMIUM_FLAGS} "
+            '--user-data-dir="$profile" --dump-dom "$PIZAUTH_URL" '
+            '> "$profile.dom" 2> "$profile.stderr"\n'
+            "status=$?\n"
+            'printf "%s exit %s %s\\n" "$(date +%s.%N)" "$status" "$profile" >> browser.log\n'
+        )
+        (self.tmp / "error.sh").write_text(
+            'printf "%s\\t%s\\n" "$PIZAUTH_ACCOUNT" "$PIZAUTH_MSG" >> errors.log\n'
+        )
+        (self.tmp / "event.sh").write_text(
+            'printf "%s %s\\n" "$PIZAUTH_ACCOUNT" "$PIZAUTH_EVENT" >> events.log\n'
+        )
+        scopes = ", ".join(f'"{s}"' for s in SCOPES)
+        self.conf.write_text(
+            'http_listen = "127.0.0.1:0";\n'
+            "https_listen = none;\n"
+            'startup_cmd = "touch ready";\n'
+            'auth_notify_cmd = "sh browser.sh";\n'
+            'error_notify_cmd = "sh error.sh";\n'
+            'token_event_cmd = "sh event.sh";\n'
+            f'account "{ACCOUNT}" {{\n'
+            f'  auth_uri = "{self.provider.auth_uri}";\n'
+            f'  token_uri = "{self.provider.token_uri}";\n'
+            f'  client_id = "{PIZAUTH_CLIENT[0]}";\n'
+            f'  client_secret = "{PIZAUTH_CLIENT[1]}";\n'
+            f"  scopes = [{scopes}];\n"
+            # oidc-provider keeps offline_access (so issues a refresh token) only with
+            # prompt=consent, as Google does.
+            '  auth_uri_fields = {"prompt": "consent"};\n'
+            f"  refresh_before_expiry = {REFRESH_BEFORE_EXPIRY}s;\n"
+            "}\n"
+        )
+
+    # -- the server -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.write_config()
+        ready = self.tmp / "ready"
+        with open(self.tmp / "server.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [PIZAUTH, "server", "-d", "-vvvv", "-c", str(self.conf)],
+                env=self.env,
+                cwd=self.tmp,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
+        wait_for(
+            lambda: ready.exists() or self.proc.poll() is not None,
+            15,
+            "pizauth server start",
+            self.diagnostics,
+        )
+        assert self.proc.poll() is None, f"pizauth server exited\n{self.diagnostics()}"
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.run("shutdown", timeout=15)
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_group(self.proc)
+        kill_marked(f"{self.tmp}/")
+        self.proc = None
+
+    def run(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [PIZAUTH, *args], env=self.env, cwd=self.tmp, capture_output=True, timeout=timeout
+        )
+
+    def show(self) -> subprocess.CompletedProcess[bytes]:
+        return self.run("show", ACCOUNT)
+
+    def token(self) -> str | None:
+        result = self.show()
+        return result.stdout.decode().rstrip("\n") if result.returncode == 0 else None
+
+    # -- what the hooks saw ---------------------------------------------------------
+
+    def browser_runs(self) -> list[dict]:
+        """One dict per Chromium run: account, url, and once it ended, status and profile."""
+        runs: list[dict] = []
+        path = self.tmp / "browser.log"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            at, what, rest = line.split(" ", 2)
+            if what == "start":
+                account, url = rest.split(" ", 1)
+                runs.append({"account": account, "url": url, "started": float(at)})
+            else:
+                status, profile = rest.split(" ", 1)
+                runs[-1].update(status=int(status), profile=profile)
+        return runs
+
+    def errors(self) -> list[str]:
+        path = self.tmp / "errors.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def token_events(self) -> list[str]:
+        path = self.tmp / "events.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def diagnostics(self) -> str:
+        parts = [tail(self.tmp / "server.log"), tail(self.tmp / "browser.log")]
+        for run in self.browser_runs():
+            if "profile" in run:
+                parts.append(tail(Path(run["profile"] + ".dom"), 10))
+                parts.append(tail(Path(run["profile"] + ".stderr"), 10))
+        parts += [tail(self.tmp / "errors.log"), tail(self.tmp / "events.log")]
+        parts.append(self.provider.describe())
+        return "\n".join(parts)
+
+    # -- the user's view ------------------------------------------------------------
+
+    def login(self) -> str:
+        """`pizauth show` as a mail client would; the browser started by auth_notify_cmd
+        does the rest. Returns the access token `show` then prints."""
+        result = self.show()
+        assert result.returncode == 1, result
+        assert result.stderr.decode().startswith(
+            "ERROR - Access token unavailable until authorised with URL "
+        ), result.stderr
+        return wait_for(self.token, 30, "a token after the browser's login", self.diagnostics)
+
+    # -- mail clients ---------------------------------------------------------------
+
+    def msmtp(
+        self, smtp: SMTPServer, subject: str, passwordeval: str | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        rc = self.tmp / f"msmtprc-{subject.replace(' ', '-')}"
+        rc.write_text(
+            "defaults\n"
+            f"logfile {self.tmp}/msmtp.log\n"
+            "account e2e\n"
+            "host 127.0.0.1\n"
+            f"port {smtp.port}\n"
+            f"from {USER}@e2e.test\n"
+            f"user {USER}\n"
+            "auth xoauth2\n"
+            f'passwordeval "{passwordeval or f"pizauth show {ACCOUNT}"}"\n'
+            "tls off\n"
+            "account default : e2e\n"
+        )
+        rc.chmod(0o600)
+        message = f"From: {USER}@e2e.test\nTo: bob@e2e.test\nSubject: {subject}\n\n{subject}\n"
+        return subprocess.run(
+            ["timeout", "30", "msmtp", "-v", "-C", str(rc), "bob@e2e.test"],
+            input=message.encode(),
+            capture_output=True,
+            env=self.env,
+            cwd=self.tmp,
+            timeout=40,
+            start_new_session=True,
+        )
+
+    def mbsync_config(self, imap: IMAPServer, name: str, passcmd: str | None = None) -> Path:
+        local = self.tmp / f"maildir-{name}"
+        local.mkdir(exist_ok=True)
+        rc = self.tmp / f"mbsyncrc-{name}"
+        rc.write_text(
+            "IMAPAccount e2e\n"
+            "Host 127.0.0.1\n"
+            f"Port {imap.port}\n"
+            f"User {USER}\n"
+            f'PassCmd "{passcmd or f"pizauth show {ACCOUNT}"}"\n'
+            "AuthMechs XOAUTH2\n"
+            "SSLType None\n"
+            "\n"
+            "IMAPStore remote\n"
+            "Account e2e\n"
+            "\n"
+            "MaildirStore local\n"
+            f"Path {local}/\n"
+            f"Inbox {local}/INBOX\n"
+            "\n"
+            "Channel e2e\n"
+            "Far :remote:\n"
+            "Near :local:\n"
+            "Patterns INBOX\n"
+            "Create Near\n"
+            "SyncState *\n"
+        )
+        return rc
+
+    def mbsync(self, imap: IMAPServer, name: str) -> subprocess.CompletedProcess[bytes]:
+        """mbsync under `timeout`: with a rejected token it would wait forever."""
+        rc = self.mbsync_config(imap, name)
+        return subprocess.run(
+            ["timeout", "30", "mbsync", "-V", "-c", str(rc), "e2e"],
+            capture_output=True,
+            env=self.env,
+            cwd=self.tmp,
+            timeout=40,
+            start_new_session=True,
+        )
+
+    def synced_subjects(self, name: str) -> list[str]:
+        subjects = []
+        for path in sorted((self.tmp / f"maildir-{name}" / "INBOX").glob("*/*")):
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("Subject: "):
+                    subjects.append(line[len("Subject: ") :])
+        return subjects

@@ -7,10 +7,17 @@ that needs it (pizauth.client by the client commands, json by `info`, pizauth.se
 `argparse` pull in `re`, `gettext`, ...
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
 from pizauth import __version__, paths
+
+TYPE_CHECKING = False  # not `typing`: the show path stays lean
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
 
 _USAGE_LINES = (
     "dump",
@@ -199,88 +206,60 @@ def _config_opt(found: dict[str, list[str | None]]) -> str | None:
 # returns the exit status.
 
 
-def _cmd_show(ctx: _Ctx, args: list[str]) -> int:
-    found, free = _parse(args, _SHOW_OPTS)
-    _check(found, free, 1)
+def _ask(call: Callable[[ModuleType], bytes | None], newline: bool = False) -> int:
+    """Run `call` with the client module: its bytes go to stdout (with a newline if
+    asked), a client error to stderr as «ERROR - …»."""
     from pizauth import client
 
     try:
-        token = client.show_token(ctx.sock, free[0], with_url="u" not in found)
+        out = call(client)
     except client.ClientError as e:
         return _log_error(str(e))
-    return _out(token + b"\n")
+    if out is None:
+        return 0
+    return _out(out + b"\n" if newline else out)
+
+
+def _cmd_show(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args, _SHOW_OPTS)
+    _check(found, free, 1)
+    return _ask(lambda c: c.show_token(ctx.sock, free[0], with_url="u" not in found), True)
 
 
 def _cmd_refresh(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args, _SHOW_OPTS)
     _check(found, free, 1)
-    from pizauth import client
-
-    try:
-        client.refresh(ctx.sock, free[0], with_url="u" not in found)
-    except client.ClientError as e:
-        return _log_error(str(e))
-    return 0
+    return _ask(lambda c: c.refresh(ctx.sock, free[0], with_url="u" not in found))
 
 
 def _cmd_revoke(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 1)
-    from pizauth import client
-
-    try:
-        client.revoke(ctx.sock, free[0])
-    except client.ClientError as e:
-        return _log_error(str(e))
-    return 0
+    return _ask(lambda c: c.revoke(ctx.sock, free[0]))
 
 
 def _cmd_reload(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 0)
-    from pizauth import client
-
-    try:
-        client.reload(ctx.sock)
-    except client.ClientError as e:
-        return _log_error(str(e))
-    return 0
+    return _ask(lambda c: c.reload(ctx.sock))
 
 
 def _cmd_status(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 0)
-    from pizauth import client
-
-    try:
-        text = client.status(ctx.sock)
-    except client.ClientError as e:
-        return _log_error(str(e))
-    return _out(text + b"\n")
+    return _ask(lambda c: c.status(ctx.sock), True)
 
 
 def _cmd_shutdown(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 0)
-    from pizauth import client
-
-    try:
-        client.shutdown(ctx.sock)
-    except client.ClientError as e:
-        return _log_error(str(e))
-    return 0
+    return _ask(lambda c: c.shutdown(ctx.sock))
 
 
 def _cmd_dump(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 0)
-    from pizauth import client
-
-    try:
-        data = client.dump(ctx.sock)
-    except client.ClientError as e:
-        return _log_error(str(e))
-    return _out(data)  # raw bytes, no newline (spec §1.2)
+    return _ask(lambda c: c.dump(ctx.sock))  # raw bytes, no newline (spec §1.2)
 
 
 def _cmd_restore(ctx: _Ctx, args: list[str]) -> int:
@@ -292,13 +271,7 @@ def _cmd_restore(ctx: _Ctx, args: list[str]) -> int:
         data = sys.stdin.buffer.read() if sys.stdin is not None else b""
     except OSError as e:
         return _log_error(paths.os_error_text(e))
-    from pizauth import client
-
-    try:
-        client.restore(ctx.sock, data)
-    except client.ClientError as e:
-        return _log_error(str(e))
-    return 0
+    return _ask(lambda c: c.restore(ctx.sock, data))
 
 
 def _server_info(sock: str) -> dict | None:

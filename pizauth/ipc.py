@@ -195,6 +195,55 @@ def text(field: memoryview) -> str:
         raise ProtocolError("field is not UTF-8") from None
 
 
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """A browser's redirect request as the network child parsed it (NET_CALLBACK)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    has_fragment: bool
+    pairs: tuple[tuple[str, str], ...]  # the query, form-decoded, in order
+
+    def get(self, key: str) -> str | None:
+        """The first value of `key` (spec §5.4)."""
+        for k, v in self.pairs:
+            if k == key:
+                return v
+        return None
+
+    def fields(self) -> list[Buffer]:
+        flat = [s.encode() for pair in self.pairs for s in pair]
+        return [
+            self.scheme.encode(),
+            self.host.encode(),
+            str(self.port).encode(),
+            self.path.encode(),
+            flag(self.has_fragment),
+            pack_list(flat),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> Callback:
+        scheme, host, port, path, has_fragment, packed = fields
+        flat = [text(v) for v in unpack_list(packed)]
+        if len(flat) % 2:
+            raise ProtocolError("odd number of query fields")
+        try:
+            port_number = int(text(port))
+        except ValueError:
+            raise ProtocolError("bad port") from None
+        return cls(
+            scheme=text(scheme),
+            host=text(host),
+            port=port_number,
+            path=text(path),
+            has_fragment=read_flag(has_fragment),
+            pairs=tuple(zip(flat[::2], flat[1::2], strict=True)),
+        )
+
+
 class FrameReader:
     """Collects whole frames from a stream socket.
 

@@ -10,8 +10,8 @@ import urllib.parse
 import pytest
 
 from pizauth import config
+from pizauth.ipc import Callback
 from pizauth.priv.authurl import (
-    CallbackUrl,
     effective_redirect_uri,
     form_encode,
     new_auth_request,
@@ -255,11 +255,11 @@ def test_query_and_ipv6_host_survive():
 # -- redirect matching (§10.2) ---------------------------------------------------------------
 
 
-def callback(url: str) -> CallbackUrl:
+def callback(url: str) -> Callback:
     """What the network child would report for a browser request to `url`."""
     parts = urllib.parse.urlsplit(url)
     default = 443 if parts.scheme == "https" else 80
-    return CallbackUrl(
+    return Callback(
         scheme=parts.scheme,
         host=parts.hostname or "",
         port=parts.port or default,

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from pizauth.ipc import Callback
 from pizauth.net import redirect
-from pizauth.net.redirect import BadRequest, Callback, parse_request, read_request, response
+from pizauth.net.redirect import BadRequest, parse_request, read_request, response
 
 
 def get(target: str = "/?state=s&code=c", host: str = "localhost:8080", extra: str = "") -> bytes:

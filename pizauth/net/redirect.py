@@ -12,7 +12,6 @@ import re
 import socket
 import time
 import urllib.parse
-from dataclasses import dataclass
 
 from pizauth import ipc
 
@@ -27,34 +26,6 @@ _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(:[0-9]*)
 
 class BadRequest(Exception):
     """A request answered with 400; the message is what is logged."""
-
-
-@dataclass(frozen=True, slots=True)
-class Callback:
-    scheme: str
-    host: str
-    port: int
-    path: str
-    has_fragment: bool
-    pairs: tuple[tuple[str, str], ...]
-
-    def get(self, key: str) -> str | None:
-        for k, v in self.pairs:
-            if k == key:
-                return v
-        return None
-
-    def fields(self) -> list[bytes | bytearray]:
-        """The NET_CALLBACK fields."""
-        flat = [s.encode() for pair in self.pairs for s in pair]
-        return [
-            self.scheme.encode(),
-            self.host.encode(),
-            str(self.port).encode(),
-            self.path.encode(),
-            ipc.flag(self.has_fragment),
-            ipc.pack_list(flat),
-        ]
 
 
 def read_request(conn: socket.socket, deadline: float) -> bytes:
@@ -82,7 +53,7 @@ def _header_end(buf: bytearray) -> int | None:
     return min(found, default=None)
 
 
-def parse_request(raw: bytes, scheme: str) -> Callback:
+def parse_request(raw: bytes, scheme: str) -> ipc.Callback:
     """The callback a request carries, or BadRequest (spec §5.4 steps 1-4)."""
     try:
         text = raw.decode("utf-8")
@@ -122,7 +93,7 @@ def parse_request(raw: bytes, scheme: str) -> Callback:
         raise BadRequest(f"Invalid request URI: {e}") from None
     if not target.startswith("/") or not url.hostname:
         raise BadRequest("Invalid request URI: not an origin-form target")
-    return Callback(
+    return ipc.Callback(
         scheme=scheme,
         host=url.hostname,
         port=port if port is not None else (443 if scheme == "https" else 80),

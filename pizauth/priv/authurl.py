@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pizauth.config import Account
+from pizauth.ipc import Callback
 from pizauth.priv.secmem import Secret, random_urlsafe
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -129,26 +130,7 @@ def new_auth_request(
     return AuthRequest(state, verifier, redirect, url)
 
 
-@dataclass(frozen=True, slots=True)
-class CallbackUrl:
-    """What the network child read from a redirect request (already parsed there)."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-    has_fragment: bool
-    pairs: tuple[tuple[str, str], ...]
-
-    def get(self, key: str) -> str | None:
-        """The first value of `key` (spec §5.4)."""
-        for k, v in self.pairs:
-            if k == key:
-                return v
-        return None
-
-
-def redirect_matches(expected: Url, got: CallbackUrl) -> bool:
+def redirect_matches(expected: Url, got: Callback) -> bool:
     """Same scheme, host, port, path; no fragment; every expected pair present (spec §5.4)."""
     if got.has_fragment:
         return False

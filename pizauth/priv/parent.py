@@ -23,7 +23,6 @@ from pizauth import ipc
 from pizauth.ipc import MsgType
 from pizauth.priv import dump, notifier, refresher
 from pizauth.priv.authurl import (
-    CallbackUrl,
     effective_redirect_uri,
     new_auth_request,
     redirect_matches,
@@ -414,24 +413,7 @@ class Parent:
         self._maybe_ready()
 
     def handle_callback(self, msg: ipc.Message) -> None:
-        f = msg.fields
-        pairs = ipc.unpack_list(f[5])
-        if len(pairs) % 2:
-            raise ipc.ProtocolError("odd number of query fields")
-        try:
-            port = int(ipc.text(f[2]))
-        except ValueError:
-            raise ipc.ProtocolError("bad port") from None
-        url = CallbackUrl(
-            scheme=ipc.text(f[0]),
-            host=ipc.text(f[1]),
-            port=port,
-            path=ipc.text(f[3]),
-            has_fragment=ipc.read_flag(f[4]),
-            pairs=tuple(
-                (ipc.text(pairs[i]), ipc.text(pairs[i + 1])) for i in range(0, len(pairs), 2)
-            ),
-        )
+        url = ipc.Callback.from_fields(msg.fields)
         # spec §5.4 steps 5-10, in this order.
         state = url.get("state")
         if state is None:
@@ -470,23 +452,15 @@ class Parent:
         if pending.exchanging:
             return  # gap 12: the first callback's exchange is already under way
         pending.exchanging = True
-        account = entry.account
-        secret = self.table.client_secret(name)  # a Secret: no str or bytes copy per request
-        request_id = self._net_request(NetRequest("exchange", name, entry.generation))
-        frame = ipc.encode(
+        self._send_token_request(
+            entry,
             MsgType.NET_EXCHANGE,
-            request_id,
             [
-                account.token_uri.encode(),
-                account.client_id.encode(),
-                ipc.flag(secret is not None),
-                b"" if secret is None else secret.view(),
                 code.encode(),
                 pending.request.code_verifier.view(),
                 pending.request.redirect_uri.encode(),
             ],
         )
-        self.net.send(frame, secret=True)
 
     def handle_token_result(self, msg: ipc.Message) -> None:
         request = self.net_requests.pop(msg.request_id, None)
@@ -603,21 +577,22 @@ class Parent:
         log.info("starting inner refresh")
         active.ongoing_refresh = True
         active.last_refresh_attempt = now
+        self._send_token_request(entry, MsgType.NET_REFRESH, [active.refresh_token.view()])
+
+    def _send_token_request(self, entry: Entry, msg_type: MsgType, grant: list[ipc.Buffer]) -> None:
+        """NET_EXCHANGE or NET_REFRESH: endpoint and client credentials, then the grant."""
         account = entry.account
-        secret = self.table.client_secret(account.name)
-        request_id = self._net_request(NetRequest("refresh", account.name, entry.generation))
-        frame = ipc.encode(
-            MsgType.NET_REFRESH,
-            request_id,
-            [
-                account.token_uri.encode(),
-                account.client_id.encode(),
-                ipc.flag(secret is not None),
-                b"" if secret is None else secret.view(),
-                active.refresh_token.view(),
-            ],
-        )
-        self.net.send(frame, secret=True)
+        secret = self.table.client_secret(account.name)  # a Secret: no str or bytes copy
+        kind = "exchange" if msg_type == MsgType.NET_EXCHANGE else "refresh"
+        request_id = self._net_request(NetRequest(kind, account.name, entry.generation))
+        fields = [
+            account.token_uri.encode(),
+            account.client_id.encode(),
+            ipc.flag(secret is not None),
+            b"" if secret is None else secret.view(),
+            *grant,
+        ]
+        self.net.send(ipc.encode(msg_type, request_id, fields), secret=True)
 
     def _invalidate(self, entry: Entry) -> None:
         self.table.replace(entry.account.name, Empty())

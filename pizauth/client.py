@@ -13,6 +13,7 @@ this path) and nothing else beyond pizauth.paths.
 
 import _socket
 import os
+import time
 
 from pizauth.paths import os_error_text
 
@@ -36,8 +37,18 @@ class ClientError(Exception):
 def _connect(sock_path: str, timeout: float | None) -> _socket.socket:
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        s.connect(sock_path)
+        while True:
+            try:
+                s.connect(sock_path)
+                break
+            except BlockingIOError:
+                # A Unix socket whose backlog is full refuses a connect with a timeout at
+                # once (EAGAIN): the server is busy, not gone, so try again until the timeout.
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
     except OSError:
         # Missing socket file, stale socket, a path too long for AF_UNIX, a full
         # backlog that outlasts the timeout: to the user these all mean the same thing.

@@ -58,7 +58,7 @@ def bind_control(sock_path: str) -> socket.socket:
         raise StartError(f"Can't bind {sock_path}: {e.strerror}") from None
     finally:
         os.umask(old)
-    sock.listen(128)
+    sock.listen(socket.SOMAXCONN)  # mail clients run `pizauth show` in bursts
     sock.set_inheritable(True)
     return sock
 

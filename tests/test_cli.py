@@ -756,3 +756,44 @@ def test_show_imports_only_what_it_needs(e):
     assert {m for m in imported if m.startswith("pizauth")} <= ours_pkg
     for heavy in ("re", "json", "logging", "argparse", "getopt", "typing", "socket"):
         assert heavy not in imported, heavy
+
+
+def test_client_waits_while_the_backlog_is_full(tmp_path, monkeypatch):
+    """A burst of clients fills the server's backlog; `show` must wait, not give up."""
+    path = str(tmp_path / "s")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(0)
+    queued = []
+    while True:  # fill the backlog until a connect with a timeout is refused at once
+        probe = socket.socket(socket.AF_UNIX)
+        probe.settimeout(1)
+        try:
+            probe.connect(path)
+        except BlockingIOError:
+            probe.close()
+            break
+        queued.append(probe)
+    retried = threading.Event()
+    real_sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: (retried.set(), real_sleep(s)))
+    result: list[bytes] = []
+    caller = threading.Thread(
+        target=lambda: result.append(client.request(path, b"status:", timeout=10))
+    )
+    caller.start()
+    assert retried.wait(10), "the client never met a full backlog"
+    for q in queued:  # still in the backlog until accepted, but at end-of-file
+        q.close()
+    for _ in range(len(queued) + 1):  # the server catches up and answers everyone
+        conn, _ = server.accept()
+        conn.settimeout(10)
+        request = b""
+        while chunk := conn.recv(4096):  # up to the client's half-close
+            request += chunk
+        if request:  # the probes sent nothing
+            conn.sendall(b"ok:fine")
+        conn.close()
+    caller.join(10)
+    assert result == [b"ok:fine"]
+    server.close()

@@ -391,7 +391,7 @@ def test_pip_install_puts_man_pages_and_completions_in_the_venv(tmp_path: Path) 
     src = tmp_path / "src"
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("pizauth", "man", "share"):
+    for name in ("pizauth", "bin", "man", "share"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)

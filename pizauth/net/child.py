@@ -19,7 +19,7 @@ import time
 
 from pizauth import ipc, sandbox
 from pizauth.ipc import MsgType
-from pizauth.net import redirect, tls, tokenclient
+from pizauth.net import redirect, tokenclient
 from pizauth.net.worker import Launcher
 from pizauth.process import start_child
 
@@ -181,7 +181,11 @@ class NetChild:
         self.channel.send(MsgType.NET_TOKEN_RESULT, request_id, failed.fields())
 
     def run(self) -> None:
-        cert = tls.make_certificate() if "https" in self.listeners else None
+        cert = None
+        if "https" in self.listeners:
+            from pizauth.net import tls  # cryptography: only when HTTPS is on
+
+            cert = tls.make_certificate()
         self.tls = cert.context if cert else None
         # Before the first thread: the filter covers this thread and every one it starts.
         sandbox.confine("network child")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import secrets
+import os
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +11,13 @@ from dataclasses import dataclass
 from pizauth.config import Account
 from pizauth.ipc import Callback
 from pizauth.priv.secmem import Secret, random_urlsafe
+
+# The built-in SHA-256 rather than hashlib's: hashlib loads OpenSSL (3.5 MiB) into the
+# parent just for the PKCE challenge (see benchmarks/profile_memory.py).
+try:
+    from _sha2 import sha256  # Python >= 3.12
+except ImportError:
+    from _sha256 import sha256
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._")
@@ -104,10 +110,10 @@ def new_auth_request(
     account: Account, http_port: int | None, https_port: int | None
 ) -> AuthRequest:
     """A fresh state, PKCE verifier and authorisation URL (spec §5.2, gap 1)."""
-    state = b64url(secrets.token_bytes(32))
+    state = b64url(os.urandom(32))
     # Made inside the secret arena: no bytes copy of the verifier is left behind.
     verifier = random_urlsafe(64)
-    challenge = b64url(hashlib.sha256(verifier.view()).digest())
+    challenge = b64url(sha256(verifier.view()).digest())
     redirect = effective_redirect_uri(account, http_port, https_port).serialise()
     pairs = [
         ("access_type", "offline"),

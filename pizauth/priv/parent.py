@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pizauth import config as configuration
 from pizauth import ipc
 from pizauth.ipc import MsgType
-from pizauth.priv import dump, notifier, refresher
+from pizauth.priv import notifier, refresher
 from pizauth.priv.authurl import (
     effective_redirect_uri,
     new_auth_request,
@@ -366,6 +366,8 @@ class Parent:
         self.stopping = True
 
     def handle_dump(self, msg: ipc.Message) -> None:
+        from pizauth.priv import dump  # cryptography is ~7 MiB: loaded only when asked for
+
         data = dump.dump(self.table)
         if len(data) > dump.MAX_DUMP:
             ipc.wipe(data)
@@ -375,6 +377,8 @@ class Parent:
         self.reply_secret(msg, data)  # raw bytes, no prefix (spec §3); wiped once sent
 
     def handle_restore(self, msg: ipc.Message) -> None:
+        from pizauth.priv import dump
+
         try:
             restored = dump.restore(self.table, msg.fields[0])
         except dump.DumpError as e:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hmac
 import logging
 import mmap
 import os
 import resource
 import threading
+from _operator import _compare_digest  # hmac.compare_digest, without hmac's OpenSSL
 from collections import deque
 
 from pizauth.ipc import Buffer
@@ -187,7 +187,7 @@ class Secret:
         return self._arena.view[self._offset : self._offset + self._length]
 
     def equals(self, other: Buffer) -> bool:
-        return hmac.compare_digest(self.view(), other)
+        return _compare_digest(self.view(), other)
 
     def wipe(self) -> None:
         arena = self._arena

@@ -1,24 +1,29 @@
 """The command child: serves `pizauth` clients on the control socket.
 
-Each client gets its own thread, a bounded request and a deadline, so a client
-that connects and never writes delays nobody else (gap 15). Peers whose uid is
-not ours are refused. The child parses each request and forwards it to the
+One thread and one selector serve every client, each with a bounded request
+and a deadline, so a client that connects and never writes delays nobody else
+(gap 15), and a burst of mail clients costs no thread start-ups. Peers whose
+uid is not ours are refused. The child parses each request and forwards it to the
 parent as a typed message; it never sees a refresh token or client secret, and
 wipes the buffer an access token was relayed through.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
+import selectors
 import socket
 import struct
 import sys
-import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 
 from pizauth import ipc, sandbox
-from pizauth.ipc import MsgType
+from pizauth.ipc import Buffer, MsgType
 from pizauth.process import start_child
 
 log = logging.getLogger("pizauth")
@@ -27,7 +32,7 @@ log = logging.getLogger("pizauth")
 MAX_REQUEST = ipc.MAX_MESSAGE - 1024
 READ_DEADLINE = 10.0  # to send a whole request; clients half-close at once
 REPLY_TIMEOUT = 30.0
-MAX_CLIENTS = 256
+MAX_CLIENTS = 512  # open at once; well inside the usual 1024 descriptors
 UCRED = struct.Struct("3i")
 
 # Requests whose arguments must be empty (spec §3).
@@ -97,135 +102,277 @@ def parse_request(raw: bytes | bytearray) -> tuple[MsgType, list[ipc.Buffer]]:
     raise Reply(f"error:Unknown command '{name}'")
 
 
-def read_request(conn: socket.socket) -> bytearray:
-    """Everything the client sends until it half-closes, bounded in size and time.
+class RequestBuffer:
+    """A client's request, read as it arrives until the client half-closes.
 
-    Read with recv_into into buffers that are wiped when outgrown, since a
-    restore request carries tokens and client secrets.
+    Read with recv_into into buffers that are wiped when outgrown or done with,
+    since a restore request carries tokens and client secrets. Past MAX_REQUEST
+    the rest is read and dropped, so that the client can still hear why.
     """
-    deadline = time.monotonic() + READ_DEADLINE
-    buf, n = bytearray(min(4096, MAX_REQUEST + 1)), 0
-    try:
+
+    def __init__(self) -> None:
+        self.buf = bytearray(min(4096, MAX_REQUEST + 1))
+        self.n = 0
+        self.too_large = False
+
+    def read_from(self, conn: socket.socket) -> bytearray | None:
+        """Read what is there. At end-of-file the request (a copy of exactly its
+        bytes: the caller wipes it), or Reply if it was too large; else None."""
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("client did not finish its request in time")
-            conn.settimeout(remaining)
-            if n == len(buf):
-                bigger = bytearray(min(2 * n, MAX_REQUEST + 1))
-                bigger[:n] = buf
-                ipc.wipe(buf)
-                buf = bigger
-            got = conn.recv_into(memoryview(buf)[n:])
+            if self.n == len(self.buf):
+                if self.too_large:
+                    self.n = 0  # draining: reuse the buffer
+                else:
+                    bigger = bytearray(min(2 * self.n, MAX_REQUEST + 1))
+                    bigger[: self.n] = self.buf
+                    ipc.wipe(self.buf)
+                    self.buf = bigger
+            try:
+                got = conn.recv_into(memoryview(self.buf)[self.n :])
+            except (BlockingIOError, InterruptedError):
+                return None
             if not got:
-                request = bytearray(n)
-                request[:] = memoryview(buf)[:n]
+                if self.too_large:
+                    raise Reply("error:Request too large")
+                request = bytearray(self.n)
+                request[:] = memoryview(self.buf)[: self.n]
                 return request
-            n += got
-            if n > MAX_REQUEST:
-                _drain(conn, deadline)
-                raise Reply("error:Request too large")
-    finally:
-        ipc.wipe(buf)
+            self.n += got
+            if self.n > MAX_REQUEST:
+                self.too_large = True
+
+    def wipe(self) -> None:
+        ipc.wipe(self.buf)
 
 
-def _drain(conn: socket.socket, deadline: float) -> None:
-    """Read and drop the rest of an oversized request, so the client can hear why."""
-    scratch = bytearray(65536)
-    try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            conn.settimeout(remaining)
-            if not conn.recv_into(scratch):
-                return
-    except TimeoutError:
-        pass
-    finally:
-        ipc.wipe(scratch)
+@dataclass(eq=False)
+class Client:
+    sock: socket.socket
+    deadline: float
+    request: RequestBuffer = field(default_factory=RequestBuffer)
+    reply: memoryview | None = None  # what is left to write
+    reply_frame: bytearray | None = None  # the parent's frame it lies in, wiped once written
+    request_id: int | None = None  # while the parent is answering it
+    hold: bool = False  # after replying to shutdown: keep the connection until we exit
 
 
 class CommandChild:
-    def __init__(self, channel: ipc.Channel, listener: socket.socket) -> None:
+    def __init__(self, channel: socket.socket, listener: socket.socket) -> None:
         self.channel = channel
         self.listener = listener
         self.uid = os.getuid()
-        self.clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.sel = selectors.DefaultSelector()
+        self.reader = ipc.FrameReader()
+        self.outbox: deque[tuple[memoryview, bytearray]] = deque()
+        self.waiting: dict[int, Client] = {}  # request id -> client awaiting the parent
+        self.ids = itertools.count(1)
+        self.deadlines: list[tuple[float, int, Client]] = []
+        self.tiebreak = itertools.count()
+        self.clients = 0
+        self.held: list[Client] = []  # shutdown clients, answered, open until we exit
 
-    def accept_loop(self) -> None:
+    # -- clients ------------------------------------------------------------------------------
+
+    def accept(self) -> None:
         while True:
             try:
                 conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as e:
                 log.warning("accepting a client failed: %s", e)
-                time.sleep(0.1)
+                return
+            uid = self.peer_uid(conn)
+            if uid != self.uid:
+                log.warning("refused a client with uid %d", uid)
+                conn.close()
                 continue
-            if not self.clients.acquire(blocking=False):
+            if self.clients >= MAX_CLIENTS:
                 log.warning("too many clients; refusing one")
                 conn.close()
                 continue
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+            conn.setblocking(False)
+            client = Client(conn, time.monotonic() + READ_DEADLINE)
+            self.clients += 1
+            self.sel.register(conn, selectors.EVENT_READ, lambda c=client: self.readable(c))
+            self.expire_at(client)
 
     def peer_uid(self, conn: socket.socket) -> int:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
         return UCRED.unpack(creds)[1]
 
-    def serve(self, conn: socket.socket) -> None:
-        try:
-            with conn:
-                uid = self.peer_uid(conn)
-                if uid != self.uid:
-                    log.warning("refused a client with uid %d", uid)
-                    return
-                self.answer(conn)
-        except (OSError, TimeoutError) as e:
-            log.warning("client connection: %s", e)
-        finally:
-            self.clients.release()
+    def expire_at(self, client: Client) -> None:
+        heapq.heappush(self.deadlines, (client.deadline, next(self.tiebreak), client))
 
-    def answer(self, conn: socket.socket) -> None:
+    def readable(self, client: Client) -> None:
         try:
-            raw = read_request(conn)
+            raw = client.request.read_from(client.sock)
         except Reply as r:
-            conn.sendall(r.text.encode() if r.text else b"")
+            self.answer(client, (r.text or "").encode())
             return
+        except OSError as e:
+            log.warning("client connection: %s", e)
+            self.close(client)
+            return
+        if raw is None:
+            return
+        self.sel.unregister(client.sock)
         try:
             msg_type, fields = parse_request(raw)
-            reply = self.channel.call(msg_type, fields, REPLY_TIMEOUT)
+            request_id = next(self.ids) % 0xFFFFFFFF + 1
+            self.to_parent(ipc.encode(msg_type, request_id, fields))
         except Reply as r:
-            if r.text is not None:
-                conn.sendall(r.text.encode())
+            self.answer(client, (r.text or "").encode())
             return
         finally:
             ipc.wipe(raw)  # it may have been a dump
-        if reply is None:
-            conn.sendall(b"error:pizauth server did not answer in time")
-            return
-        text = reply.fields[0]
-        try:
-            conn.settimeout(REPLY_TIMEOUT)
-            conn.sendall(text)
-        finally:
-            ipc.wipe(text)  # it may have been an access token or a dump
-        if msg_type == MsgType.CMD_SHUTDOWN:
-            # Hold the connection until this process ends, so `pizauth shutdown`
-            # returns only once the server is gone.
-            threading.Event().wait()
+        client.hold = msg_type == MsgType.CMD_SHUTDOWN
+        client.deadline = time.monotonic() + REPLY_TIMEOUT
+        client.request_id = request_id
+        self.expire_at(client)
+        self.waiting[request_id] = client
 
-    def handle_reply(self, msg: ipc.Message) -> None:
-        if not self.channel.deliver(msg):
-            ipc.wipe(msg.fields[0])
-            log.debug("reply for a client that gave up waiting")
+    def answer(self, client: Client, text: Buffer, frame: bytearray | None = None) -> None:
+        """Write `text` to the client (it lies in `frame`, if the parent sent it)."""
+        client.request.wipe()
+        client.reply, client.reply_frame = memoryview(text), frame
+        client.deadline = time.monotonic() + REPLY_TIMEOUT
+        self.expire_at(client)
+        if self._registered(client):
+            self.sel.modify(client.sock, selectors.EVENT_WRITE, lambda: self.writable(client))
+        else:
+            self.sel.register(client.sock, selectors.EVENT_WRITE, lambda: self.writable(client))
+        self.writable(client)
+
+    def _registered(self, client: Client) -> bool:
+        try:
+            self.sel.get_key(client.sock)
+            return True
+        except KeyError:
+            return False
+
+    def writable(self, client: Client) -> None:
+        assert client.reply is not None
+        try:
+            while client.reply.nbytes:
+                client.reply = client.reply[client.sock.send(client.reply) :]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.warning("client connection: %s", e)
+        if client.hold and client.reply.nbytes == 0:
+            # Keep the connection open until this process ends, so that `pizauth shutdown`
+            # returns only once the server is gone.
+            self._forget(client)
+            self.held.append(client)
+            return
+        self.close(client)
+
+    def _forget(self, client: Client) -> None:
+        if client.reply_frame is not None:
+            ipc.wipe(client.reply_frame)  # it may have held an access token or a dump
+            client.reply_frame = None
+        client.reply = None
+        if self._registered(client):
+            self.sel.unregister(client.sock)
+
+    def close(self, client: Client) -> None:
+        if client.sock.fileno() < 0:
+            return
+        self._forget(client)
+        client.request.wipe()
+        client.sock.close()
+        self.clients -= 1
+
+    def expire(self, now: float) -> None:
+        while self.deadlines and self.deadlines[0][0] <= now:
+            deadline, _, client = heapq.heappop(self.deadlines)
+            if client.deadline != deadline or client.sock.fileno() < 0 or client.hold:
+                continue  # superseded by a later deadline, or already done
+            if client.reply is not None:
+                self.close(client)  # it does not read its reply
+            elif client.request_id is not None:
+                del self.waiting[client.request_id]
+                client.request_id = None
+                self.answer(client, b"error:pizauth server did not answer in time")
+            else:
+                log.warning("client did not finish its request in time")
+                self.close(client)
+
+    # -- the parent ---------------------------------------------------------------------------
+
+    def to_parent(self, frame: bytearray) -> None:
+        self.outbox.append((memoryview(frame), frame))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox:
+            view, frame = self.outbox[0]
+            try:
+                sent = self.channel.send(view)
+            except (BlockingIOError, InterruptedError):
+                break
+            if sent < view.nbytes:
+                self.outbox[0] = (view[sent:], frame)
+                break
+            self.outbox.popleft()
+            ipc.wipe(frame)  # it may have carried a dump
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
+        if self.sel.get_key(self.channel).events != events:
+            self.sel.modify(self.channel, events, self.from_parent)
+
+    def from_parent(self, mask: int = selectors.EVENT_READ) -> bool:
+        """Handle the parent's frames; False once the parent is gone or breaks the protocol."""
+        if mask & selectors.EVENT_WRITE:
+            self.flush()
+        if not mask & selectors.EVENT_READ:
+            return True
+        try:
+            frames = self.reader.read_from(self.channel)
+        except (ipc.ProtocolError, OSError) as e:
+            log.error("channel to parent: %s", e)
+            return False
+        if frames is None:
+            return False
+        for frame in frames:
+            try:
+                msg = ipc.decode(frame)
+                if msg.type != MsgType.CMD_REPLY:
+                    raise ipc.ProtocolError(f"{msg.type.name} is not for the command child")
+            except ipc.ProtocolError as e:
+                ipc.wipe(frame)
+                log.error("protocol error from parent: %s", e)
+                return False
+            client = self.waiting.pop(msg.request_id, None)
+            if client is None:
+                ipc.wipe(frame)
+                log.debug("reply for a client that gave up waiting")
+                continue
+            client.request_id = None
+            self.answer(client, msg.fields[0], frame)
+        return True
 
     def run(self) -> None:
-        threading.Thread(target=self.accept_loop, daemon=True).start()
-        self.channel.send(MsgType.CMD_READY, 0)
-        ipc.serve_parent(self.channel, {MsgType.CMD_REPLY: self.handle_reply}, "command")
+        self.listener.setblocking(False)
+        self.channel.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, self.accept)
+        self.sel.register(self.channel, selectors.EVENT_READ, self.from_parent)
+        self.to_parent(ipc.encode(MsgType.CMD_READY, 0))
+        while True:
+            timeout = max(self.deadlines[0][0] - time.monotonic(), 0) if self.deadlines else None
+            for key, mask in self.sel.select(timeout):
+                if key.fileobj is self.channel:
+                    if not self.from_parent(mask):
+                        return
+                else:
+                    key.data()
+            self.expire(time.monotonic())
 
 
 def main(argv: list[str]) -> None:
     fds, _ = start_child("pizauth: command", argv)
-    # Before the first thread: the filter covers this thread and every one it starts.
     sandbox.confine("command child")
-    channel = ipc.Channel(socket.socket(fileno=fds["channel"]))
+    channel = socket.socket(fileno=fds["channel"])
     CommandChild(channel, socket.socket(fileno=fds["socket"])).run()
     os._exit(0)
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from pizauth import command
-from pizauth.command import Reply, parse_request, read_request
+from pizauth import command, ipc
+from pizauth.command import CommandChild, Reply, RequestBuffer, parse_request
 from pizauth.ipc import MsgType
 
 
@@ -132,93 +132,154 @@ def test_only_first_colon_splits_command():
     assert parse_request(b"revoke::x") == (MsgType.CMD_REVOKE, [b":x"])
 
 
-# -- read_request ----------------------------------------------------------------------------
+# -- RequestBuffer ---------------------------------------------------------------------------
 
 
 @pytest.fixture
 def pair():
     a, b = socket.socketpair()
+    b.setblocking(False)
     yield a, b
     a.close()
     b.close()
 
 
-def test_read_request_until_half_close(pair):
+def read_all(buffer: RequestBuffer, server: socket.socket) -> bytearray:
+    result = buffer.read_from(server)
+    assert result is not None, "the request should be complete"
+    return result
+
+
+def test_request_until_half_close(pair):
     client, server = pair
-    client.sendall(b"showtoken:withurl acct")
+    buffer = RequestBuffer()
+    client.sendall(b"showtoken:withurl ")
+    assert buffer.read_from(server) is None  # not complete until the client half-closes
+    client.sendall(b"acct")
     client.shutdown(socket.SHUT_WR)
-    assert read_request(server) == b"showtoken:withurl acct"
+    assert read_all(buffer, server) == b"showtoken:withurl acct"
 
 
-def test_read_request_empty(pair):
+def test_request_empty(pair):
     client, server = pair
     client.shutdown(socket.SHUT_WR)
-    assert read_request(server) == b""
+    assert read_all(RequestBuffer(), server) == b""
 
 
-def test_read_request_accepts_exactly_max(pair, monkeypatch):
+def test_request_grows_past_its_first_buffer_and_wipes(pair):
+    client, server = pair
+    data = bytes(range(256)) * 64  # 16 KiB: several doublings
+    client.sendall(data)
+    client.shutdown(socket.SHUT_WR)
+    buffer = RequestBuffer()
+    assert read_all(buffer, server) == data
+    buffer.wipe()
+    assert not any(buffer.buf)
+
+
+def test_request_accepts_exactly_max(pair, monkeypatch):
     monkeypatch.setattr(command, "MAX_REQUEST", 64)
     client, server = pair
     client.sendall(b"r" * 64)
     client.shutdown(socket.SHUT_WR)
-    assert read_request(server) == b"r" * 64
+    assert read_all(RequestBuffer(), server) == b"r" * 64
 
 
-def test_read_request_oversized(pair, monkeypatch):
+def test_request_oversized_is_drained_then_refused(pair, monkeypatch):
     monkeypatch.setattr(command, "MAX_REQUEST", 64)
     client, server = pair
+    buffer = RequestBuffer()
     client.sendall(b"restore:" + b"x" * 100)
+    assert buffer.read_from(server) is None  # still reading: the client must hear why
+    client.sendall(b"y" * 1000)
     client.shutdown(socket.SHUT_WR)
     with pytest.raises(Reply) as info:
-        read_request(server)
+        buffer.read_from(server)
     assert info.value.text == "error:Request too large"
 
 
-def test_read_request_oversized_and_never_half_closed(pair, monkeypatch):
-    monkeypatch.setattr(command, "MAX_REQUEST", 64)
-    monkeypatch.setattr(command, "READ_DEADLINE", 0.2)
-    client, server = pair
-    client.sendall(b"restore:" + b"x" * 100)
-    start = time.monotonic()
-    with pytest.raises(Reply) as info:
-        read_request(server)
-    assert info.value.text == "error:Request too large"
-    assert time.monotonic() - start < 2.0
+# -- the serving loop ------------------------------------------------------------------------
 
 
-def test_read_request_peer_never_half_closes(pair, monkeypatch):
-    monkeypatch.setattr(command, "READ_DEADLINE", 0.2)
-    client, server = pair
-    client.sendall(b"status:")
-    start = time.monotonic()
-    with pytest.raises(TimeoutError):
-        read_request(server)
-    assert time.monotonic() - start < 2.0
-
-
-def test_read_request_deadline_is_overall_not_per_read(pair, monkeypatch):
-    """A client trickling a byte at a time must not hold its thread past the deadline."""
+@pytest.fixture
+def serving(tmp_path, monkeypatch):
+    """A command child's loop on a real Unix socket, with the test as its parent."""
     monkeypatch.setattr(command, "READ_DEADLINE", 0.3)
-    client, server = pair
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.wait(0.02):
-            try:
-                client.send(b"x")
-            except OSError:
-                return
-
-    thread = threading.Thread(target=trickle, daemon=True)
+    monkeypatch.setattr(command, "REPLY_TIMEOUT", 0.5)
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(16)
+    ours, theirs = socket.socketpair()
+    child = CommandChild(theirs, listener)
+    thread = threading.Thread(target=child.run, daemon=True)
     thread.start()
-    start = time.monotonic()
-    try:
-        with pytest.raises(TimeoutError):
-            read_request(server)
-    finally:
-        stop.set()
-        thread.join()
-    assert time.monotonic() - start < 2.0
+    reader = ipc.FrameReader()
+    ready = ipc.decode(ipc.recv_frame(ours, reader))
+    assert ready.type == MsgType.CMD_READY
+    yield path, ours, reader
+    ours.close()  # the loop ends when its parent goes away
+    thread.join(5)
+    assert not thread.is_alive()
+    listener.close()
+
+
+def connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(path)
+    return s
+
+
+def test_loop_relays_requests_and_replies(serving):
+    path, parent, reader = serving
+    clients = [connect(path) for _ in range(3)]
+    for i, c in enumerate(clients):
+        c.sendall(b"showtoken:withurl acct%d" % i)
+        c.shutdown(socket.SHUT_WR)
+    requests = [ipc.decode(ipc.recv_frame(parent, reader)) for _ in clients]
+    for req in reversed(requests):  # answered in any order
+        text = b"access_token:for " + bytes(req.fields[1])
+        parent.sendall(ipc.encode(MsgType.CMD_REPLY, req.request_id, [text]))
+    for i, c in enumerate(clients):
+        assert c.makefile("rb").read() == b"access_token:for acct%d" % i
+        c.close()
+
+
+def test_loop_stuck_clients_delay_nobody_and_are_closed(serving):
+    path, parent, reader = serving
+    stuck = connect(path)
+    stuck.sendall(b"showtoken:withurl ac")  # and never finishes
+    quick = connect(path)
+    quick.sendall(b"status:")
+    quick.shutdown(socket.SHUT_WR)
+    req = ipc.decode(ipc.recv_frame(parent, reader))
+    assert req.type == MsgType.CMD_STATUS
+    parent.sendall(ipc.encode(MsgType.CMD_REPLY, req.request_id, [b"ok:fine"]))
+    assert quick.makefile("rb").read() == b"ok:fine"
+    started = time.monotonic()
+    assert stuck.recv(100) == b""  # closed at its deadline, unanswered
+    assert time.monotonic() - started < 2.0
+
+
+def test_loop_a_trickling_client_meets_an_overall_deadline(serving):
+    path, _, _ = serving
+    trickler = connect(path)
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        while time.monotonic() - started < 3:
+            trickler.send(b"x")
+            time.sleep(0.02)  # the client's own pace, not a wait for the server
+    assert time.monotonic() - started < 2.0
+
+
+def test_loop_answers_itself_when_the_parent_does_not(serving):
+    path, parent, reader = serving
+    c = connect(path)
+    c.sendall(b"status:")
+    c.shutdown(socket.SHUT_WR)
+    assert ipc.decode(ipc.recv_frame(parent, reader)).type == MsgType.CMD_STATUS
+    assert c.makefile("rb").read() == b"error:pizauth server did not answer in time"
 
 
 def test_non_utf8_account_name_gets_error_reply():

@@ -284,11 +284,19 @@ class CommandChild:
         client.sock.close()
         self.clients -= 1
 
+    def next_deadline(self) -> float | None:
+        """The earliest deadline that still matters. Entries of clients that are done, or
+        whose deadline has moved, are dropped here, so they cost no wake-up."""
+        while self.deadlines:
+            deadline, _, client = self.deadlines[0]
+            if client.deadline == deadline and client.sock.fileno() >= 0 and not client.hold:
+                return deadline
+            heapq.heappop(self.deadlines)
+        return None
+
     def expire(self, now: float) -> None:
-        while self.deadlines and self.deadlines[0][0] <= now:
-            deadline, _, client = heapq.heappop(self.deadlines)
-            if client.deadline != deadline or client.sock.fileno() < 0 or client.hold:
-                continue  # superseded by a later deadline, or already done
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            _, _, client = heapq.heappop(self.deadlines)
             if client.reply is not None:
                 self.close(client)  # it does not read its reply
             elif client.request_id is not None:
@@ -359,7 +367,8 @@ class CommandChild:
         self.sel.register(self.channel, selectors.EVENT_READ, self.from_parent)
         self.to_parent(ipc.encode(MsgType.CMD_READY, 0))
         while True:
-            timeout = max(self.deadlines[0][0] - time.monotonic(), 0) if self.deadlines else None
+            deadline = self.next_deadline()
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
             for key, mask in self.sel.select(timeout):
                 if key.fileobj is self.channel:
                     if not self.from_parent(mask):

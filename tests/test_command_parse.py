@@ -217,7 +217,7 @@ def serving(tmp_path, monkeypatch):
     reader = ipc.FrameReader()
     ready = ipc.decode(ipc.recv_frame(ours, reader))
     assert ready.type == MsgType.CMD_READY
-    yield path, ours, reader
+    yield path, ours, reader, (child, thread)
     ours.close()  # the loop ends when its parent goes away
     thread.join(5)
     assert not thread.is_alive()
@@ -232,7 +232,7 @@ def connect(path: str) -> socket.socket:
 
 
 def test_loop_relays_requests_and_replies(serving):
-    path, parent, reader = serving
+    path, parent, reader, _ = serving
     clients = [connect(path) for _ in range(3)]
     for i, c in enumerate(clients):
         c.sendall(b"showtoken:withurl acct%d" % i)
@@ -247,7 +247,7 @@ def test_loop_relays_requests_and_replies(serving):
 
 
 def test_loop_stuck_clients_delay_nobody_and_are_closed(serving):
-    path, parent, reader = serving
+    path, parent, reader, _ = serving
     stuck = connect(path)
     stuck.sendall(b"showtoken:withurl ac")  # and never finishes
     quick = connect(path)
@@ -263,7 +263,7 @@ def test_loop_stuck_clients_delay_nobody_and_are_closed(serving):
 
 
 def test_loop_a_trickling_client_meets_an_overall_deadline(serving):
-    path, _, _ = serving
+    path, _, _, _ = serving
     trickler = connect(path)
     started = time.monotonic()
     with pytest.raises(OSError):
@@ -274,7 +274,7 @@ def test_loop_a_trickling_client_meets_an_overall_deadline(serving):
 
 
 def test_loop_answers_itself_when_the_parent_does_not(serving):
-    path, parent, reader = serving
+    path, parent, reader, _ = serving
     c = connect(path)
     c.sendall(b"status:")
     c.shutdown(socket.SHUT_WR)
@@ -286,3 +286,19 @@ def test_non_utf8_account_name_gets_error_reply():
     for raw in (b"showtoken:withurl \xff", b"revoke:\xfe"):
         text = reply_text(raw)
         assert text is not None and text.startswith("error:")
+
+
+def test_loop_sleeps_once_every_client_is_done(serving):
+    """Finished clients leave no deadline behind that would wake the idle loop."""
+    path, parent, reader, (child, thread) = serving
+    c = connect(path)
+    c.sendall(b"status:")
+    c.shutdown(socket.SHUT_WR)
+    req = ipc.decode(ipc.recv_frame(parent, reader))
+    parent.sendall(ipc.encode(MsgType.CMD_REPLY, req.request_id, [b"ok:fine"]))
+    assert c.makefile("rb").read() == b"ok:fine"
+    c.close()
+    parent.close()  # end the loop, so its state can be read without racing it
+    thread.join(5)
+    assert child.clients == 0
+    assert child.next_deadline() is None

@@ -142,7 +142,9 @@ class RequestBuffer:
                 self.too_large = True
 
     def wipe(self) -> None:
+        """Zero the request and let its memory go."""
         ipc.wipe(self.buf)
+        self.buf = bytearray()
 
 
 @dataclass(eq=False)
@@ -283,6 +285,10 @@ class CommandChild:
         client.request.wipe()
         client.sock.close()
         self.clients -= 1
+        if len(self.deadlines) > 4 * self.clients + 64:
+            # Done clients' entries otherwise stay until their deadline: drop them now.
+            self.deadlines = [e for e in self.deadlines if e[2].sock.fileno() >= 0]
+            heapq.heapify(self.deadlines)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline that still matters. Entries of clients that are done, or

@@ -189,26 +189,22 @@ def _grammar() -> pp.ParserElement:
         expr = keyword - eq - value - semi
         return expr.set_parse_action(lambda s, loc, t: _Stmt(t[0], t[1], loc))
 
-    # A leading comma is accepted for compatibility (gap 28), a trailing one is not.
-    scopes = (
-        pp.Literal("scopes")
-        - eq
-        - lbracket
-        - pp.Opt(string)
-        - pp.ZeroOrMore(comma - string)
-        - pp.Suppress("]").set_name("',' or ']'")
-        - semi
-    ).set_parse_action(lambda s, loc, t: _Stmt(t[0], tuple(t[1:]), loc))
+    def listing(keyword: str, opening: pp.ParserElement, item: pp.ParserElement, closing: str):
+        # A leading comma is accepted for compatibility (gap 28), a trailing one is not.
+        expr = (
+            pp.Literal(keyword)
+            - eq
+            - opening
+            - pp.Opt(item)
+            - pp.ZeroOrMore(comma - item)
+            - pp.Suppress(closing).set_name(f"',' or '{closing}'")
+            - semi
+        )
+        return expr.set_parse_action(lambda s, loc, t: _Stmt(t[0], tuple(t[1:]), loc))
+
+    scopes = listing("scopes", lbracket, string, "]")
     pair = (string - colon - string).set_parse_action(lambda s, loc, t: _Pair(t[0], t[1]))
-    auth_uri_fields = (
-        pp.Literal("auth_uri_fields")
-        - eq
-        - lbrace
-        - pp.Opt(pair)
-        - pp.ZeroOrMore(comma - pair)
-        - pp.Suppress("}").set_name("',' or '}'")
-        - semi
-    ).set_parse_action(lambda s, loc, t: _Stmt(t[0], tuple(t[1:]), loc))
+    auth_uri_fields = listing("auth_uri_fields", lbrace, pair, "}")
 
     field = pp.MatchFirst(
         [

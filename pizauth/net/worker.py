@@ -152,7 +152,8 @@ def _start_worker(launcher: socket.socket, fd: int) -> None:  # pragma: no cover
             launcher.close()
             _worker(socket.socket(fileno=fd))
         except Exception as e:  # noqa: BLE001 - the network child sees no answer
-            log.warning("token request worker failed: %s", e)
+            # The type only: an exception raised mid-request might quote what it carried.
+            log.warning("token request worker failed: %s", type(e).__name__)
         finally:
             os._exit(0)
     os.close(fd)

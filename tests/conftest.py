@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +55,37 @@ def http_get(url: str, host_header: str | None = None) -> tuple[int, dict[str, s
     body = resp.read()
     conn.close()
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+
+def as_nobody(sock_path: str, request: bytes | None) -> tuple[str, int | bytes]:
+    """Connect to a control socket as uid 65534 and send `request` (None: only connect).
+
+    ("reply", bytes) or ("error", errno). Forks and drops privileges without exec, since
+    the interpreter may not be readable by nobody. Needs root.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked child
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(sock_path)
+                reply = b""
+                if request is not None:
+                    s.sendall(request)
+                    s.shutdown(socket.SHUT_WR)
+                    reply = s.makefile("rb").read()
+            os.write(write_end, b"reply:" + reply)
+        except OSError as e:
+            os.write(write_end, f"error:{e.errno}".encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    kind, _, rest = answer.partition(b":")
+    return ("reply", rest) if kind == b"reply" else ("error", int(rest))
 
 
 def children_of(pid: int) -> list[int]:

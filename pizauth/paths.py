@@ -121,3 +121,23 @@ def config_path(explicit: str | None, *, must_exist: bool = True) -> str:
     if not must_exist:
         return candidates[0]
     raise PathError(f"No config file found at {display_path(candidates[-1])}")
+
+
+def expand_home(p: str) -> str:
+    """`p` with a leading "~/" replaced by the home directory ($HOME, else the password
+    database); other paths unchanged. Used for token_store, which the config parser has
+    already checked is absolute or starts with "~/"."""
+    if not p.startswith("~/"):
+        return p
+    home = _env("HOME")
+    if home is None:
+        import pwd  # lazily, as in _username()
+
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:
+            home = None
+    # A relative home would make the path depend on the working directory.
+    if not home or not os.path.isabs(home):
+        raise PathError(f"Can't expand '~' in {display_path(p)}: no absolute home directory")
+    return os.path.join(home, p[2:])

@@ -246,3 +246,23 @@ def test_config_path_not_required_to_exist(env, tmp_path):
     env.delenv("HOME")
     with pytest.raises(PathError):
         paths.config_path(None, must_exist=False)
+
+
+def test_expand_home_uses_home(env, tmp_path):
+    env.setenv("HOME", str(tmp_path))
+    assert paths.expand_home("~/state/tokens") == str(tmp_path / "state" / "tokens")
+    assert paths.expand_home("/abs/~/x") == "/abs/~/x"
+
+
+def test_expand_home_without_home_uses_password_database(env):
+    import pwd
+
+    env.delenv("HOME", raising=False)
+    expected = os.path.join(pwd.getpwuid(os.getuid()).pw_dir, "t")
+    assert paths.expand_home("~/t") == expected
+
+
+def test_expand_home_refuses_a_relative_home(env):
+    env.setenv("HOME", "relative")
+    with pytest.raises(PathError, match="no absolute home directory"):
+        paths.expand_home("~/t")

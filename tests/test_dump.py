@@ -710,7 +710,11 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness
     control = socket.socket(socket.AF_UNIX)
     control.bind(str(tmp_path / "s"))
     parent = Parent(
-        config.parse(WORK + HOME), "unused", Sockets(control, None, None), [], lambda: None
+        config.parse(WORK + HOME),
+        "unused",
+        Sockets(control, None, None),
+        [],
+        lambda _startup_done: None,
     )
     h = Harness(parent, [], [])
 

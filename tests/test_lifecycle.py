@@ -312,7 +312,9 @@ def test_transient_error_if_cmd_every_sixth_failure(pizauth: Pizauth) -> None:
     verdict = pizauth.tmp / "verdict"
     events = pizauth.tmp / "events"
     verdict.write_text("0\n")
-    arbiter = f"echo \"$PIZAUTH_ACCOUNT\" >> '{consulted}'; exit $(cat '{verdict}')"
+    # The hook reads its verdict before it says it was consulted: the test changes the
+    # verdict only once it sees that, so each consultation gets the verdict meant for it.
+    arbiter = f"v=$(cat '{verdict}'); echo \"$PIZAUTH_ACCOUNT\" >> '{consulted}'; exit $v"
     pizauth.write_config(
         accounts=pizauth.account_block(extra="refresh_retry = 1s;"),
         globals_=f"transient_error_if_cmd = {conf_string(arbiter)};\n"

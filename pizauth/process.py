@@ -91,7 +91,8 @@ def setup_logging(verbosity: int, use_syslog: bool, progname: str) -> None:
         import syslog
 
         # Opened in the process that logs, so the pid is the daemon's (gap 19).
-        syslog.openlog(progname, syslog.LOG_PID, syslog.LOG_USER)
+        # Connected now (LOG_NDELAY): a confined child may not create the socket later.
+        syslog.openlog(progname, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_USER)
         handler = _SyslogHandler()
     else:
         handler = logging.StreamHandler(sys.stderr)

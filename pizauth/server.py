@@ -17,7 +17,7 @@ import sys
 import time
 
 from pizauth import config as configuration
-from pizauth import paths
+from pizauth import paths, sandbox
 from pizauth.priv.listeners import ListenError, bind_listener
 from pizauth.process import child_args, harden, set_title, setup_logging
 
@@ -132,6 +132,7 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
     harden()
     set_title("pizauth: parent")
     setup_logging(verbosity, not foreground, progname)
+    sandbox.report()
 
     from pizauth.priv.parent import Parent, Sockets
 

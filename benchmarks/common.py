@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks (issue 7): a pizauth server with real logged-in accounts
+"""Shared helpers for the benchmarks: a pizauth server with real logged-in accounts
 against the local provider, the socket protocol, /proc readings, statistics and load.
 
 Stdlib only (plus examples/provider.py from this checkout). Every address is 127.0.0.1 or a

@@ -1,4 +1,4 @@
-"""`pizauth` command line: argument parsing and dispatch (spec §1).
+"""`pizauth` command line: argument parsing and dispatch, as pizauth 1.1 has them.
 
 `pizauth show` is run by mail clients every few minutes, so this module imports only
 `os`, `sys` and pizauth.paths at load time; everything else is imported by the command
@@ -191,7 +191,7 @@ def _config_opt(found: dict[str, list[str | None]]) -> str | None:
 
     A `-c` without a path (bare at the end, followed by another option, `--config`
     without `=`, or an empty path) is a usage error: the original silently used the
-    default file instead, which hides typos (gap 33).
+    default file instead, which hides typos (docs/compatibility.md "Config option without a path").
     """
     vals = found.get("c")
     if vals is None:
@@ -259,13 +259,13 @@ def _cmd_shutdown(ctx: _Ctx, args: list[str]) -> int:
 def _cmd_dump(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 0)
-    return _ask(lambda c: c.dump(ctx.sock))  # raw bytes, no newline (spec §1.2)
+    return _ask(lambda c: c.dump(ctx.sock))  # raw bytes, no newline, as pizauth 1.1
 
 
 def _cmd_restore(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(found, free, 0)
-    # spec §1.2: all of stdin first, then connect, so a slow producer (`age -d` asking
+    # All of stdin first, then connect (as pizauth 1.1), so a slow producer (`age -d` asking
     # for a passphrase) holds no connection open.
     try:
         data = sys.stdin.buffer.read() if sys.stdin is not None else b""
@@ -303,7 +303,7 @@ def _cmd_info(ctx: _Ctx, args: list[str]) -> int:
     info = _server_info(ctx.sock)
     try:
         # Informational only: a missing default config file is no reason to fail;
-        # show where it is expected (gap 31).
+        # show where it is expected (docs/compatibility.md "Info without a config file").
         conf = paths.config_path(explicit, must_exist=False)
     except paths.PathError as e:
         return _fatal(str(e))
@@ -338,7 +338,7 @@ def _cmd_info(ctx: _Ctx, args: list[str]) -> int:
             if "https_pub_key" in info:
                 text += f"  HTTPS public key: {info['https_pub_key']}\n"
             if isinstance(info.get("https_cert_sha256"), str):
-                # gap 29: the fingerprint browsers show, to check a certificate warning against
+                # The fingerprint browsers show (docs/compatibility.md "Certificate fingerprint")
                 text += f"  HTTPS certificate SHA-256: {info['https_cert_sha256']}\n"
     return _out(text.encode("utf-8", errors="replace"))
 

@@ -1,7 +1,7 @@
-"""Parse and validate ``pizauth.conf`` (spec §4).
+"""Parse and validate ``pizauth.conf``, in pizauth 1.1's grammar and with its messages.
 
 Two passes: a pyparsing grammar turns the text into statements that remember where they
-start, then a validation pass walks them in file order, applies the rules of §4.3 (the first
+start, then a validation pass walks them in file order, applies the validation rules (the first
 error wins) and builds frozen dataclasses.  Every problem is raised as ``ConfigError`` whose
 text is what the user sees.
 """
@@ -31,7 +31,7 @@ DEFAULT_TOKEN_ENDPOINT_AUTH_METHOD = "client_secret_post"
 # Options a device-flow account must not set: they only make sense with a browser redirect.
 CODE_FLOW_ONLY_OPTIONS = ("auth_uri", "auth_uri_fields", "login_hint", "redirect_uri")
 
-# Keys pizauth itself puts in the authorisation URL (spec §4.3).
+# Keys pizauth itself puts in the authorisation URL, so auth_uri_fields may not set them.
 RESERVED_AUTH_URI_FIELDS = frozenset(
     {
         "access_type",
@@ -77,7 +77,7 @@ class Account:
     revoke_uri: str | None = None
 
     def security_key(self) -> tuple:
-        """What must stay equal across a reload for the account to keep its tokens (§8.3)."""
+        """What must stay equal across a reload for the account to keep its tokens."""
         return (
             self.name,
             self.auth_uri,
@@ -145,7 +145,7 @@ def parse(text: str) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Syntax (spec §4.1, §4.2)
+# Syntax
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +217,8 @@ def _grammar() -> pp.ParserElement:
         return expr.set_parse_action(lambda s, loc, t: _Stmt(t[0], t[1], loc))
 
     def listing(keyword: str, opening: pp.ParserElement, item: pp.ParserElement, closing: str):
-        # A leading comma is accepted for compatibility (gap 28), a trailing one is not.
+        # A leading comma is accepted for compatibility, a trailing one is not
+        # (docs/compatibility.md "Leading comma").
         expr = (
             pp.Literal(keyword)
             - eq
@@ -273,7 +274,7 @@ def _grammar() -> pp.ParserElement:
     return grammar
 
 
-# One lexeme of §4.1 (plus whole words and numbers), only to say what was found at an error.
+# One lexeme (plus whole words and numbers), only to say what was found at an error.
 _LEXEME_RE = re.compile(_STRING_RE + r"|[0-9]+[dhms]|[A-Za-z_][A-Za-z0-9_]*|[0-9]+|.", re.S)
 
 
@@ -283,7 +284,7 @@ def _parse_syntax(text: str) -> list[_Stmt | _AccountBlock]:
     try:
         return list(_grammar().parse_string(text))
     except pp.ParseBaseException as e:
-        # Only the first error, unlike the original's error-recovering LR parser (§4.2).
+        # Only the first error (docs/compatibility.md "Syntax errors").
         loc = min(e.loc, len(text))
         line, col = _line_col(text, loc)
         expected = e.msg or "Syntax error"
@@ -302,7 +303,7 @@ def _found(text: str, loc: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation (spec §4.3)
+# Validation, in the order pizauth 1.1 checks, so a bad file gets the same first error
 
 # What Rust's str::trim() removes (Unicode White_Space); Python's strip() also removes \x1c-\x1f.
 _RUST_WS = (
@@ -329,7 +330,7 @@ def _line_col(text: str, loc: int) -> tuple[int, int]:
 
 
 def _error_at(text: str, loc: int, msg: str) -> ConfigError:
-    """A positioned error (§4.3) for the span starting at `loc`, quoting its first line."""
+    """A positioned error for the span starting at `loc`, quoting its first line."""
     line, col = _line_col(text, loc)
     line_end = text.find("\n", loc)
     src = text[loc - col + 1 : line_end if line_end != -1 else len(text)].strip(_RUST_WS)
@@ -356,8 +357,8 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
     accounts: dict[str, dict[str, Any]] = {}
     for item in items:
         if isinstance(item, _AccountBlock):
-            # A later block with the same name replaces the earlier one (gap 6, kept as in
-            # the original) but keeps the earlier one's place in the order.
+            # A later block with the same name replaces the earlier one but keeps the
+            # earlier one's place in the order (docs/compatibility.md "Duplicate account blocks").
             accounts[item.name] = _validate_account(text, item)
             continue
         value = item.value
@@ -404,7 +405,8 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
     for name, fields in accounts.items():
         auth_flow = fields.get("auth_flow", DEFAULT_AUTH_FLOW)
         redirect_uri = fields.get("redirect_uri", DEFAULT_REDIRECT_URI)
-        # Compared case-insensitively (gap 27), as the redirect URL is built.
+        # Compared case-insensitively, as the redirect URL is built
+        # (docs/compatibility.md "Redirect scheme case").
         scheme = _uri_scheme(redirect_uri) if auth_flow == "code" else None
         if scheme == "https" and https_listen is None:
             raise ConfigError(
@@ -416,7 +418,7 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
             )
 
         def effective(key: str, default: int, fields: dict[str, Any] = fields) -> int:
-            # Precedence: account > global > built-in default (§4.4).
+            # Precedence: account > global > built-in default.
             return fields.get(key, opts.get(key, default))
 
         built.append(
@@ -465,8 +467,8 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
 
 
 def _validate_account(text: str, block: _AccountBlock) -> dict[str, Any]:
-    """Check one account block (§4.3 order); return its fields keyed by option name, with
-    times in seconds and lists as tuples."""
+    """Check one account block, in pizauth 1.1's order; return its fields keyed by option
+    name, with times in seconds and lists as tuples."""
     fields: dict[str, Any] = {}
     locs: dict[str, int] = {}  # where each option's statement starts
     for stmt in block.fields:

@@ -14,7 +14,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
-# spec §9.2: -v count -> level; trace maps to debug.
+# -v count -> level, as pizauth 1.1 (error, warn, info, debug); its trace maps to debug.
 LEVELS = [logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG]
 LEVEL_NAMES = {
     logging.ERROR: "ERROR",
@@ -81,7 +81,7 @@ class _SyslogHandler(logging.Handler):
 
 
 def setup_logging(verbosity: int, use_syslog: bool, progname: str) -> None:
-    """stderr as «LEVEL - message» in the foreground, syslog when detached (spec §9.2)."""
+    """stderr as «LEVEL - message» in the foreground, syslog when detached."""
     logger = logging.getLogger("pizauth")
     logger.handlers.clear()
     logger.propagate = False
@@ -90,7 +90,8 @@ def setup_logging(verbosity: int, use_syslog: bool, progname: str) -> None:
     if use_syslog:
         import syslog
 
-        # Opened in the process that logs, so the pid is the daemon's (gap 19).
+        # Opened in the process that logs, so the pid is the daemon's
+        # (docs/compatibility.md "Syslog pid").
         # Connected now (LOG_NDELAY): a confined child may not create the socket later.
         syslog.openlog(progname, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_USER)
         handler = _SyslogHandler()

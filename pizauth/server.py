@@ -3,7 +3,7 @@
 Everything that can fail for a reason the user must hear about -- another
 server running, a bad configuration, a port already taken -- happens before
 the daemon detaches, and the invoking `pizauth server` waits until the daemon
-answers commands before exiting 0 (gap 18).
+answers commands before exiting 0 (docs/compatibility.md "Start-up errors").
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ READY_TIMEOUT = 30.0
 
 
 class StartError(Exception):
-    """A start-up failure, printed raw (spec §1.4)."""
+    """A start-up failure, printed raw (no «ERROR - » prefix), as pizauth 1.1 does."""
 
 
 def already_running(sock_path: str) -> bool:
-    """spec §2.3: a server answers on the socket, or a stale socket is removed."""
+    """True if a server answers on the socket; a stale socket is removed."""
     if not os.path.lexists(sock_path):
         return False
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -48,7 +48,8 @@ def already_running(sock_path: str) -> bool:
 
 def bind_control(sock_path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o077)  # the socket itself 0600, not just its 0700 directory
+    old = os.umask(0o077)  # the socket itself 0700 (no group or other access), not just its
+    # directory (docs/compatibility.md "Socket mode and removal")
     try:
         sock.bind(sock_path)
     except OSError as e:
@@ -165,7 +166,7 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
 
 
 def notify_systemd(address: str | None) -> None:
-    """READY=1 on $NOTIFY_SOCKET when systemd started us as Type=notify (spec §7.4)."""
+    """READY=1 on $NOTIFY_SOCKET when systemd started us as Type=notify."""
     if not address:
         return
     if address.startswith("@"):

@@ -1,5 +1,6 @@
 """The `pizauth` command line: parsing, usage, requests sent and replies interpreted
-(spec §1, §3). Most tests run the CLI in a subprocess against a scripted fake server."""
+(pizauth 1.1's commands, messages and socket protocol). Most tests run the CLI in a
+subprocess against a scripted fake server."""
 
 import io
 import json
@@ -199,7 +200,7 @@ def test_progname_in_usage(e):
         ["info", "x"],
         ["info", "-j", "-j"],
         ["info", "-u"],
-        ["info", "-c"],  # bare -c: gap 33
+        ["info", "-c"],  # bare -c: docs/compatibility.md "Config option without a path"
         ["info", "-c", "-j"],
         ["info", "--config"],
         ["info", "--config="],
@@ -310,7 +311,8 @@ CASES = [
         "",
         err(f"{ACCESS} with URL http://127.0.0.1:1/authorize?a=b&c=d"),
     ),
-    # Gap 13: no dangling « with URL » when the server sends no URL.
+    # No dangling « with URL » when the server sends no URL (docs/compatibility.md "Pending without
+    # a URL").
     (["show", "-u", "acct"], b"pending:", b"showtoken:withouturl acct", 1, "", err(ACCESS)),
     (
         ["show", "acct"],
@@ -457,7 +459,7 @@ def test_dump_copies_the_reply_to_stdout(e, reply):
     srv = e.server(reply)
     r = e.run("dump")
     assert srv.finish() == b"dump:"
-    # spec §1.2: raw bytes, no newline added; an empty reply is an empty dump, exit 0.
+    # As pizauth 1.1: raw bytes, no newline added; an empty reply is an empty dump, exit 0.
     assert (r.returncode, r.stdout, r.stderr) == (0, reply, b"")
 
 
@@ -632,7 +634,8 @@ def test_info_bad_reply_is_not_running(e, reply):
 
 def test_info_default_config(e):
     conf = e.home / ".config" / "pizauth.conf"
-    # Missing: shown where it is expected, no failure (gap 31).
+    # Missing: shown where it is expected, no failure (docs/compatibility.md "Info without a config
+    # file").
     r = e.run("info")
     assert (r.returncode, r.stdout.decode(), r.stderr) == (0, human(e, str(conf)), b"")
     xdg = e.root / "xdg"

@@ -1,4 +1,5 @@
-"""Tests for pizauth.config: spec §4.6 cases 1-17, positioned errors, syntax error positions."""
+"""Tests for pizauth.config: pizauth 1.1's config test cases, positioned errors, syntax error
+positions."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def only_account(text: str) -> Account:
     return conf.accounts[0]
 
 
-# --- §4.6 case 1: unescaping ------------------------------------------------------------
+# --- unescaping -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_strings_may_contain_literal_newlines_and_comment_markers() -> None:
     assert act.client_secret == "a\nb // not a comment"
 
 
-# --- §4.6 case 2: times -----------------------------------------------------------------
+# --- times ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,7 @@ def test_largest_time_is_accepted() -> None:
     assert conf.auth_notify_interval == 2**64 - 1
 
 
-# --- §4.6 case 3: lexer -----------------------------------------------------------------
+# --- lexer ------------------------------------------------------------------------------
 
 
 def test_case3_escaped_backslash_is_one_string() -> None:
@@ -120,7 +121,7 @@ def test_case3_backslash_n_is_not_a_string() -> None:
     )
 
 
-# --- §4.6 case 4: a valid config read back exactly ---------------------------------------
+# --- a valid config read back exactly ----------------------------------------------------
 
 CASE4 = """
 auth_notify_cmd = "g";
@@ -228,12 +229,12 @@ def test_security_key() -> None:
         "client_secret_post",
         None,
     )
-    # Timings and the deprecated login_hint are not part of it (§8.3).
+    # Timings and the deprecated login_hint are not part of it, as in pizauth 1.1.
     changed = parse(CASE4.replace("43m", "1s").replace('"i"', '"z"')).accounts[0]
     assert changed.security_key() == act.security_key()
 
 
-# --- §4.6 case 5 and 6 ------------------------------------------------------------------
+# --- mandatory sections and global options ----------------------------------------------
 
 
 @pytest.mark.parametrize("text", ["", "  \n// only a comment\n", 'auth_notify_cmd = "a";'])
@@ -254,7 +255,7 @@ def test_time_with_thousands_of_digits() -> None:
     assert msg.endswith("\nInvalid time: number too large to fit in target type")
 
 
-# --- §4.6 case 7: duplicates ------------------------------------------------------------
+# --- duplicates -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -332,7 +333,7 @@ def test_duplicate_list_option_points_at_keyword() -> None:
     )
 
 
-# --- §4.6 case 8: both listeners off ----------------------------------------------------
+# --- both listeners off -----------------------------------------------------------------
 
 
 def test_case8_both_listeners_none() -> None:
@@ -345,7 +346,7 @@ def test_both_listeners_none_is_checked_before_missing_account() -> None:
     assert error_text(text) == "Cannot set both http_listen and https_listen to 'none'"
 
 
-# --- §4.6 cases 9, 11, 17: URIs ---------------------------------------------------------
+# --- URIs -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("uri", ["httpx://", "ftp://blah/", "mailto:a@b.com", "a.com:80"])
@@ -412,7 +413,7 @@ def test_case17_fragment_in_token_uri_beats_login_hint_conflict() -> None:
     assert error_text(text).endswith("\nURI fragments ('#...') are not allowed")
 
 
-# --- §4.6 cases 10 and 12: redirect vs listeners ----------------------------------------
+# --- redirect vs listeners --------------------------------------------------------------
 
 
 def test_case10_http_redirect_with_http_listener_off() -> None:
@@ -455,7 +456,7 @@ def test_case12_https_listen_with_https_redirect() -> None:
     assert conf.accounts[0].redirect_uri == "https://e.com"
 
 
-# --- §4.6 case 13: mandatory fields -----------------------------------------------------
+# --- mandatory fields -------------------------------------------------------------------
 
 
 def test_case13_mandatory_fields_present() -> None:
@@ -488,7 +489,7 @@ def test_empty_client_id_and_name_are_allowed() -> None:
     assert (act.name, act.client_id) == ("", "")
 
 
-# --- §4.6 case 14: refresh overrides ----------------------------------------------------
+# --- refresh overrides ------------------------------------------------------------------
 
 
 def refresh_times(act: Account) -> tuple[int, int, int]:
@@ -569,7 +570,7 @@ def test_zero_intervals_are_accepted_as_written() -> None:
     assert refresh_times(conf.accounts[0]) == (0, 0, 0)
 
 
-# --- §4.6 cases 15 and 16: auth_uri_fields ----------------------------------------------
+# --- auth_uri_fields --------------------------------------------------------------------
 
 
 def test_case15_login_hint_conflict() -> None:

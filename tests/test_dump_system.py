@@ -1,4 +1,4 @@
-"""`pizauth dump` and `pizauth restore` as a user runs them across a reboot (spec §8)."""
+"""`pizauth dump` and `pizauth restore` as a user runs them across a reboot."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_restore_on_a_new_server_needs_no_login(pizauth: Pizauth) -> None:
     pizauth.start()
     token = pizauth.authorise()
     data = dump(pizauth)
-    # Obfuscated (gap 30): the token and the client secret cannot be grepped for.
+    # Obfuscated (docs/compatibility.md "Dump key"): the token and the client secret cannot be
+    # grepped for.
     assert token.encode() not in data and CLIENT_SECRET.encode() not in data
     logins = len(pizauth.provider.authorize_requests)
     grants = len(pizauth.provider.token_requests)
@@ -105,7 +106,8 @@ def test_restored_token_raises_token_new(pizauth: Pizauth) -> None:
     reboot(pizauth)
     (pizauth.tmp / "events").unlink()
     assert restore(pizauth, data) == (0, b"", b"")
-    # gap 22: the original was silent, so a token_event_cmd never learnt of the token.
+    # docs/compatibility.md "Events on restore": the original was silent, so a token_event_cmd never
+    # learnt of the token.
     wait_for(lambda: events(pizauth) == ["acct token_new"], 5, "token_new after restore")
     # Restoring onto the now Active account changes nothing and says nothing: events run
     # in order, so had it raised one, it would come before the revoke's.

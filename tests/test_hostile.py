@@ -186,7 +186,8 @@ def child_pid(pizauth: Pizauth, name: str) -> int | None:
 
 def test_control_socket_odd_requests(pizauth: Pizauth) -> None:
     pizauth.start()
-    # An empty request is the "already running" probe: answered by closing (spec §2.3).
+    # An empty request is the "already running" probe: answered by closing
+    # (docs/compatibility.md "Silent empty request").
     assert ask(pizauth, b"") == b""
     assert ask(pizauth, b"\xff\xfe:x") == (
         b"error:Syntactically invalid request '<can't represent as UTF-8>'"
@@ -265,7 +266,7 @@ def test_oversized_and_malformed_callbacks_get_400(pizauth: Pizauth) -> None:
     state = query(url)["state"]
     host = f"Host: localhost:{port}\r\n".encode()
     cases = {
-        # spec §5.4: 16 KiB at most, whether in the request line or in headers
+        # 16 KiB at most, as pizauth 1.1, whether in the request line or in headers
         "long line": b"GET /?" + b"a" * 20000 + b" HTTP/1.1\r\n" + host + b"\r\n",
         "many headers": b"GET / HTTP/1.1\r\n" + host + b"X-Pad: " + b"b" * 17000 + b"\r\n\r\n",
         "no host": f"GET /?state={state}&code=x HTTP/1.1\r\n\r\n".encode(),
@@ -343,7 +344,8 @@ def test_error_redirect_gets_a_helpful_page(pizauth: Pizauth) -> None:
     assert status_line(head) == b"HTTP/1.1 400 Bad Request"
     assert b"Content-Type: text/html; charset=utf-8" in head
     assert f"Content-Length: {len(body)}".encode() in head
-    # gap 36: the page says what failed and for which account; the value is escaped.
+    # docs/compatibility.md "Error page": the page says what failed and for which account; the value
+    # is escaped.
     assert b"Authentication for acct failed: access_denied (&lt;script&gt;" in body
     assert b"<script>" not in body
     assert b"Run &#x27;pizauth show acct&#x27; for a new login URL." in body
@@ -479,7 +481,7 @@ def test_stalled_or_refused_token_endpoint_blocks_nothing(pizauth: Pizauth, stal
         + pizauth.account_block("ok")
     )
     pizauth.start()
-    # A code exchange against a closed port is retried (spec §6.1) in the background...
+    # A code exchange against a closed port is retried (as pizauth 1.1) in the background...
     url = pizauth.auth_url("acct")
     callback = f"http://localhost:{redirect_port(url)}/?state={query(url)['state']}&code=c"
     assert http_get(callback)[0] == 200

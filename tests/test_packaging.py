@@ -284,7 +284,7 @@ def test_pizauth_1_security_notes_cover_dumps() -> None:
         assert words in security, words
 
 
-# Every keyword of the configuration grammar (spec §4.1) but `account` and `none`.
+# Every keyword of the configuration grammar but `account` and `none`.
 CONFIG_KEYWORDS = (
     "auth_error_cmd auth_notify_cmd auth_notify_interval auth_uri auth_uri_fields client_id "
     "client_secret error_notify_cmd http_listen https_listen login_hint refresh_retry "

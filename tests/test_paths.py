@@ -1,4 +1,4 @@
-"""Runtime-directory and config-path rules (spec §2.1, §2.2)."""
+"""Runtime-directory and config-path rules."""
 
 import os
 import stat
@@ -123,7 +123,8 @@ def test_runtime_dir_tmp_fallback(env):
 
 
 def test_empty_xdg_runtime_dir_is_unset(env, tmp_path):
-    # Gap 34: the original would work relative to the cwd.
+    # docs/compatibility.md "Empty environment variables": the original would work relative to the
+    # cwd.
     made = recorded(env)
     env.setenv("XDG_RUNTIME_DIR", "")
     env.setenv("TMPDIR", str(tmp_path))
@@ -177,7 +178,7 @@ def test_config_from_home(env, tmp_path):
 
 
 def test_config_falls_back_from_xdg_to_home(env, tmp_path):
-    # Gap 5: the man page's "in order"; the original stopped at the XDG path.
+    # docs/compatibility.md "Config file fallback": the original stopped at the XDG path.
     xdg = tmp_path / "xdg"
     xdg.mkdir()
     (tmp_path / ".config").mkdir()

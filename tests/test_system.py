@@ -63,7 +63,8 @@ def test_show_without_url(pizauth: Pizauth) -> None:
     pizauth.start()
     result = pizauth.show("acct", "-u")
     assert result.returncode == 1
-    # gap 13: no dangling "with URL " when the URL is withheld.
+    # No dangling "with URL " when the URL is withheld (docs/compatibility.md "Pending without a
+    # URL").
     assert result.stderr == b"ERROR - Access token unavailable until authorised\n"
     # -u still started the request: a later show has a URL.
     assert pizauth.auth_url().startswith(pizauth.provider.auth_uri)
@@ -211,7 +212,8 @@ def test_port_in_use_fails_before_detaching(pizauth: Pizauth) -> None:
     pizauth.conf.write_text(
         f'http_listen = "127.0.0.1:{port}";\nhttps_listen = none;\n' + pizauth.account_block()
     )
-    # Without -d: the invoking command must report the failure itself (gap 18).
+    # Without -d: the invoking command must report the failure itself
+    # (docs/compatibility.md "Start-up errors").
     result = pizauth.run("server", "-c", str(pizauth.conf))
     taken.close()
     assert result.returncode == 1

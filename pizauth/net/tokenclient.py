@@ -1,4 +1,4 @@
-"""Calls to the token endpoint and triage of what comes back (spec §6.1, §6.2).
+"""Calls to the token endpoint and triage of what comes back.
 
 The provider's reply is parsed and judged here, in the network child; the
 parent only ever sees a typed result.
@@ -15,7 +15,7 @@ import requests
 
 from pizauth import ipc
 
-TIMEOUT = 30.0  # seconds, per request overall (Appendix B)
+TIMEOUT = 30.0  # seconds, per request overall, as pizauth 1.1
 MAX_BODY = 1024 * 1024  # a token response is a few KiB; never buffer more than this
 EXCHANGE_ATTEMPTS = 10
 EXCHANGE_RETRY_DELAY = 6.0
@@ -133,7 +133,8 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
         not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in < 0
     ):
         raise _Permanent(unexpected)
-    # gap 8: token types are case-insensitive (RFC 6749 §5.1); gap 7: expires_in is optional.
+    # Token types are case-insensitive (RFC 6749 §5.1), and expires_in is optional:
+    # docs/compatibility.md "Token type case", "Optional expires_in".
     if not isinstance(token, str) or not token or not isinstance(token_type, str):
         raise _Permanent(unexpected)
     if token_type.lower() != "bearer":
@@ -154,7 +155,8 @@ def exchange_code(
     sleep: Callable[[float], None] = time.sleep,
 ) -> TokenResult:
     """The authorisation-code grant. A request is sent again only if it cannot have
-    reached the provider or the provider refused it as overloaded (gaps 9, 10)."""
+    reached the provider or the provider refused it as overloaded
+    (docs/compatibility.md "Code exchange retries")."""
     last = ""
     for attempt in range(EXCHANGE_ATTEMPTS):
         if attempt:
@@ -186,7 +188,7 @@ def refresh(session: requests.Session, token_uri: str, form: list[tuple[str, str
 
 
 def exchange_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, str]]]:
-    """token_uri and form of a NET_EXCHANGE (spec §6.1 field order)."""
+    """token_uri and form of a NET_EXCHANGE (fields in pizauth 1.1's order)."""
     uri, client_id, has_secret, secret, code, verifier, redirect_uri = (
         ipc.text(f) for f in fields
     )
@@ -203,7 +205,7 @@ def exchange_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, 
 
 
 def refresh_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, str]]]:
-    """token_uri and form of a NET_REFRESH (spec §6.2 field order)."""
+    """token_uri and form of a NET_REFRESH (fields in pizauth 1.1's order)."""
     uri, client_id, has_secret, secret, refresh_token = (ipc.text(f) for f in fields)
     form = [
         ("client_id", client_id),

@@ -1,1 +1,1 @@
-"""The network child (DESIGN.md): never imported by the parent."""
+"""The network child (docs/architecture.md "Network child"): never imported by the parent."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import subprocess
 import time
 from pathlib import Path
 
@@ -315,3 +316,50 @@ def test_first_line_helper_bounds_and_cleans() -> None:
     assert secretcmd.first_line(data, len(data)) == "one?two"
     assert secretcmd.first_line(data, 3) == "one"
     assert secretcmd.first_line(bytearray(), 0) == ""
+
+
+# -- real key tools (Debian packages age and systemd) -------------------------------------------
+
+
+def test_store_key_from_age_opens_what_it_sealed(tmp_path: Path) -> None:
+    from pizauth.priv import store
+
+    identity, encrypted = tmp_path / "identity.txt", tmp_path / "key.age"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    subprocess.run(
+        f"head -c 32 /dev/urandom | base64 | age -r {recipient} -o {encrypted}",
+        shell=True,
+        check=True,
+    )
+    cmd = f"age -d -i {identity} {encrypted}"
+    key = run_blocking(cmd, STORE_KEY, {})
+    assert isinstance(key, Secret) and len(key) == 44
+    data = store.seal(bytearray(b"tokens"), key)
+    key.wipe()
+    again = run_blocking(cmd, STORE_KEY, {})
+    assert isinstance(again, Secret)
+    assert store.open_sealed(data, again) == b"tokens"
+    again.wipe()
+    failed = run_blocking(f"age -d -i {identity} {tmp_path / 'missing'}", STORE_KEY, {})
+    assert error(failed).startswith("token_store_key_cmd exited with status 1: ")
+
+
+def test_store_key_from_systemd_creds_without_a_running_systemd(tmp_path: Path) -> None:
+    # --with-key=host needs no TPM and no running systemd, but root (the host key
+    # in /var/lib/systemd is root's).
+    cred = tmp_path / "key.cred"
+    subprocess.run(
+        "head -c 32 /dev/urandom | base64 | "
+        f"systemd-creds encrypt --with-key=host --name=pizauth-key - {cred}",
+        shell=True,
+        check=True,
+        capture_output=True,
+    )
+    key = run_blocking(f"systemd-creds decrypt --name=pizauth-key {cred} -", STORE_KEY, {})
+    assert isinstance(key, Secret) and len(key) == 44
+    key.wipe()
+    wrong = run_blocking(f"systemd-creds decrypt --name=other {cred} -", STORE_KEY, {})
+    assert error(wrong).startswith("token_store_key_cmd exited with status 1")

@@ -423,3 +423,12 @@ def test_changes_within_a_second_are_written_together() -> None:
     assert not w.take(11.0) and w.next_write_due() is None
     w.changed(12.5)
     assert w.next_write_due() == 13.5
+
+
+def test_load_removes_temporaries_a_killed_server_left(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    store.write_atomic(str(path), sealed())
+    stale = tmp_path / ".tokens.tmp-999999999-0a0b"
+    stale.write_bytes(b"half a store")
+    assert Store(str(path)).load(KEY) == PLAIN
+    assert os.listdir(tmp_path) == ["tokens"]

@@ -20,6 +20,14 @@ A file is replaced atomically: a new file in the same directory, written, fsynce
 renamed over the old one, and the directory fsynced. A store that could not be
 opened is never overwritten: it is moved aside first (Store.save).
 
+The parent's use: at start, if Store.exists(), run the key command
+(secretcmd.run_blocking with STORE_KEY), then Store.load(key) (or
+Store.key_failed(message)), then dump.decode the plaintext and merge it, calling
+Store.not_opened(message) if it does not decode. On every change of token state,
+WriteSchedule.changed(now); when WriteSchedule.take(now) says so, get the key
+(cached, or by running the key command again without blocking) and call
+Store.save(dump.encode(table, ...), key), wiping the plaintext afterwards.
+
 cryptography is imported only when something is sealed or opened, so that a
 parent with no store configured does not load it.
 """
@@ -345,6 +353,7 @@ class Store:
         """The plaintext (the caller wipes it), None if there is no store; StoreError if
         the file cannot be read or opened, and then it will be moved aside, not
         overwritten."""
+        remove_stale_temps(self.path)
         try:
             data = read(self.path)
             if data is None:

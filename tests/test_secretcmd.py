@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -363,3 +365,21 @@ def test_store_key_from_systemd_creds_without_a_running_systemd(tmp_path: Path) 
     key.wipe()
     wrong = run_blocking(f"systemd-creds decrypt --name=other {cred} -", STORE_KEY, {})
     assert error(wrong).startswith("token_store_key_cmd exited with status 1")
+
+
+def test_too_much_output_is_reported_even_when_the_exit_is_seen_first() -> None:
+    callbacks: dict[int, Callable[[], None]] = {}
+    runner = secretcmd.SecretCommands(callbacks.__setitem__, callbacks.__delitem__)
+    results: list[secretcmd.Result] = []
+    runner.start("head -c 10000 /dev/zero", STORE_KEY, {}, results.append)
+    job = runner.running[0]
+    stdout, pidfd = job.stdout, job.pidfd
+    assert stdout is not None
+    wait_for(lambda: select.select([pidfd], [], [], 0)[0], 10, "the command's exit")
+    callbacks[pidfd]()  # the exit first, then the output
+    assert results == []
+    callbacks[stdout]()
+    assert [error(r) for r in results] == [
+        f"token_store_key_cmd printed more than {secretcmd.MAX_KEY} bytes"
+    ]
+    assert callbacks == {} and runner.running == []

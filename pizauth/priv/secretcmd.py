@@ -178,7 +178,7 @@ class SecretCommands:
             if job.line_end is None:
                 # The buffer is full and no line ended (or the key is too long).
                 self._overflow(job)
-                return
+                break
             scratch = bytearray(_READ_CHUNK)
             n = _read_into(job.stdout, memoryview(scratch))
             ipc.wipe(scratch)
@@ -190,7 +190,7 @@ class SecretCommands:
             job.discarded += n
             if job.discarded > MAX_DISCARDED:
                 self._overflow(job)
-                return
+                break
         self._maybe_done(job)
 
     def _read_stderr(self, job: _Job) -> None:
@@ -271,10 +271,10 @@ class SecretCommands:
     def _result(self, job: _Job) -> Result:
         name = job.output.name
         code = job.proc.returncode
-        if job.timed_out:
-            return CommandError(f"{name} timed out after {job.timeout:g} s")
         if job.too_much is not None:
             return CommandError(job.too_much)
+        if job.timed_out:
+            return CommandError(f"{name} timed out after {job.timeout:g} s")
         if code != 0:
             if code < 0:
                 text = f"{name} was killed by signal {-code}"

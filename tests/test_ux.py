@@ -1,0 +1,87 @@
+"""What the user sees when something goes wrong, driven through the installed command:
+Ctrl-C, help and usage errors, dump to a terminal, restore and config errors,
+long account names, and the README's getting-started pieces."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PIZAUTH, Pizauth
+
+
+def run_in_pty(argv: list[str], env: dict[str, str], cwd: Path, until=None, timeout=20.0):
+    """Run `argv` as the foreground job of a new terminal; returns (status, output).
+
+    `until(output)` is polled while the command runs; when it is true, Ctrl-C is typed.
+    """
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.chdir(cwd)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    out = b""
+    interrupted = until is None
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.05)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every process holding the terminal has gone
+                chunk = b""
+            out += chunk
+        if not interrupted and until(out):
+            os.write(master, b"\x03")  # the terminal's interrupt character
+            interrupted = True
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(master)
+        pytest.fail(f"{argv} did not finish; output so far: {out!r}")
+    # Whatever the children wrote after the parent ended.
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                break
+            chunk = os.read(master, 4096)
+            if not chunk:
+                break
+            out += chunk
+    except OSError:
+        pass
+    os.close(master)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_a_foreground_server_cleanly(pizauth: Pizauth) -> None:
+    pizauth.write_config()
+    ready = pizauth.tmp / "ready"
+    status, out = run_in_pty(
+        [PIZAUTH, "server", "-dvv", "-c", str(pizauth.conf)],
+        pizauth.env,
+        pizauth.tmp,
+        until=lambda out: ready.exists(),
+    )
+    assert status == 0, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "Error" not in out, out
+    assert "pizauth shut down" in out, out  # the parent's orderly shutdown ran
+    # Nothing of the server is left: the socket is gone, so a new one can start.
+    assert not list((pizauth.tmp / "runtime" / "pizauth").glob("*.sock"))

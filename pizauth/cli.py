@@ -312,6 +312,13 @@ def _cmd_shutdown(ctx: _Ctx, args: list[str]) -> int:
 def _cmd_dump(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
     _check(free)
+    if sys.stdout is not None and sys.stdout.isatty():
+        # Binary output would garble the terminal, and a dump holds secrets: refuse
+        # before asking the server for it.
+        return _log_error(
+            "the dump is binary and holds secrets: redirect it to a file, "
+            "for example: pizauth dump > pizauth.dump"
+        )
     return _ask(lambda c: c.dump(ctx.sock))  # raw bytes, no newline (spec §1.2)
 
 

@@ -85,3 +85,15 @@ def test_ctrl_c_stops_a_foreground_server_cleanly(pizauth: Pizauth) -> None:
     assert "pizauth shut down" in out, out  # the parent's orderly shutdown ran
     # Nothing of the server is left: the socket is gone, so a new one can start.
     assert not list((pizauth.tmp / "runtime" / "pizauth").glob("*.sock"))
+
+
+# -- dump to a terminal ------------------------------------------------------------------
+
+
+def test_dump_to_a_terminal_refuses(pizauth: Pizauth) -> None:
+    pizauth.start()
+    pizauth.authorise()
+    status, out = run_in_pty([PIZAUTH, "dump"], pizauth.env, pizauth.tmp)
+    assert status == 1
+    assert "redirect it to a file" in out and "ERROR - " in out
+    assert pizauth.run("dump").stdout  # to a pipe it still works

@@ -327,10 +327,17 @@ def _cmd_restore(ctx: _Ctx, args: list[str]) -> int:
     _check(free)
     # spec §1.2: all of stdin first, then connect, so a slow producer (`age -d` asking
     # for a passphrase) holds no connection open.
+    from pizauth.priv.dump import MAX_DUMP
+
     try:
-        data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+        # Bounded: `pizauth restore < /dev/zero` must fail, not fill the memory.
+        data = sys.stdin.buffer.read(MAX_DUMP + 1) if sys.stdin is not None else b""
     except OSError as e:
         return _log_error(paths.os_error_text(e))
+    if len(data) > MAX_DUMP:
+        return _log_error(
+            f"Input too large: not a pizauth dump (a dump is at most {MAX_DUMP} bytes)"
+        )
     return _ask(lambda c: c.restore(ctx.sock, data))
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PIZAUTH, Pizauth
+from conftest import PIZAUTH, ROOT, Pizauth
 
 
 def run_in_pty(argv: list[str], env: dict[str, str], cwd: Path, until=None, timeout=20.0):
@@ -97,3 +97,31 @@ def test_dump_to_a_terminal_refuses(pizauth: Pizauth) -> None:
     assert status == 1
     assert "redirect it to a file" in out and "ERROR - " in out
     assert pizauth.run("dump").stdout  # to a pipe it still works
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+
+def test_demo_runs_and_removes_its_directory() -> None:
+    import tempfile
+
+    # A short TMPDIR of its own: the control socket's path must fit in sun_path.
+    with tempfile.TemporaryDirectory(prefix="pzt") as tmp:
+        tmpdir = Path(tmp)
+        result = run_demo(tmpdir)
+        left = list(tmpdir.iterdir())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"token valid at the provider: True" in result.stdout
+    assert left == []  # no pizauth-demo-* left behind
+
+
+def run_demo(tmpdir: Path):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        env={**os.environ, "TMPDIR": str(tmpdir)},
+        capture_output=True,
+        timeout=120,
+    )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import resource
+import signal
 import sys
+from collections.abc import Iterator
 
 log = logging.getLogger("pizauth")
 
@@ -128,10 +131,29 @@ def parse_child_args(argv: list[str]) -> tuple[dict[str, int], int, bool, str]:
     return fds, verbosity, use_syslog, progname
 
 
+@contextlib.contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """Ignore SIGINT while children are started, so that they start with it ignored.
+
+    Ctrl-C on `pizauth server -d` reaches the terminal's whole foreground process
+    group. Only the parent must act on it (it stops its children in order); a child
+    that took it too would die with a KeyboardInterrupt traceback. An ignored signal
+    stays ignored across exec and Python keeps it so, which covers the child's
+    imports too, before start_child() runs.
+    """
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def start_child(title: str, argv: list[str]) -> tuple[dict[str, int], str]:
     """Common start of a child: hardening, title, logging. Returns (fds, progname)."""
-    import signal
-
+    # The parent alone handles Ctrl-C (see interrupts_ignored); this also covers a
+    # child started some other way. Forked helpers (the network launcher and its
+    # workers) inherit it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     harden(parent_death_signal=signal.SIGKILL)
     fds, verbosity, use_syslog, progname = parse_child_args(argv)
     set_title(title)

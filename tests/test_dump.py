@@ -30,8 +30,7 @@ from pizauth.priv.tokens import Active, Empty, Pending, TokenTable
 
 # The original's published key, typed in again rather than imported from the module.
 SPEC_KEY = bytes.fromhex(
-    "66 a2 47 a8 5e 48 cf ec aa ed 9b 36 eb a9 7d 53"
-    "50 d4 28 63 75 09 7a 44 ee ff b9 c4 54 6b 65 a3"
+    "66 a2 47 a8 5e 48 cf ec aa ed 9b 36 eb a9 7d 5350 d4 28 63 75 09 7a 44 ee ff b9 c4 54 6b 65 a3"
 )
 NONCE = bytes(range(100, 112))
 NOW = Now(wall=1_700_000_000.0, instant=5000.0)
@@ -317,16 +316,26 @@ def malformed(plaintext: bytes) -> bytes:
 
 FLIPPED = [GOLDEN[:i] + bytes([GOLDEN[i] ^ 0x01]) + GOLDEN[i + 1 :] for i in (0, 11, 12, 40, -1)]
 
+DAMAGED = "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)"
+
 ERRORS = [
-    (b"", "Input too short"),
-    (GOLDEN[:11], "Input too short"),
-    (GOLDEN[:12], "Restoring dump failed"),
-    (GOLDEN[:27], "Restoring dump failed"),  # shorter than a tag
-    (GOLDEN[:-1], "Restoring dump failed"),
-    (GOLDEN + b"\x00", "Restoring dump failed"),
-    *[(flipped, "Restoring dump failed") for flipped in FLIPPED],
-    (seal(u64(2) + GOLDEN_PLAINTEXT[8:]), "Unknown dump version"),
-    (seal(u64(0)), "Unknown dump version"),
+    (b"", "Input too short: not a pizauth dump (0 bytes)"),
+    (GOLDEN[:11], "Input too short: not a pizauth dump (11 bytes)"),
+    (GOLDEN[:12], "Restoring dump failed: not a pizauth dump (12 bytes)"),
+    (GOLDEN[:27], "Restoring dump failed: not a pizauth dump (27 bytes)"),  # shorter than a tag
+    (GOLDEN[:-1], DAMAGED),
+    (GOLDEN + b"\x00", DAMAGED),
+    *[(flipped, DAMAGED) for flipped in FLIPPED],
+    (
+        seal(u64(2) + GOLDEN_PLAINTEXT[8:]),
+        "Unknown dump version: made by an incompatible version of pizauth "
+        "(dump version 2, this pizauth reads version 1)",
+    ),
+    (
+        seal(u64(0)),
+        "Unknown dump version: made by an incompatible version of pizauth "
+        "(dump version 0, this pizauth reads version 1)",
+    ),
 ]
 
 
@@ -621,7 +630,7 @@ def test_dump_restore_error_scenario() -> None:
     before = snapshot(t)
     version_2 = bytearray(dump.encode(table(ORIGINAL), NOW))
     version_2[:8] = u64(2)
-    with pytest.raises(DumpError, match="^Unknown dump version$"):
+    with pytest.raises(DumpError, match="^Unknown dump version: "):
         dump.restore(t, seal(bytes(version_2)))
     assert snapshot(t) == before
 
@@ -760,6 +769,6 @@ def test_parent_restore_raises_token_new(harness: Harness) -> None:
 
 def test_parent_restore_error_reply(harness: Harness) -> None:
     harness.parent.handle_restore(request(MsgType.CMD_RESTORE, GOLDEN[:-1]))
-    assert harness.sent == [(b"error:Restoring dump failed", False)]
+    assert harness.sent == [(b"error:" + DAMAGED.encode(), False)]
     assert harness.events == []
     assert isinstance(harness.parent.table.entries["w\u00f6rk"].state, Empty)

@@ -82,15 +82,33 @@ def test_damaged_dumps_are_refused_clearly(pizauth: Pizauth) -> None:
     flipped[20] ^= 0x10
     plaintext = ChaCha20Poly1305(KEY).decrypt(data[:12], data[12:], None)
     for bad, message in [
-        (b"", "Input too short"),
-        (data[:11], "Input too short"),
-        (data[:-1], "Restoring dump failed"),
-        (bytes(flipped), "Restoring dump failed"),
-        (data + b"\n", "Restoring dump failed"),
-        (seal(struct.pack("<Q", 2) + plaintext[8:]), "Unknown dump version"),
+        (b"", "Input too short: not a pizauth dump (0 bytes)"),
+        (data[:11], "Input too short: not a pizauth dump (11 bytes)"),
+        (
+            data[:-1],
+            "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)",
+        ),
+        (
+            bytes(flipped),
+            "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)",
+        ),
+        (
+            data + b"\n",
+            "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)",
+        ),
+        (
+            seal(struct.pack("<Q", 2) + plaintext[8:]),
+            "Unknown dump version: made by an incompatible version of pizauth "
+            "(dump version 2, this pizauth reads version 1)",
+        ),
         (seal(plaintext + b"\0"), "Malformed dump: 1 trailing bytes"),
     ]:
         assert restore(pizauth, bad) == (1, b"", f"ERROR - {message}\n".encode()), message
+    # More than any dump can be is refused before it reaches the server.
+    from pizauth.priv.dump import MAX_DUMP
+
+    too_large = f"Input too large: not a pizauth dump (a dump is at most {MAX_DUMP} bytes)"
+    assert restore(pizauth, bytes(MAX_DUMP + 1)) == (1, b"", f"ERROR - {too_large}\n".encode())
     assert status(pizauth) == "acct: No access token\n"
     # The good dump still works: the refusals were about the damage and nothing else.
     assert restore(pizauth, data) == (0, b"", b"")

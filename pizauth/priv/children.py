@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from pizauth import ipc
 from pizauth.priv.clock import instant
+from pizauth.process import interrupts_ignored
 
 log = logging.getLogger("pizauth")
 
@@ -57,12 +58,13 @@ class Child:
         for key, fd in self.fds.items():
             argv += [f"--{key}", str(fd)]
         argv += self.args
-        self.proc = subprocess.Popen(
-            argv,
-            pass_fds=[theirs.fileno(), *self.fds.values()],
-            stdin=subprocess.DEVNULL,
-            close_fds=True,
-        )
+        with interrupts_ignored():
+            self.proc = subprocess.Popen(
+                argv,
+                pass_fds=[theirs.fileno(), *self.fds.values()],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
         theirs.close()
         ours.setblocking(False)
         self.channel = ours

@@ -273,10 +273,10 @@ def open_sealed(data: Buffer) -> bytearray:
     """Check and decrypt a dump; the plaintext, which the caller must wipe."""
     view = memoryview(data).cast("B")
     if view.nbytes < NONCE_LEN:
-        raise DumpError("Input too short")
+        raise DumpError(f"Input too short: not a pizauth dump ({view.nbytes} bytes)")
     nonce, sealed = bytes(view[:NONCE_LEN]), view[NONCE_LEN:]
     if sealed.nbytes < TAG_LEN:
-        raise DumpError("Restoring dump failed")
+        raise DumpError(f"Restoring dump failed: not a pizauth dump ({view.nbytes} bytes)")
     cipher = ChaCha20Poly1305(KEY)
     plain = bytearray(sealed.nbytes - TAG_LEN)
     try:
@@ -288,7 +288,9 @@ def open_sealed(data: Buffer) -> bytearray:
             plain[:] = cipher.decrypt(nonce, sealed, None)
     except InvalidTag:
         ipc.wipe(plain)  # decrypt_into may have written unauthenticated plaintext
-        raise DumpError("Restoring dump failed") from None
+        raise DumpError(
+            "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)"
+        ) from None
     return plain
 
 
@@ -424,7 +426,10 @@ def decode(plaintext: Buffer) -> Dump:
     version = r.u64()
     if version != VERSION:
         # Checked before the rest, whose layout a later version may change.
-        raise DumpError("Unknown dump version")
+        raise DumpError(
+            f"Unknown dump version: made by an incompatible version of pizauth "
+            f"(dump version {version}, this pizauth reads version {VERSION})"
+        )
     result = Dump(version, {})
     try:
         for _ in range(r.count()):

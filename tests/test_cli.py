@@ -1,5 +1,5 @@
 """The `pizauth` command line: parsing, usage, requests sent and replies interpreted
-(spec §1, §3). Most tests run the CLI in a subprocess against a scripted fake server."""
+(pizauth 1.1's command line and socket protocol). Most tests run the CLI in a subprocess against a scripted fake server."""
 
 import io
 import json
@@ -234,7 +234,7 @@ CONFIG_NEEDS_PATH = "option '-c/--config' needs a path: -c PATH or --config=PATH
         (
             ["info", "-c"],
             CONFIG_NEEDS_PATH,
-        ),  # bare -c: gap 33
+        ),  # bare -c: docs/compatibility.md "Config option without a path"
         (["info", "-c", "-j"], CONFIG_NEEDS_PATH),
         (["info", "--config"], CONFIG_NEEDS_PATH),
         (["info", "--config="], CONFIG_NEEDS_PATH),
@@ -513,7 +513,7 @@ def test_dump_copies_the_reply_to_stdout(e, reply):
     srv = e.server(reply)
     r = e.run("dump")
     assert srv.finish() == b"dump:"
-    # spec §1.2: raw bytes, no newline added; an empty reply is an empty dump, exit 0.
+    # As pizauth 1.1: raw bytes, no newline added; an empty reply is an empty dump, exit 0.
     assert (r.returncode, r.stdout, r.stderr) == (0, reply, b"")
 
 
@@ -687,7 +687,7 @@ def test_info_bad_reply_is_not_running(e, reply):
 
 def test_info_default_config(e):
     conf = e.home / ".config" / "pizauth.conf"
-    # Missing: shown where it is expected, no failure (gap 31).
+    # Missing: shown where it is expected, no failure (docs/compatibility.md "Info without a config file").
     r = e.run("info")
     assert (r.returncode, r.stdout.decode(), r.stderr) == (0, human(e, str(conf)), b"")
     xdg = e.root / "xdg"

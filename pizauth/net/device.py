@@ -152,7 +152,9 @@ def _authorization(doc: dict[str, object]) -> DeviceAuthorization:
     if doc.get("interval") is None:
         interval: int | None = DEFAULT_INTERVAL
     else:
-        interval = reply.seconds(doc["interval"])
+        raw = doc["interval"]
+        negative = isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw < 0
+        interval = 0 if negative else reply.seconds(raw)
         if interval is None:
             return bad("malformed interval")
         interval = max(interval, 1)  # never poll back to back

@@ -1,5 +1,6 @@
 """The `pizauth` command line: parsing, usage, requests sent and replies interpreted
-(pizauth 1.1's command line and socket protocol). Most tests run the CLI in a subprocess against a scripted fake server."""
+(pizauth 1.1's command line and socket protocol). Most tests run the CLI in a subprocess
+against a scripted fake server."""
 
 import io
 import json

@@ -6,10 +6,12 @@ parent only ever sees a typed result.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote_plus
 
 import requests
 
@@ -20,6 +22,10 @@ MAX_BODY = 1024 * 1024  # a token response is a few KiB; never buffer more than 
 EXCHANGE_ATTEMPTS = 10
 EXCHANGE_RETRY_DELAY = 6.0
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# How the client authenticates at the token, device and revocation endpoints.
+CLIENT_SECRET_POST = "client_secret_post"  # the secret in the form body
+CLIENT_SECRET_BASIC = "client_secret_basic"  # HTTP Basic, RFC 6749 §2.3.1
+AUTH_METHODS = (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC)
 
 
 @dataclass
@@ -55,14 +61,23 @@ class _NotSent(_Transient):
     """The request never reached the server, so it is safe to send again."""
 
 
-def _post(session: requests.Session, uri: str, form: list[tuple[str, str]]) -> tuple[int, bytes]:
-    """(status, body) of a form POST; body read to at most MAX_BODY within TIMEOUT."""
+def _post(
+    session: requests.Session,
+    uri: str,
+    form: list[tuple[str, str]],
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+    what: str = "token endpoint",
+) -> tuple[int, bytes]:
+    """(status, body) of a form POST (or a GET, with an empty form); body read to at most
+    MAX_BODY within TIMEOUT. `what` names the endpoint in messages."""
     deadline = time.monotonic() + TIMEOUT
     try:
-        resp = session.post(
+        resp = session.request(
+            method,
             uri,
             data=form,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", **(headers or {})},
             timeout=(10.0, TIMEOUT),
             stream=True,
             allow_redirects=False,
@@ -83,7 +98,7 @@ def _post(session: requests.Session, uri: str, form: list[tuple[str, str]]) -> t
             for chunk in resp.iter_content(16384):
                 body += chunk
                 if len(body) > MAX_BODY:
-                    raise _Permanent("response from token endpoint too large")
+                    raise _Permanent(f"response from {what} too large")
                 if time.monotonic() > deadline:
                     raise _Transient(f"timed out reading from {uri}")
         except requests.RequestException as e:
@@ -148,21 +163,64 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
     return TokenResult("ok", "", token, expires_in, kind, refresh)
 
 
+def basic_credentials(client_id: str, secret: str) -> str:
+    """The Authorization header value for client_secret_basic: RFC 6749 §2.3.1 has id and
+    secret form-urlencoded before they are joined, so a ':' in either survives."""
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
+
+
+def client_auth(
+    client_id: str, secret: str | None, auth_method: str
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(form fields, headers) that authenticate the client with `auth_method`.
+
+    With no secret the client is public and names itself by client_id in the form,
+    whatever the method. ValueError for a method not in AUTH_METHODS (the config
+    admits no other).
+    """
+    if auth_method not in AUTH_METHODS:
+        raise ValueError("unknown token_endpoint_auth_method")
+    if secret is None:
+        return [("client_id", client_id)], {}
+    if auth_method == CLIENT_SECRET_BASIC:
+        return [], {"Authorization": basic_credentials(client_id, secret)}
+    return [("client_id", client_id), ("client_secret", secret)], {}
+
+
+def authenticate_form(
+    form: list[tuple[str, str]], auth_method: str
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """`form` (which carries client_id, and client_secret for a confidential client, as
+    client_secret_post sends them) as `auth_method` sends it, with its headers."""
+    if auth_method not in AUTH_METHODS:
+        raise ValueError("unknown token_endpoint_auth_method")
+    names = dict(form)
+    if auth_method == CLIENT_SECRET_POST or "client_secret" not in names:
+        return form, {}
+    rest = [(k, v) for k, v in form if k not in ("client_id", "client_secret")]
+    return rest, {
+        "Authorization": basic_credentials(names.get("client_id", ""), names["client_secret"])
+    }
+
+
 def exchange_code(
     session: requests.Session,
     token_uri: str,
     form: list[tuple[str, str]],
     sleep: Callable[[float], None] = time.sleep,
+    auth_method: str = CLIENT_SECRET_POST,
 ) -> TokenResult:
     """The authorisation-code grant. A request is sent again only if it cannot have
     reached the provider or the provider refused it as overloaded
     (docs/compatibility.md "Code exchange retries")."""
+    form, headers = authenticate_form(form, auth_method)
     last = ""
     for attempt in range(EXCHANGE_ATTEMPTS):
         if attempt:
             sleep(EXCHANGE_RETRY_DELAY)
         try:
-            status, body = _post(session, token_uri, form)
+            status, body = _post(session, token_uri, form, headers)
             return _judge(status, body, "invalid response received")
         except _NotSent as e:
             last = str(e)
@@ -176,10 +234,16 @@ def exchange_code(
     return TokenResult("permanent", last)
 
 
-def refresh(session: requests.Session, token_uri: str, form: list[tuple[str, str]]) -> TokenResult:
+def refresh(
+    session: requests.Session,
+    token_uri: str,
+    form: list[tuple[str, str]],
+    auth_method: str = CLIENT_SECRET_POST,
+) -> TokenResult:
     """One refresh-token grant attempt; the parent schedules retries."""
+    form, headers = authenticate_form(form, auth_method)
     try:
-        status, body = _post(session, token_uri, form)
+        status, body = _post(session, token_uri, form, headers)
         return _judge(status, body, "Received JSON in unexpected format")
     except _Transient as e:
         return TokenResult("transient", str(e))

@@ -688,7 +688,8 @@ def test_info_bad_reply_is_not_running(e, reply):
 
 def test_info_default_config(e):
     conf = e.home / ".config" / "pizauth.conf"
-    # Missing: shown where it is expected, no failure (docs/compatibility.md "Info without a config file").
+    # Missing: shown where it is expected, no failure
+    # (docs/compatibility.md "Info without a config file").
     r = e.run("info")
     assert (r.returncode, r.stdout.decode(), r.stderr) == (0, human(e, str(conf)), b"")
     xdg = e.root / "xdg"

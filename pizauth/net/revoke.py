@@ -2,7 +2,7 @@
 
 One attempt; the parent decides whether to try again. "ok" when the provider says it
 is done (200, also for a token it did not know: RFC 7009 §2.2); "transient" for
-network failures and 408/429/5xx, 503 being how §2.2.1 asks a client to come back
+network failures and 408/429/5xx, 503 being how RFC 7009 §2.2.1 asks a client to come back
 later; "permanent" otherwise, with the provider's error text when it gave one.
 """
 

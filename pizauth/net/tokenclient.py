@@ -183,7 +183,7 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
         raise _Permanent(unexpected)
     error = _oauth_error(body)
     if error is not None:
-        raise _Permanent(error)
+        raise _Permanent(error or unexpected)  # `"error": ""` says nothing
     token, token_type = doc.get("access_token"), doc.get("token_type")
     try:
         expires_in = _expires_in(doc.get("expires_in"))

@@ -53,22 +53,48 @@ def _username() -> str:
         return "unknown-user"
 
 
-def _make_private_dir(p: str) -> None:
-    # Single level, not recursive (as the original): a missing parent is an error.
-    if not os.path.exists(p):
-        try:
-            os.mkdir(p, 0o700)
-        except OSError as e:
-            # A directory that appeared between the check and mkdir was made by another
-            # pizauth command (two mail clients calling `pizauth show` at once): fine.
-            if not (isinstance(e, FileExistsError) and os.path.isdir(p)):
-                raise PathError(f"Can't create cache dir: {os_error_text(e)}") from None
-    # chmod unconditionally, even if the directory already existed: mkdir's mode is
-    # subject to the umask, and a pre-existing directory may be too open.
+def _make_private_dir(p: str, strict: bool = False) -> None:
+    """Make `p` (one level, not recursive, as the original) or take the existing one,
+    checked through a descriptor so that nothing is followed or changed by name: in a
+    shared directory such as /tmp another user may have put a symbolic link or a
+    directory of their own there first. `strict`: an existing directory that others
+    could have used (any group or other permission) is refused, not tightened."""
+    created = True
     try:
-        os.chmod(p, 0o700)
-    except OSError:
-        raise PathError(f"Can't set permissions for {display_path(p)} to 0700 (octal)") from None
+        os.mkdir(p, 0o700)
+    except FileExistsError:
+        # Another pizauth command may have made it an instant ago (two mail clients
+        # calling `pizauth show` at once): fine, if it passes the checks below.
+        created = False
+    except OSError as e:
+        raise PathError(f"Can't create cache dir: {os_error_text(e)}") from None
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(p, flags)
+    except OSError as e:
+        if os.path.islink(p):
+            raise PathError(f"Refusing {display_path(p)}: it is a symbolic link") from None
+        raise PathError(f"Can't create cache dir: {os_error_text(e)}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            raise PathError(
+                f"Refusing {display_path(p)}: it belongs to another user (uid {st.st_uid})"
+            )
+        if strict and not created and st.st_mode & 0o077:
+            raise PathError(
+                f"Refusing {display_path(p)}: its permissions are {st.st_mode & 0o777:o}, "
+                "not 700, so other users may have used it; remove it and try again"
+            )
+        # Even a directory we made: mkdir's mode is subject to the umask.
+        try:
+            os.fchmod(fd, 0o700)
+        except OSError:
+            raise PathError(
+                f"Can't set permissions for {display_path(p)} to 0700 (octal)"
+            ) from None
+    finally:
+        os.close(fd)
 
 
 def runtime_dir() -> str:
@@ -78,8 +104,12 @@ def runtime_dir() -> str:
     """
     base = _env("XDG_RUNTIME_DIR")
     if base is None:
+        # A shared directory: whatever is at this name may have been put there by
+        # someone else, so an existing one must already be private.
         base = os.path.join(_env("TMPDIR") or "/tmp", f"runtime-{_username()}")
-    _make_private_dir(base)
+        _make_private_dir(base, strict=True)
+    else:
+        _make_private_dir(base)
     rundir = os.path.join(base, RUNTIME_LEAF)
     _make_private_dir(rundir)
     return rundir

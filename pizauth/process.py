@@ -17,6 +17,17 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
+# How a child is started: `python -c CHILD_PROLOGUE MODULE ARGS...`. A process is
+# dumpable (ptrace-able, /proc/PID/mem readable by its uid) from exec until it says
+# otherwise, so the first thing a child runs, before any module of pizauth or its
+# dependencies is imported, is PR_SET_DUMPABLE 0 (4, 0). SECURITY.md says what is left.
+CHILD_PROLOGUE = (
+    "import ctypes,sys\n"
+    "ctypes.CDLL(None).prctl(4,0,0,0,0)\n"
+    "import runpy\n"
+    "runpy.run_module(sys.argv.pop(1),run_name='__main__',alter_sys=True)\n"
+)
+
 # -v count -> level, as pizauth 1.1 (error, warn, info, debug); its trace maps to debug.
 LEVELS = [logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG]
 LEVEL_NAMES = {

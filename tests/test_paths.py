@@ -70,7 +70,7 @@ def test_runtime_dir_chmod_failure(env, tmp_path):
     def fail(p, m):
         raise PermissionError(1, "Operation not permitted")
 
-    env.setattr(paths.os, "chmod", fail)
+    env.setattr(paths.os, "fchmod", fail)
     with pytest.raises(PathError) as e:
         paths.runtime_dir()
     assert str(e.value) == f"Can't set permissions for {tmp_path} to 0700 (octal)"
@@ -83,7 +83,7 @@ def test_runtime_dir_undecodable_path_in_message(env, tmp_path):
     def fail(p, m):
         raise PermissionError(1, "Operation not permitted")
 
-    env.setattr(paths.os, "chmod", fail)
+    env.setattr(paths.os, "fchmod", fail)
     with pytest.raises(PathError) as e:
         paths.runtime_dir()
     assert str(e.value) == (
@@ -95,13 +95,12 @@ def test_runtime_dir_tolerates_concurrent_creation(env, tmp_path):
     # Another client made the directory between our existence check and mkdir.
     (tmp_path / "pizauth").mkdir()
     env.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    env.setattr(paths.os.path, "exists", lambda p: False)
     assert paths.runtime_dir() == str(tmp_path / "pizauth")
 
 
 def recorded(env) -> list[str]:
     made: list[str] = []
-    env.setattr(paths, "_make_private_dir", made.append)
+    env.setattr(paths, "_make_private_dir", lambda p, strict=False: made.append(p))
     return made
 
 
@@ -267,3 +266,80 @@ def test_expand_home_refuses_a_relative_home(env):
     env.setenv("HOME", "relative")
     with pytest.raises(PathError, match="no absolute home directory"):
         paths.expand_home("~/t")
+
+
+# -- the shared /tmp fallback: someone else may have been there first -------------------------
+
+
+@pytest.fixture
+def fallback(env, tmp_path):
+    """$XDG_RUNTIME_DIR unset, so the base is $TMPDIR/runtime-alice; TMPDIR stands for /tmp."""
+    shared = tmp_path / "tmp"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o1777)
+    env.setenv("TMPDIR", str(shared))
+    env.setattr(paths, "_username", lambda: "alice")
+    return shared / "runtime-alice"
+
+
+def test_fallback_is_created_private(fallback):
+    assert paths.runtime_dir() == str(fallback / "pizauth")
+    assert mode(fallback) == mode(fallback / "pizauth") == 0o700
+    assert paths.runtime_dir() == str(fallback / "pizauth")  # and taken again as it is
+
+
+def test_fallback_symlink_is_refused_and_its_target_untouched(fallback, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    os.chmod(victim, 0o755)
+    fallback.symlink_to(victim)
+    with pytest.raises(PathError) as e:
+        paths.runtime_dir()
+    assert str(e.value) == f"Refusing {fallback}: it is a symbolic link"
+    assert mode(victim) == 0o755  # no chmod through the link
+    assert not (victim / "pizauth").exists()
+
+
+def test_fallback_symlink_to_a_file_is_refused(fallback, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("")
+    os.chmod(victim, 0o644)
+    fallback.symlink_to(victim)
+    with pytest.raises(PathError, match="symbolic link"):
+        paths.runtime_dir()
+    assert mode(victim) == 0o644
+
+
+def test_fallback_with_loose_permissions_is_refused(fallback):
+    fallback.mkdir()
+    os.chmod(fallback, 0o777)
+    with pytest.raises(PathError) as e:
+        paths.runtime_dir()
+    assert str(e.value) == (
+        f"Refusing {fallback}: its permissions are 777, not 700, so other users may have "
+        "used it; remove it and try again"
+    )
+    assert mode(fallback) == 0o777
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory of another uid")
+@pytest.mark.parametrize("level", ["base", "leaf"])
+def test_directory_of_another_user_is_refused(fallback, level):
+    fallback.mkdir(mode=0o700)
+    target = fallback if level == "base" else fallback / "pizauth"
+    if level == "leaf":
+        target.mkdir(mode=0o700)
+    os.chown(target, 65534, 65534)
+    with pytest.raises(PathError) as e:
+        paths.runtime_dir()
+    assert str(e.value) == f"Refusing {target}: it belongs to another user (uid 65534)"
+
+
+def test_symlinked_leaf_is_refused(env, tmp_path):
+    base = tmp_path / "rt"
+    base.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (base / "pizauth").symlink_to(tmp_path / "elsewhere")
+    env.setenv("XDG_RUNTIME_DIR", str(base))
+    with pytest.raises(PathError, match="symbolic link"):
+        paths.runtime_dir()

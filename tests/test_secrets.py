@@ -158,9 +158,7 @@ def test_nothing_holds_a_token_after_revoke(pizauth: Pizauth, session: dict[str,
     assert pizauth.show().returncode == 1  # and the server still answers
 
 
-def test_parent_arena_is_locked_and_not_dumped(
-    pizauth: Pizauth, session: dict[str, bytes]
-) -> None:
+def test_parent_arena_is_locked_and_not_dumped(pizauth: Pizauth, session: dict[str, bytes]) -> None:
     pid = pizauth.proc.pid
     locked_kb = int(status_field(pid, "VmLck").split()[0])
     assert locked_kb > 0, "no locked memory in the parent"
@@ -393,3 +391,16 @@ def test_without_libseccomp_a_child_runs_and_says_so(
     assert [r.getMessage() for r in caplog.records] == [
         "command child is not sandboxed: libseccomp is not installed"
     ]
+
+
+def test_parent_keeps_no_piece_of_the_pkce_verifier_after_login(
+    pizauth: Pizauth, session: dict[str, bytes]
+) -> None:
+    verifier = session["code verifier"]
+    # Any 16 consecutive characters would be a piece worth finding; the hash's leftover
+    # block was the last 22.
+    pieces = {
+        f"verifier[{i}:{i + 16}]": verifier[i : i + 16] for i in range(0, len(verifier) - 15, 8)
+    }
+    pieces["verifier tail"] = verifier[-16:]
+    assert found(pizauth.proc.pid, pieces) == {}

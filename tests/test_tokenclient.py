@@ -16,7 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from pizauth import ipc, limits
 from pizauth.net import tokenclient
 from pizauth.net.tokenclient import TokenResult, exchange_code, refresh
 
@@ -469,4 +472,189 @@ def test_form_posted_in_order_with_secret_last(endpoint, session):
     assert endpoint.requests[0][2] == (
         b"code=co%2Fde&client_id=c+id&code_verifier=ver&redirect_uri=http%3A%2F%2Fl%3A1%2F"
         b"&grant_type=authorization_code&client_secret=s%26cret"
+    )
+
+
+# -- hostile replies: every one is a clean, bounded result -----------------------------------
+
+CONTROL = {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
+
+
+def test_expires_in_of_400_digits_is_clamped():
+    result = judge(
+        200, b'{"access_token": "a", "token_type": "Bearer", "expires_in": 1' + b"0" * 400 + b"}"
+    )
+    assert (result.outcome, result.expires_in) == ("ok", limits.MAX_SECONDS)
+    assert result.fields()[3] == str(limits.MAX_SECONDS).encode()
+    assert judge(200, body({**GOOD, "expires_in": limits.MAX_SECONDS + 1})).expires_in == (
+        limits.MAX_SECONDS
+    )
+
+
+@pytest.mark.parametrize(
+    "raw", [b"1e400", b"-1" + b"0" * 400, b"3600.0", b"-0.5", b"NaN", b"Infinity", b'"1"']
+)
+def test_expires_in_that_is_not_a_whole_number_is_refused(raw):
+    payload = b'{"access_token": "a", "token_type": "Bearer", "expires_in": ' + raw + b"}"
+    assert judge_error(200, payload) == ("permanent", UNEXPECTED_EXCHANGE)
+
+
+def test_provider_text_is_cut_and_made_safe():
+    desc = "line1\nline2\x00\x1b[31m\u202e\ud800" + "d" * 100_000
+    kind, message = judge_error(400, body({"error": "bad\0grant", "error_description": desc}))
+    assert kind == "permanent"
+    assert message.startswith("HTTP code 400 (bad\ufffdgrant: line1\ufffdline2\ufffd\ufffd[31m")
+    assert not CONTROL & set(message) and "\ud800" not in message
+    assert len(message.encode()) <= limits.MAX_PROVIDER_TEXT + len("HTTP code 400 ()")
+    field = TokenResult("permanent", message).fields()[1]
+    assert len(field) <= limits.MAX_PROVIDER_TEXT and b"\0" not in field
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+        b'{"error": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
+@pytest.mark.parametrize("status", [200, 400, 503])
+def test_deep_nesting_is_a_clean_failure(payload, status):
+    kind, message = judge_error(status, payload)
+    assert kind == ("transient" if status == 503 else "permanent")
+
+
+@pytest.mark.parametrize("which", ["access_token", "refresh_token"])
+def test_token_over_the_limit_is_refused(which):
+    at_limit = judge(200, body({**GOOD, which: "t" * limits.MAX_TOKEN}))
+    assert at_limit.outcome == "ok"
+    kind, message = judge_error(200, body({**GOOD, which: "t" * (limits.MAX_TOKEN + 1)}))
+    assert kind == "permanent" and "longer than" in message
+    # Counted in UTF-8 bytes, as it travels: 6000 three-byte characters are too long.
+    kind, _ = judge_error(200, body({**GOOD, which: "\u20ac" * 6000}))
+    assert kind == "permanent"
+
+
+def test_token_with_a_lone_surrogate_is_refused():
+    payload = b'{"access_token": "a\\ud800", "token_type": "Bearer"}'
+    assert judge_error(200, payload) == ("permanent", UNEXPECTED_EXCHANGE)
+
+
+def test_one_mebibyte_reply_with_a_huge_refresh_token(endpoint, session):
+    head = body({**GOOD, "refresh_token": ""})[:-3]  # up to the refresh token's quotes
+    payload = head + b'"' + b"r" * (limits.MAX_REPLY_BODY - len(head) - 3) + b'"}'
+    assert len(payload) == limits.MAX_REPLY_BODY
+    endpoint.answer((200, payload), (200, payload))
+    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=Sleeps())
+    assert result.outcome == "permanent" and "longer than" in result.message
+    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    assert result.outcome == "permanent" and "longer than" in result.message
+    ipc.encode(ipc.MsgType.NET_TOKEN_RESULT, 1, result.fields())  # within the frame limit
+
+
+# The property: whatever a token endpoint answers, the client returns a result the
+# network child can send and the parent will accept, and never raises.
+
+JSON_NUMBERS = st.one_of(
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**320),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["1e400", "-1e400", "9" * 400, "-" + "9" * 400, "0.0", "-0"]),
+)
+ODD_TEXT = st.one_of(
+    st.text(max_size=50),
+    st.sampled_from(["\0", "a\0b", "\x1b[2J", "\n\r", "\ud800", "\u202e"]),
+    st.builds(lambda c, n: c * n, st.sampled_from(["x", "\0", "\u20ac"]), st.integers(0, 40_000)),
+)
+
+
+def encode_json(value: object) -> str:
+    """JSON text, with the raw number strings above left as they are."""
+    if isinstance(value, tuple):  # a raw JSON number
+        return value[0]
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{encode_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(encode_json(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    JSON_NUMBERS.map(lambda n: (n,) if isinstance(n, str) else n),
+    ODD_TEXT,
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=12,
+)
+TOKEN_REPLIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "access_token": st.one_of(ODD_TEXT, JSON_VALUES),
+        "token_type": st.sampled_from(["Bearer", "bearer", "mac", ""]) | JSON_VALUES,
+        "expires_in": JSON_LEAVES,
+        "refresh_token": st.one_of(ODD_TEXT, JSON_VALUES),
+        "error": st.one_of(ODD_TEXT, JSON_VALUES),
+        "error_description": st.one_of(ODD_TEXT, JSON_VALUES),
+    },
+)
+BODIES = st.one_of(
+    TOKEN_REPLIES.map(encode_json),
+    JSON_VALUES.map(encode_json),
+    st.integers(1, 50_000).map(lambda n: "[" * n + "]" * n),
+).map(lambda text: text.encode("utf-8", "surrogatepass")) | st.binary(max_size=300)
+
+
+class FakeResponse:
+    def __init__(self, status: int, payload: bytes) -> None:
+        self.status_code = status
+        self.payload = payload
+
+    def iter_content(self, size: int) -> Iterator[bytes]:
+        for i in range(0, len(self.payload), size):
+            yield self.payload[i : i + size]
+
+    def __enter__(self) -> FakeResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class FakeSession:
+    def __init__(self, status: int, payload: bytes) -> None:
+        self.response = FakeResponse(status, payload)
+
+    def post(self, *args: object, **kwargs: object) -> FakeResponse:
+        return self.response
+
+
+def assert_well_formed(result: TokenResult) -> None:
+    assert result.outcome in ("ok", "transient", "permanent")
+    fields = result.fields()  # must not raise (a lone surrogate would)
+    ipc.encode(ipc.MsgType.NET_TOKEN_RESULT, 1, fields)  # within the frame limit
+    assert len(fields[1]) <= limits.MAX_PROVIDER_TEXT
+    assert not CONTROL & set(fields[1].decode())
+    assert len(fields[2]) <= limits.MAX_TOKEN and len(fields[5]) <= limits.MAX_TOKEN
+    if result.outcome == "ok":
+        assert result.access_token and not result.message
+        assert result.expires_in is None or 0 <= result.expires_in <= limits.MAX_SECONDS
+        assert result.refresh_kind in ("absent", "string", "invalid")
+    else:
+        assert result.message and not result.access_token and not result.refresh_token
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    status=st.sampled_from([200, 201, 204, 302, 400, 401, 429, 500, 503]) | st.integers(100, 599),
+    payload=BODIES,
+)
+def test_any_reply_gives_a_well_formed_result(status, payload):
+    assert_well_formed(refresh(FakeSession(status, payload), "http://t/", REFRESH_FORM))
+    sleeps = Sleeps()
+    assert_well_formed(
+        exchange_code(FakeSession(status, payload), "http://t/", EXCHANGE_FORM, sleeps)
     )

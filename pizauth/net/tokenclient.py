@@ -15,10 +15,15 @@ from urllib.parse import quote_plus
 
 import requests
 
-from pizauth import ipc
+from pizauth import ipc, limits
+from pizauth.safetext import safe_text
 
 TIMEOUT = 30.0  # seconds, per request overall, as pizauth 1.1
-MAX_BODY = 1024 * 1024  # a token response is a few KiB; never buffer more than this
+MAX_BODY = limits.MAX_REPLY_BODY  # a token response is a few KiB; never buffer more
+# An integer of more digits than this is not parsed (int() of a long digit string is
+# quadratic) but read as "huge": larger than any bound below either way.
+_MAX_DIGITS = 20
+_HUGE = 10**_MAX_DIGITS
 EXCHANGE_ATTEMPTS = 10
 EXCHANGE_RETRY_DELAY = 6.0
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -38,10 +43,11 @@ class TokenResult:
     refresh_token: str = ""
 
     def fields(self) -> list[bytes]:
-        """The NET_TOKEN_RESULT fields."""
+        """The NET_TOKEN_RESULT fields, each within the bounds the parent accepts: the
+        message goes into logs and hook environments, so it is made safe here too."""
         return [
             self.outcome.encode(),
-            self.message.encode(),
+            safe_text(self.message, limits.MAX_PROVIDER_TEXT).encode(),
             self.access_token.encode(),
             b"" if self.expires_in is None else str(self.expires_in).encode(),
             self.refresh_kind.encode(),
@@ -77,7 +83,13 @@ def _post(
             method,
             uri,
             data=form,
-            headers={"Accept": "application/json", **(headers or {})},
+            # No compressed body: a small one could inflate to far more than MAX_BODY
+            # inside a single chunk, before the size check below could stop it.
+            headers={
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",
+                **(headers or {}),
+            },
             timeout=(10.0, TIMEOUT),
             stream=True,
             allow_redirects=False,
@@ -114,16 +126,65 @@ def _never_connected(e: requests.ConnectionError) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-def _oauth_error(body: bytes) -> str | None:
-    """`error` (with `error_description`) of an RFC 6749 §5.2 error body, if it is one."""
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_DIGITS:
+        return -_HUGE if digits.startswith("-") else _HUGE
+    return int(digits)
+
+
+def _parse(body: bytes) -> object:
+    """The JSON document in `body`; ValueError for anything else: not JSON, not UTF-8,
+    or nested too deep for the parser (which then raises RecursionError)."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(body, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _provider_text(value: str) -> str:
+    return safe_text(value, limits.MAX_PROVIDER_TEXT)
+
+
+def _oauth_error(body: bytes) -> str | None:
+    """`error` (with `error_description`) of an RFC 6749 §5.2 error body, if it is one;
+    the provider's text made safe to log and to pass to a hook."""
+    try:
+        doc = _parse(body)
+    except ValueError:  # UnicodeDecodeError is one
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("error"), str):
         return None
+    error = _provider_text(doc["error"])
     desc = doc.get("error_description")
-    return f"{doc['error']}: {desc}" if isinstance(desc, str) and desc else doc["error"]
+    if isinstance(desc, str) and desc:
+        return _provider_text(f"{error}: {_provider_text(desc)}")
+    return error
+
+
+def _expires_in(value: object) -> int | None:
+    """expires_in bounded: absent is None; a JSON integer (bool is an int in Python, but
+    not in JSON) from 0 up is clamped to MAX_SECONDS, so no arithmetic on it can
+    overflow. Anything else (negative, fractional, 1e400, a string) is not a lifetime
+    we can trust, and the reply is refused, as the original (an unsigned integer) does."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("expires_in")
+    return min(value, limits.MAX_SECONDS)
+
+
+def _token_text(value: str) -> str:
+    """A token we can hold and pass on: UTF-8 encodable and at most MAX_TOKEN bytes.
+
+    A longer one is refused rather than cut (a cut token is useless) so that no frame
+    that carries it, a refresh request or a dump, can outgrow its bounds."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+        raise ValueError("not UTF-8") from None
+    if size > limits.MAX_TOKEN:
+        raise _Permanent(f"token longer than {limits.MAX_TOKEN} bytes refused")
+    return value
 
 
 def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
@@ -134,20 +195,19 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
             raise _Transient(message)
         raise _Permanent(message)
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        doc = _parse(body)
+    except ValueError as e:
         raise _Permanent(f"Invalid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise _Permanent(unexpected)
     error = _oauth_error(body)
     if error is not None:
-        raise _Permanent(error)
+        raise _Permanent(error or unexpected)  # `"error": ""` says nothing
     token, token_type = doc.get("access_token"), doc.get("token_type")
-    expires_in = doc.get("expires_in")
-    if expires_in is not None and (
-        not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in < 0
-    ):
-        raise _Permanent(unexpected)
+    try:
+        expires_in = _expires_in(doc.get("expires_in"))
+    except ValueError:
+        raise _Permanent(unexpected) from None
     # Token types are case-insensitive (RFC 6749 §5.1), and expires_in is optional:
     # docs/compatibility.md "Token type case", "Optional expires_in".
     if not isinstance(token, str) or not token or not isinstance(token_type, str):
@@ -160,6 +220,10 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
         kind, refresh = "string", doc["refresh_token"]
     else:
         kind, refresh = "invalid", ""
+    try:
+        token, refresh = _token_text(token), _token_text(refresh)
+    except ValueError:
+        raise _Permanent(unexpected) from None
     return TokenResult("ok", "", token, expires_in, kind, refresh)
 
 
@@ -240,7 +304,13 @@ def refresh(
     form: list[tuple[str, str]],
     auth_method: str = CLIENT_SECRET_POST,
 ) -> TokenResult:
-    """One refresh-token grant attempt; the parent schedules retries."""
+    """One refresh-token grant attempt; the parent schedules retries.
+
+    A reply with a token over MAX_TOKEN is a permanent failure here too, not a
+    transient one: it is what this provider issues, not an outage, so a retry would get
+    the same; and a provider that rotates refresh tokens has already retired the one we
+    hold, so keeping it would only defer the failure. The user is told at once.
+    """
     form, headers = authenticate_form(form, auth_method)
     try:
         status, body = _post(session, token_uri, form, headers)
@@ -253,9 +323,7 @@ def refresh(
 
 def exchange_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, str]]]:
     """token_uri and form of a NET_EXCHANGE (fields in pizauth 1.1's order)."""
-    uri, client_id, has_secret, secret, code, verifier, redirect_uri = (
-        ipc.text(f) for f in fields
-    )
+    uri, client_id, has_secret, secret, code, verifier, redirect_uri = (ipc.text(f) for f in fields)
     form = [
         ("code", code),
         ("client_id", client_id),

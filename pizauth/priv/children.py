@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from pizauth import ipc
 from pizauth.priv.clock import instant
-from pizauth.process import interrupts_ignored
+from pizauth.process import CHILD_PROLOGUE, interrupts_ignored
 
 log = logging.getLogger("pizauth")
 
@@ -54,7 +54,8 @@ class Child:
 
     def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [sys.executable, "-m", self.module, "--channel", str(theirs.fileno())]
+        argv = [sys.executable, "-c", CHILD_PROLOGUE, self.module]  # non-dumpable first
+        argv += ["--channel", str(theirs.fileno())]
         for key, fd in self.fds.items():
             argv += [f"--{key}", str(fd)]
         argv += self.args

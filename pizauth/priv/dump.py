@@ -190,11 +190,15 @@ class _Pieces:
 
     def join(self) -> bytearray:
         out = bytearray(self.size)
+        # Assigned through a memoryview: a bytearray slice assigned anything but a
+        # bytearray first copies it into a temporary bytearray, freed unwiped.
+        target = memoryview(out)
         pos = 0
         for part in self.parts:
-            out[pos : pos + part.nbytes] = part
+            target[pos : pos + part.nbytes] = part
             pos += part.nbytes
             part.release()  # so a Secret can be wiped and freed again
+        target.release()
         self.parts.clear()
         return out
 
@@ -245,15 +249,17 @@ def seal(plaintext: Buffer, nonce: Buffer) -> bytearray:
         raise ValueError(f"nonce must be {NONCE_LEN} bytes")
     plain = memoryview(plaintext).cast("B")
     out = bytearray(NONCE_LEN + plain.nbytes + TAG_LEN)
-    out[:NONCE_LEN] = nonce
+    target = memoryview(out)  # no temporary copy (see _Pieces.join)
+    target[:NONCE_LEN] = nonce
     cipher = ChaCha20Poly1305(KEY)
     encrypt_into = getattr(cipher, "encrypt_into", None)
     if encrypt_into is not None:
-        encrypt_into(nonce, plain, None, memoryview(out)[NONCE_LEN:])
+        encrypt_into(nonce, plain, None, target[NONCE_LEN:])
     else:
         # cryptography < 44 only returns an immutable `bytes`, which cannot be wiped
         # (it holds the tokens under a public key): drop it at once.
-        out[NONCE_LEN:] = cipher.encrypt(nonce, plain, None)
+        target[NONCE_LEN:] = cipher.encrypt(nonce, plain, None)
+    target.release()
     return out
 
 
@@ -285,7 +291,7 @@ def open_sealed(data: Buffer) -> bytearray:
             decrypt_into(nonce, sealed, None, plain)
         else:
             # cryptography < 44: the `bytes` it returns cannot be wiped; see seal().
-            plain[:] = cipher.decrypt(nonce, sealed, None)
+            memoryview(plain)[:] = cipher.decrypt(nonce, sealed, None)  # no temporary
     except InvalidTag:
         ipc.wipe(plain)  # decrypt_into may have written unauthenticated plaintext
         raise DumpError(

@@ -2,27 +2,45 @@
 (docs/compatibility.md "Hooks never block").
 
 Each command runs as `$SHELL -c CMD` in a session of its own, stdin from
-/dev/null, with no descriptor of the server. A timeout kills the whole process
-group, so grandchildren die too (docs/compatibility.md "Hook timeouts"). The parent's event
-loop learns of a command's exit through a pidfd.
+/dev/null, with no descriptor of the server, under a small reaper process
+(pizauth/priv/reaper.py) that is a child subreaper: a timeout, the server's
+shutdown or its death (even by SIGKILL) kills everything the command started,
+including what left its session and double-forked. The parent's event loop
+learns of a command's exit through a pidfd.
+
+Values put into a command's environment (and error text logged) may come from a
+provider; they are made safe first (see pizauth/safetext.py): a NUL would make
+the command impossible to start.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pizauth.priv.clock import instant
+from pizauth.safetext import safe_text
 
 log = logging.getLogger("pizauth")
 
 NOTIFY_TIMEOUT = 10.0
 TRANSIENT_ERROR_IF_TIMEOUT = 180.0
+# An environment value: a login URL built from a long config fits; the kernel refuses
+# a single string over 128 KiB (MAX_ARG_STRLEN) and the command would not start.
+MAX_ENV_VALUE = 64 * 1024
+# A log line quoting a failure.
+MAX_LOG_TEXT = 16 * 1024
+REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
+# How long shutdown waits for a reaper to kill its hook's processes.
+REAPER_GRACE = 5.0
 
 # Called with None when the command succeeded, else the error text.
 Done = Callable[[str | None], None]
@@ -63,16 +81,25 @@ class HookRunner:
         if not shell:
             on_done(f"Couldn't execute '{cmd}': environment variable not found")
             return
+        # The reaper execs the shell: find it here, so a missing one is reported as such.
+        path = shell if "/" in shell else shutil.which(shell)
+        if path is None or not os.access(path, os.X_OK):
+            error = errno.ENOENT if path is None or not os.path.exists(path) else errno.EACCES
+            on_done(f"Couldn't execute '{cmd}': {os.strerror(error)}")
+            return
+        safe_env = {k: safe_text(v, MAX_ENV_VALUE) for k, v in env.items()}
         try:
             proc = subprocess.Popen(
-                [shell, "-c", cmd],
+                [sys.executable, "-I", "-S", REAPER, str(os.getpid()), path, cmd],
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **env},
+                env={**os.environ, **safe_env},
                 close_fds=True,
                 start_new_session=True,
             )
-        except OSError as e:
-            on_done(f"Couldn't execute '{cmd}': {e.strerror or e}")
+        except (OSError, ValueError) as e:
+            # ValueError: a NUL in the command or in our own environment. Whatever it is,
+            # the caller hears of it, so a queue of commands never waits for ever.
+            on_done(f"Couldn't execute '{cmd}': {getattr(e, 'strerror', None) or e}")
             return
         pidfd = os.pidfd_open(proc.pid)
         deadline = None if timeout is None else instant() + timeout
@@ -101,17 +128,30 @@ class HookRunner:
         for job in self.running.values():
             if job.deadline is not None and job.deadline <= now and not job.timed_out:
                 job.timed_out = True
-                _kill_group(job.proc.pid)
+                _stop(job.proc)
 
     def kill_all(self) -> None:
-        """At shutdown: end every command and its children, and reap them
-        (docs/compatibility.md "Clean shutdown")."""
-        for job in list(self.running.values()):
-            _kill_group(job.proc.pid)
-            job.proc.wait()
+        """At shutdown: end every command and everything it started, and reap them."""
+        jobs = list(self.running.values())
+        for job in jobs:
+            _stop(job.proc)
+        for job in jobs:
+            try:
+                job.proc.wait(REAPER_GRACE)
+            except subprocess.TimeoutExpired:  # a wedged reaper: its group at least
+                _kill_group(job.proc.pid)
+                job.proc.wait()
             self._unwatch(job.pidfd)
             os.close(job.pidfd)
         self.running.clear()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a command's reaper to kill everything the command started, then exit."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        pass
 
 
 def _kill_group(pid: int) -> None:
@@ -149,4 +189,4 @@ class HookQueue:
 
 def log_failure(error: str | None) -> None:
     if error is not None:
-        log.error("%s", error)
+        log.error("%s", safe_text(error, MAX_LOG_TEXT))

@@ -628,7 +628,7 @@ class FakeSession:
     def __init__(self, status: int, payload: bytes) -> None:
         self.response = FakeResponse(status, payload)
 
-    def post(self, *args: object, **kwargs: object) -> FakeResponse:
+    def request(self, *args: object, **kwargs: object) -> FakeResponse:
         return self.response
 
 

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PIZAUTH, ROOT, Pizauth
+from conftest import PIZAUTH, Pizauth
+from server_harness import ROOT
 
 
 def run_in_pty(argv: list[str], env: dict[str, str], cwd: Path, until=None, timeout=20.0):

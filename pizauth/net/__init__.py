@@ -1,1 +1,1 @@
-"""The network child (DESIGN.md): never imported by the parent."""
+"""The network child: redirect listeners and token requests; never imported by the parent."""

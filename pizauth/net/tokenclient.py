@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import requests
 
 from pizauth import ipc
+from pizauth.timeouts import CONNECT, TOKEN_REQUEST
 
-TIMEOUT = 30.0  # seconds, per request overall (Appendix B)
+TIMEOUT = TOKEN_REQUEST  # seconds, per request overall
 MAX_BODY = 1024 * 1024  # a token response is a few KiB; never buffer more than this
 EXCHANGE_ATTEMPTS = 10
 EXCHANGE_RETRY_DELAY = 6.0
@@ -63,7 +64,7 @@ def _post(session: requests.Session, uri: str, form: list[tuple[str, str]]) -> t
             uri,
             data=form,
             headers={"Accept": "application/json"},
-            timeout=(10.0, TIMEOUT),
+            timeout=(CONNECT, TIMEOUT),
             stream=True,
             allow_redirects=False,
         )

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pizauth.priv.clock import instant
+from pizauth.timeouts import HOOK, TRANSIENT_ERROR_IF
 
 log = logging.getLogger("pizauth")
 
-NOTIFY_TIMEOUT = 10.0
-TRANSIENT_ERROR_IF_TIMEOUT = 180.0
+NOTIFY_TIMEOUT = HOOK
+TRANSIENT_ERROR_IF_TIMEOUT = TRANSIENT_ERROR_IF
 
 # Called with None when the command succeeded, else the error text.
 Done = Callable[[str | None], None]

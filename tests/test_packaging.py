@@ -265,12 +265,12 @@ def test_token_events_are_those_the_server_raises() -> None:
 
 
 def test_pizauth_1_documents_every_info_json_key(user: dict[str, str]) -> None:
-    from pizauth.priv.parent import Parent
+    from pizauth.priv.commands import Commands
 
     keys = set(json.loads(run([PIZAUTH, "info", "-j"], user).stdout))
     assert "server_info" not in keys  # no server: add it and what the server answers
     keys.add("server_info")
-    keys |= set(re.findall(r'"(\w+)"', inspect.getsource(Parent.handle_info)))
+    keys |= set(re.findall(r'"(\w+)"', inspect.getsource(Commands.info)))
     keys -= {"none"}
     assert {"http_port", "https_port", "https_pub_key", "https_cert_sha256"} <= keys
     entry = item(section(MAN1.read_text(), "DESCRIPTION"), ".It Cm info")

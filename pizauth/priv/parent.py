@@ -10,14 +10,12 @@ notifier.py hold what the messages set in motion.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import selectors
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pizauth import config as configuration
 from pizauth import ipc, runtime
@@ -25,12 +23,13 @@ from pizauth.ipc import MsgType, TokenEvent
 from pizauth.priv.authurl import effective_redirect_uri, redirect_matches
 from pizauth.priv.children import RESTART_DELAY, Child
 from pizauth.priv.clock import instant
+from pizauth.priv.commands import Commands
 from pizauth.priv.hooks import HookRunner
-from pizauth.priv.listeners import ListenError, bind_listener
+from pizauth.priv.listeners import ListenError, Sockets, port_of
 from pizauth.priv.notifier import Notifier
-from pizauth.priv.refresher import MAX_SLEEP, Refresher, refresh_time
+from pizauth.priv.refresher import MAX_SLEEP, Refresher
 from pizauth.priv.refresher import next_wakeup as next_refresh
-from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenTable
+from pizauth.priv.tokens import Empty, Pending, TokenTable
 from pizauth.timeouts import SHUTDOWN_FLUSH
 
 log = logging.getLogger("pizauth")
@@ -39,28 +38,6 @@ PROCESSING_PAGE = "pizauth processing authentication: you can safely close this 
 NO_PENDING_PAGE = "No pending token matches request state: request a fresh token"
 # Files in $XDG_RUNTIME_DIR untouched for 6 hours may be removed by the system.
 SOCKET_TOUCH_PERIOD = 6 * 3600.0
-
-
-@dataclass(slots=True)
-class Sockets:
-    """What server start-up bound before the parent took over; a reload that
-    changes a listen address binds a new listener."""
-
-    control: socket.socket
-    http: socket.socket | None
-    https: socket.socket | None
-
-    def listener_fds(self) -> dict[str, int]:
-        fds = {}
-        if self.http is not None:
-            fds["http"] = self.http.fileno()
-        if self.https is not None:
-            fds["https"] = self.https.fileno()
-        return fds
-
-
-def _port(sock: socket.socket | None) -> int | None:
-    return None if sock is None else sock.getsockname()[1]
 
 
 class Parent:
@@ -75,8 +52,8 @@ class Parent:
         self.config = config
         self.config_path = config_path
         self.sockets = sockets
-        self.http_port = _port(sockets.http)
-        self.https_port = _port(sockets.https)
+        self.http_port = port_of(sockets.http)
+        self.https_port = port_of(sockets.https)
         self.on_ready = on_ready
         self.table = TokenTable(config.accounts)
         self.sel = selectors.DefaultSelector()
@@ -90,6 +67,7 @@ class Parent:
             self.hooks,
             lambda frame: self.net.send(frame, secret=True),
         )
+        self.commands = Commands(self)
         self.stopping = False
         self.reload_requested = False
         self.ready = False
@@ -112,15 +90,15 @@ class Parent:
     def cmd_handlers(self) -> runtime.Handlers:
         return {
             MsgType.CMD_READY: self.handle_cmd_ready,
-            MsgType.CMD_SHOW: self.handle_show,
-            MsgType.CMD_REFRESH: self.handle_refresh,
-            MsgType.CMD_REVOKE: self.handle_revoke,
-            MsgType.CMD_STATUS: self.handle_status,
-            MsgType.CMD_INFO: self.handle_info,
-            MsgType.CMD_RELOAD: self.handle_reload,
-            MsgType.CMD_SHUTDOWN: self.handle_shutdown,
-            MsgType.CMD_DUMP: self.handle_dump,
-            MsgType.CMD_RESTORE: self.handle_restore,
+            MsgType.CMD_SHOW: self.commands.show,
+            MsgType.CMD_REFRESH: self.commands.refresh,
+            MsgType.CMD_REVOKE: self.commands.revoke,
+            MsgType.CMD_STATUS: self.commands.status,
+            MsgType.CMD_INFO: self.commands.info,
+            MsgType.CMD_RELOAD: self.commands.reload,
+            MsgType.CMD_SHUTDOWN: self.commands.shutdown,
+            MsgType.CMD_DUMP: self.commands.dump,
+            MsgType.CMD_RESTORE: self.commands.restore,
         }
 
     def net_handlers(self) -> runtime.Handlers:
@@ -244,21 +222,6 @@ class Parent:
 
     # -- the command child ------------------------------------------------------------------
 
-    def reply(self, request_id: int, text: str) -> None:
-        self.cmd.send(ipc.CmdReply(text.encode("utf-8")).encode(request_id))
-
-    def reply_secret(self, request_id: int, payload: bytearray) -> None:
-        """A reply carrying a token or a dump: every copy we made is wiped once sent."""
-        frame = ipc.CmdReply(payload).encode(request_id)
-        ipc.wipe(payload)
-        self.cmd.send(frame, secret=True)
-
-    def _entry_or_reply(self, request_id: int, name: str) -> Entry | None:
-        entry = self.table.get(name)
-        if entry is None:
-            self.reply(request_id, f"error:No account '{name}'")
-        return entry
-
     def handle_cmd_ready(self, request_id: int, msg: ipc.CmdReady) -> None:
         self.cmd_ready = True
         self._maybe_ready()
@@ -280,112 +243,6 @@ class Parent:
             self.hooks.start(self.config.startup_cmd, {}, None, done)
         else:
             self.on_ready(True)
-
-    def handle_show(self, request_id: int, msg: ipc.CmdShow) -> None:
-        entry = self._entry_or_reply(request_id, msg.account)
-        if entry is None:
-            return
-        now = instant()
-        match entry.state:
-            case Empty():
-                pending = self.refresher.start_auth(entry)
-                self.reply_pending(request_id, pending, msg.withurl)
-            case Pending() as pending:
-                self.reply_pending(request_id, pending, msg.withurl)
-            case Active() as active:
-                self._show_active(request_id, entry, active, msg.withurl, now)
-
-    def _show_active(
-        self, request_id: int, entry: Entry, active: Active, withurl: bool, now: float
-    ) -> None:
-        if active.expiry > now:
-            reply = bytearray(b"access_token:")
-            reply += active.access_token.view()
-            self.reply_secret(request_id, reply)
-        elif active.refresh_token is None:
-            # Expired and nothing to refresh it with: the user must log in again.
-            self.refresher.change(entry, Empty())
-            self.reply_pending(request_id, self.refresher.start_auth(entry), withurl)
-        elif active.ongoing_refresh or (refresh_time(entry) or now) > now:
-            # A refresh is running, or failed and is retried after refresh_retry.
-            self.reply(
-                request_id,
-                "error:Access token has expired. "
-                "Refreshing is in progress but has not yet succeeded",
-            )
-        else:
-            self.refresher.start_refresh(entry, now)
-            self.reply(request_id, "error:Access token has expired. Refreshing initiated")
-
-    def reply_pending(self, request_id: int, pending: Pending, withurl: bool) -> None:
-        self.reply(request_id, "pending:" + (pending.request.url if withurl else ""))
-
-    def handle_refresh(self, request_id: int, msg: ipc.CmdRefresh) -> None:
-        entry = self._entry_or_reply(request_id, msg.account)
-        if entry is None:
-            return
-        match entry.state:
-            case Empty() | Pending():
-                pending = self.refresher.start_auth(entry)
-                self.reply_pending(request_id, pending, msg.withurl)
-            case Active():
-                self.refresher.start_refresh(entry, instant())
-                self.reply(request_id, "scheduled:")
-
-    def handle_revoke(self, request_id: int, msg: ipc.CmdRevoke) -> None:
-        entry = self._entry_or_reply(request_id, msg.account)
-        if entry is None:
-            return
-        if not isinstance(entry.state, Empty):
-            self.refresher.change(entry, Empty(), revoked=True)
-        self.reply(request_id, "ok:")
-
-    def handle_status(self, request_id: int, msg: ipc.CmdStatus) -> None:
-        self.reply(request_id, "ok:" + self.table.status(instant()))
-
-    def handle_info(self, request_id: int, msg: ipc.CmdInfo) -> None:
-        info = {
-            "http_port": "none" if self.http_port is None else str(self.http_port),
-            "https_port": "none" if self.https_port is None else str(self.https_port),
-        }
-        if self.https_pub_key:
-            info["https_pub_key"] = self.https_pub_key
-            info["https_cert_sha256"] = self.https_fingerprint  # an addition to pizauth 1.1
-        self.reply(request_id, json.dumps(info, separators=(",", ":")))
-
-    def handle_reload(self, request_id: int, msg: ipc.CmdReload) -> None:
-        error = self.reload()
-        self.reply(request_id, "ok:" if error is None else "error:" + error)
-
-    def handle_shutdown(self, request_id: int, msg: ipc.CmdShutdown) -> None:
-        # Wipe first: whatever happens next, no token outlives the request.
-        self.table.wipe_all()
-        self.reply(request_id, "ok:")
-        self.stopping = True
-
-    def handle_dump(self, request_id: int, msg: ipc.CmdDump) -> None:
-        from pizauth.priv import dump  # cryptography is ~7 MiB: loaded only when asked for
-
-        data = dump.dump(self.table)
-        if len(data) > dump.MAX_DUMP:
-            ipc.wipe(data)
-            # A dump that restore could not take back would be a silent loss later.
-            self.reply(request_id, "error:Dump too large to be restored")
-            return
-        self.reply_secret(request_id, data)  # raw bytes, no prefix; wiped once sent
-
-    def handle_restore(self, request_id: int, msg: ipc.CmdRestore) -> None:
-        from pizauth.priv import dump
-
-        try:
-            restored = dump.restore(self.table, msg.dump)
-        except dump.DumpError as e:
-            self.reply(request_id, f"error:{e}")  # nothing has changed
-            return
-        for name in restored:
-            self.notifier.event(name, TokenEvent.NEW)  # pizauth 1.1 emits none
-        self.reply(request_id, "ok:")
-        # Nothing to wake: the loop recomputes refresh and reminder times every iteration.
 
     # -- the network child ------------------------------------------------------------------
 
@@ -457,34 +314,10 @@ class Parent:
 
     def _rebind(self, config: configuration.Config) -> None:
         """Bind changed listener addresses and restart the network child on them."""
-        old = self.config
-        changed = {
-            what: address
-            for what, address, before in (
-                ("http", config.http_listen, old.http_listen),
-                ("https", config.https_listen, old.https_listen),
-            )
-            if address != before
-        }
-        if not changed:
+        if not self.sockets.rebind(self.config, config):
             return
-        # Bind everything first, so a bad address leaves the running server untouched.
-        fresh: dict[str, socket.socket | None] = {}
-        try:
-            for what, address in changed.items():
-                fresh[what] = bind_listener(address, f"{what}_listen")
-        except ListenError:
-            for sock in fresh.values():
-                if sock is not None:
-                    sock.close()
-            raise
-        for what, sock in fresh.items():
-            previous = getattr(self.sockets, what)
-            if previous is not None:
-                previous.close()
-            setattr(self.sockets, what, sock)
-        self.http_port = _port(self.sockets.http)
-        self.https_port = _port(self.sockets.https)
+        self.http_port = port_of(self.sockets.http)
+        self.https_port = port_of(self.sockets.https)
         self.net.fds = self.sockets.listener_fds()
         self.net.drop()  # restarted on the new sockets once it has exited
         # Pending URLs name the old redirect port: those logins must start afresh.

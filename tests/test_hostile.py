@@ -36,7 +36,7 @@ from conftest import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pizauth import config, ipc
+from pizauth import config, ipc, limits
 from pizauth.ipc import MsgType
 from pizauth.priv.parent import Parent, Sockets
 from pizauth.priv.refresher import NetRequest
@@ -510,11 +510,13 @@ SYS_PIDFD_GETFD = 438  # the same number on every architecture
 
 def channel_of(pid: int) -> int:
     """Our own descriptor for `pid`'s end of its channel to the parent: the one unix
-    socket it holds that has no address (the control socket has its path)."""
+    stream socket it holds that has no address (the control socket has its path; the
+    network child's socket to its launcher is a seqpacket one)."""
     named = {}
     for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
         fields = line.split()
-        named[fields[6]] = len(fields) > 7
+        stream = int(fields[4], 16) == socket.SOCK_STREAM
+        named[fields[6]] = len(fields) > 7 or not stream
     candidates = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         target = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -722,12 +724,21 @@ def test_parent_drops_a_network_child_that_lies_about_tokens(parent) -> None:  #
             MsgType.NET_CALLBACK, [b"http", b"localhost", b"p", b"/", b"0", ipc.pack_list([])]
         ),
         "command's message": frame(MsgType.CMD_SHOW, [b"1", b"x"]),
+        # A public key no `info` reply could carry.
+        "huge public key": frame(
+            MsgType.NET_READY, [b"k" * (limits.MAX_PUBLIC_KEY + 1), b"fingerprint"]
+        ),
     }
     for name, bad in lies.items():
         dropped.clear()
         p.net.on_frame(bad)
         assert dropped == ["network"], name
         assert not any(bad), f"{name}: frame not wiped"
+    # `info` still answers, in a frame of ordinary size.
+    sent.clear()
+    p.cmd.on_frame(frame(MsgType.CMD_INFO, []))
+    [reply] = sent
+    assert len(reply) < 1024 and b'"http_port"' in reply
     # A result for a request the parent did make, but malformed: dropped, state untouched.
     entry = p.table.get("x")
     assert entry is not None

@@ -138,7 +138,11 @@ class NetChild:
             return 400, ""
         if callback.get("state") is None:
             return 404, ""  # not a login (a browser's /favicon.ico): the parent need not know
-        verdict = self.channel.call(callback, VERDICT_TIMEOUT)
+        try:
+            verdict = self.channel.call(callback, VERDICT_TIMEOUT)
+        except ipc.ProtocolError as e:  # a part over its limit (the request's bounds forbid it)
+            log.warning("callback not passed on: %s", e)
+            return 400, ""
         if verdict is None:
             return 503, ""
         return verdict.status, verdict.page

@@ -79,7 +79,7 @@ def main() -> int:
         rt = []
         for _ in range(max(runs, 200)):
             t0 = time.perf_counter()
-            reply = server.show("acct")
+            reply = server.request(c.show_request("acct"))
             rt.append(time.perf_counter() - t0)
             assert reply.startswith(b"access_token:")
         c.say(noise.line())

@@ -1,17 +1,18 @@
-"""Shared helpers for the benchmarks (issue 7): a pizauth server with real logged-in accounts
-against the local provider, the socket protocol, /proc readings, statistics and load.
+"""Shared helpers for the benchmarks: the server harness of the tests (tests/server_harness.py:
+a pizauth server with real logged-in accounts against the local provider), plus /proc readings,
+statistics and load.
 
-Stdlib only (plus examples/provider.py from this checkout). Every address is 127.0.0.1 or a
-Unix socket in a private temporary directory; every loop is bounded in count and time; every
-server started here is shut down, and any process of it still alive killed by pid, on exit,
-on an exception and on SIGTERM/SIGINT.
+Stdlib only (plus this checkout's tests/server_harness.py and examples/provider.py). Every
+address is 127.0.0.1 or a Unix socket in a private temporary directory; every loop is bounded
+in count and time; every server started here is shut down, and any process of it still alive
+killed by pid, on exit, on an exception and (once parser() has been called) on
+SIGTERM/SIGINT/SIGHUP.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import http.client
 import json
 import multiprocessing
 import os
@@ -24,25 +25,31 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from provider import Client, Provider  # noqa: E402
+import server_harness as harness  # noqa: E402
+from server_harness import (  # noqa: E402, F401 - re-exported for the scripts
+    PIZAUTH,
+    Client,
+    Provider,
+    children_of,
+    http_get,
+    show_request,
+    sock_request,
+    start_time,
+    title,
+    wait_for,
+)
 
-# The `pizauth` that `pip install .` put beside this interpreter (else the one on PATH).
-PIZAUTH = str(Path(sys.executable).with_name("pizauth"))
-if not os.path.exists(PIZAUTH):
-    PIZAUTH = shutil.which("pizauth") or PIZAUTH
-CLIENT_ID = "bench-client"
-CLIENT_SECRET = "bench-secret-7e3a"
+CLIENT_ID = harness.CLIENT_ID
+CLIENT_SECRET = harness.CLIENT_SECRET
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NPROC = os.cpu_count() or 1
-T = TypeVar("T")
 
 __all__ = ["Client", "Provider"]  # re-exported for the scripts
 
@@ -123,89 +130,16 @@ def mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
 
 
-# -- waiting, bounded -------------------------------------------------------------------------
+# -- failures ----------------------------------------------------------------------------------
 
-
-class BenchError(Exception):
-    """The benchmark could not be carried out (not a missed target)."""
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.01) -> T:
-    """Poll `condition` until truthy; BenchError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-# -- the socket protocol ----------------------------------------------------------------------
-
-
-def sock_request(sock_path: str, payload: bytes, timeout: float = 10.0) -> bytes:
-    """One request as `pizauth` sends it: connect, write, half-close, read to EOF."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(sock_path)
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-def show_request(account: str) -> bytes:
-    return b"showtoken:withurl " + account.encode()
-
-
-def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
-    """One GET without following redirects (a browser's single step), 127.0.0.1 only."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.hostname not in ("127.0.0.1", "localhost"):
-        raise BenchError(f"refusing to contact {parts.hostname}: benchmarks stay on 127.0.0.1")
-    conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=10)
-    try:
-        target = parts.path + ("?" + parts.query if parts.query else "")
-        conn.request("GET", target, headers={"Host": parts.netloc})
-        resp = conn.getresponse()
-        body = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-    finally:
-        conn.close()
+# The benchmark could not be carried out (not a missed target).
+BenchError = harness.HarnessError
 
 
 # -- /proc ------------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str]:
-    # The command name may contain spaces and parentheses; fields resume after the last ')'.
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-
-
-def start_time(pid: int) -> int | None:
-    """The kernel's start time of `pid` (to tell a reused pid from ours), None if gone."""
-    try:
-        fields = _stat_fields(pid)
-        return None if fields[0] in ("Z", "X") else int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if int(_stat_fields(int(entry))[1]) == pid:
-                found.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+_stat_fields = harness.stat_fields
 
 
 def cpu_ticks(pid: int) -> int:
@@ -250,15 +184,6 @@ def ctxt_switches(pid: int) -> dict[int, tuple[int, int]]:
     return out
 
 
-def title(pid: int) -> str:
-    """The process title setproctitle gave it ("pizauth: parent", ...)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.split(b"\0")[0].decode(errors="replace").strip() or "?"
-
-
 # -- the server -------------------------------------------------------------------------------
 
 _LIVE: list[Server] = []
@@ -293,16 +218,19 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-atexit.register(_cleanup_all)
-for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(_sig, _on_signal)
+def install_cleanup() -> None:
+    """Stop every server of this benchmark on exit and on SIGTERM/SIGINT/SIGHUP. Called by
+    a script's main (through parser()), never on import."""
+    atexit.register(_cleanup_all)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
 
 
-class Server:
-    """One pizauth server with its own config and runtime directory, against `provider`.
+class Server(harness.Server):
+    """The tests' server with `accounts`, in its own temporary directory.
 
-    `daemon=False` runs `pizauth server -d` (foreground, as tests/conftest.py does);
-    `daemon=True` runs plain `pizauth server`, which detaches and returns once it answers.
+    `start()` runs `pizauth server -d` (foreground, as the tests do); `start(daemon=True)`
+    runs plain `pizauth server`, which detaches and returns once it answers.
     """
 
     def __init__(
@@ -314,75 +242,48 @@ class Server:
         globals_: str = "",
         https: bool = False,
     ) -> None:
-        self.provider = provider
+        super().__init__(Path(tempfile.mkdtemp(prefix="pizauth-bench-")), provider)
         self.accounts = list(accounts)
-        self.tmp = Path(tempfile.mkdtemp(prefix="pizauth-bench-"))
-        self.conf = self.tmp / "pizauth.conf"
-        self.runtime = self.tmp / "runtime"
-        self.sock = str(self.runtime / "pizauth" / "pizauth.sock")
-        self.env = {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime), "SHELL": "/bin/sh"}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.parent_pid: int | None = None
         self.daemon = False
-        self.spawned_at = 0.0
         self.returned_at: float | None = None  # when a daemon-mode `pizauth server` exited
         self.shown_after_return = 0.0
-        self._known: dict[int, int | None] = {}  # pid -> start time, for killing stragglers
-        blocks = "".join(
-            f'account "{name}" {{\n'
-            f'  auth_uri = "{provider.auth_uri}";\n'
-            f'  token_uri = "{provider.token_uri}";\n'
-            f'  client_id = "{CLIENT_ID}";\n'
-            f'  client_secret = "{CLIENT_SECRET}";\n'
-            f"  {account_extra}\n"
-            "}\n"
-            for name in self.accounts
-        )
-        listen = '"127.0.0.1:0"' if https else "none"
-        self.conf.write_text(
-            'http_listen = "127.0.0.1:0";\n'
-            f"https_listen = {listen};\n"
-            'startup_cmd = "touch ready";\n'
-            f"{globals_}\n{blocks}"
-        )
+        blocks = "".join(self.account_block(name, account_extra) for name in self.accounts)
+        self.write_config(blocks, globals_, https=https)
         _LIVE.append(self)
 
-    # -- lifecycle --
-
-    def start(self, daemon: bool = False, timeout: float = 30.0) -> float:
+    def start(self, daemon: bool = False, timeout: float = 30.0) -> float:  # type: ignore[override]
         """Start the server; returns seconds until it answers a `showtoken` request."""
-        ready = self.tmp / "ready"
-        args = [PIZAUTH, "server", "-c", str(self.conf)] + ([] if daemon else ["-d"])
-        self.daemon = daemon
-        if daemon:
-            become_subreaper()
-        t0 = self.spawned_at = time.perf_counter()
-        self.returned_at = None
-        self.proc = subprocess.Popen(
-            args,
-            env=self.env,
-            cwd=self.tmp,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.tmp / "server.log", "wb"),  # noqa: SIM115 - the child owns it
-        )
         if not daemon:
-            self.parent_pid = self.proc.pid
-            self._remember(self.proc.pid)
+            t0 = time.perf_counter()
+            super().start(timeout=timeout)
+            self.wait_answering(timeout)
+            return time.perf_counter() - t0
+        become_subreaper()
+        self.daemon = True
+        ready = self.tmp / "ready"
+        t0 = time.perf_counter()
+        with open(self.tmp / "server.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [PIZAUTH, "server", "-c", str(self.conf)],
+                env=self.env,
+                cwd=self.tmp,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         answered = self.wait_answering(timeout)
         elapsed = time.perf_counter() - t0
-        if daemon:
-            if self.proc.wait(timeout) != 0:
-                raise BenchError(f"pizauth server failed: {self.log()}")
-            if self.returned_at is None:
-                self.returned_at = time.perf_counter()
-            # What `pizauth server && pizauth show` sees: a request once the command returned.
-            self.request(show_request(self.accounts[0]))
-            self.shown_after_return = time.perf_counter() - t0
+        if self.proc.wait(timeout) != 0:
+            raise BenchError(f"pizauth server failed: {self.log()}")
+        if self.returned_at is None:
+            self.returned_at = time.perf_counter()
+        # What `pizauth server && pizauth show` sees: a request once the command returned.
+        self.request(show_request(self.accounts[0]))
+        self.shown_after_return = time.perf_counter() - t0
         wait_for(ready.exists, timeout, "startup_cmd")
         if not answered:
             raise BenchError(f"server did not answer: {self.log()}")
-        self.refresh_pids()
+        self._find_daemon()
         return elapsed
 
     def wait_answering(self, timeout: float) -> bool:
@@ -390,13 +291,13 @@ class Server:
         deadline = time.monotonic() + timeout
         probe = show_request(self.accounts[0])
         while time.monotonic() < deadline:
-            if self.daemon and self.proc is not None and self.returned_at is None:
+            if self.proc is not None and self.returned_at is None and self.daemon:
                 code = self.proc.poll()
                 if code is not None:
                     self.returned_at = time.perf_counter()
                     if code != 0:
                         return False  # the invoking `pizauth server` failed
-            if self.parent_pid and self.proc is not None and self.proc.poll() is not None:
+            if not self.daemon and self.proc is not None and self.proc.poll() is not None:
                 return False
             try:
                 if sock_request(self.sock, probe, timeout=max(deadline - time.monotonic(), 0.1)):
@@ -406,76 +307,40 @@ class Server:
             time.sleep(0.002)
         return False
 
-    def _remember(self, pid: int) -> None:
-        if pid not in self._known:
-            self._known[pid] = start_time(pid)
+    def _find_daemon(self) -> None:
+        """A detached daemon is found among this process's children: become_subreaper()
+        made us its new parent."""
+        for pid in children_of(os.getpid()):
+            if title(pid) == "pizauth: parent" and pid not in _CLAIMED:
+                _CLAIMED.add(pid)
+                self.parent_pid = pid
+                self._remember(pid)
+                self.roles()
+                return
+        raise BenchError("cannot find the detached pizauth daemon")
 
-    def refresh_pids(self) -> dict[str, int]:
-        """{"parent": pid, "command": pid, "network": pid}. A detached daemon is found among
-        this process's children: become_subreaper() made us its new parent."""
-        if self.parent_pid is None:
-            for pid in children_of(os.getpid()):
-                if title(pid) == "pizauth: parent" and pid not in _CLAIMED:
-                    self.parent_pid = pid
-                    _CLAIMED.add(pid)
-                    self._remember(pid)
-                    break
-            else:
-                raise BenchError("cannot find the detached pizauth daemon")
-        pids = {"parent": self.parent_pid}
-        for child in children_of(self.parent_pid):
-            name = title(child).removeprefix("pizauth: ")
-            if name in ("command", "network"):
-                pids[name] = child
-                self._remember(child)
-        return pids
-
-    def pids(self) -> dict[str, int]:
-        pids = self.refresh_pids()
+    def pids(self) -> dict[str, int]:  # type: ignore[override]
+        pids = self.roles()
         if set(pids) != {"parent", "command", "network"}:
             raise BenchError(f"expected three server processes, found {pids}")
         return pids
 
-    def log(self) -> str:
-        path = self.tmp / "server.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
     def stop(self) -> None:
-        """Shut down by request, then kill (by pid) whatever of ours is left; remove files."""
+        """Shut down, kill (by pid) whatever of ours is left, reap a detached daemon (it
+        became our child), remove the files."""
         if self in _LIVE:
             _LIVE.remove(self)
-        if self.daemon and self.parent_pid is None:
-            try:
-                self.refresh_pids()
-            except (OSError, BenchError):
-                pass
-        if os.path.exists(self.sock):
+        if self.daemon and self.parent_pid is not None:
+            parent = self.parent_pid
             try:
                 sock_request(self.sock, b"shutdown:", timeout=10)
             except OSError:
                 pass
-        deadline = time.monotonic() + 10
-        for pid, started in self._known.items():
-            while start_time(pid) == started and started is not None:
-                if self.proc is not None and pid == self.proc.pid:
-                    try:
-                        self.proc.wait(max(deadline - time.monotonic(), 0.01))
-                    except subprocess.TimeoutExpired:
-                        pass
-                if time.monotonic() > deadline or start_time(pid) != started:
-                    break
-                time.sleep(0.02)
-            if start_time(pid) == started and started is not None:
-                try:
-                    os.kill(pid, signal.SIGKILL)  # a straggler of this benchmark's server
-                except OSError:
-                    pass
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait()
-        if self.parent_pid is not None:
-            reap(self.parent_pid)  # a detached daemon became our child (subreaper)
+            super().stop()
+            wait_for(lambda: start_time(parent) is None, 10, "the daemon to exit")
+            reap(parent)
+        else:
+            super().stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Server:
@@ -483,32 +348,6 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    # -- requests --
-
-    def request(self, payload: bytes, timeout: float = 10.0) -> bytes:
-        return sock_request(self.sock, payload, timeout)
-
-    def show(self, account: str) -> bytes:
-        return self.request(show_request(account))
-
-    def token(self, account: str) -> str | None:
-        reply = self.show(account)
-        prefix = b"access_token:"
-        return reply[len(prefix) :].decode() if reply.startswith(prefix) else None
-
-    def authorise(self, account: str) -> str:
-        """The real login flow: show -> URL -> provider (302) -> pizauth's redirect listener."""
-        reply = self.show(account)
-        if not reply.startswith(b"pending:"):
-            raise BenchError(f"{account}: expected pending:URL, got {reply[:80]!r}")
-        status, headers, _ = http_get(reply[len(b"pending:") :].decode())
-        if status != 302:
-            raise BenchError(f"{account}: provider answered {status}")
-        status, _, body = http_get(headers["location"])
-        if status != 200:
-            raise BenchError(f"{account}: redirect listener answered {status}: {body[:200]!r}")
-        return wait_for(lambda: self.token(account), 15, f"token for {account}")
 
     def authorise_all(self) -> dict[str, str]:
         return {name: self.authorise(name) for name in self.accounts}
@@ -518,6 +357,7 @@ class Server:
 
 
 def parser(description: str) -> argparse.ArgumentParser:
+    install_cleanup()
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="short smoke run (not the targets)")
     return ap

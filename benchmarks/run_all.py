@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run every benchmark of issue 7, one after another, and summarise their figures.
+"""Run every benchmark, one after another, and summarise their figures.
 
     python benchmarks/run_all.py            # the targets' conditions (about 15 minutes)
     python benchmarks/run_all.py --quick    # a smoke run; figures NOT under those conditions

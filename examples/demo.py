@@ -71,7 +71,12 @@ def main() -> int:
         print(f"demo: {PIZAUTH} not found; install pizauth into this Python first:")
         print("  python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/python " + __file__)
         return 1
-    work = Path(tempfile.mkdtemp(prefix="pizauth-demo-"))
+    # Removed at the end, with the demo's pizauth.conf and runtime directory in it.
+    with tempfile.TemporaryDirectory(prefix="pizauth-demo-") as tmp:
+        return demo(Path(tmp))
+
+
+def demo(work: Path) -> int:
     env = {**os.environ, "XDG_RUNTIME_DIR": str(work / "runtime"), "SHELL": "/bin/sh"}
     with Provider([Client("demo-client", "demo-secret")], expires_in=4) as provider:
         conf = work / "pizauth.conf"

@@ -4,7 +4,10 @@
 Stdlib only, listens on 127.0.0.1 only.  It auto-approves every authorisation request (there is
 no login page) but otherwise verifies what a real provider verifies: registered clients and
 redirect URIs, PKCE (S256 only), single-use and short-lived authorisation codes, client
-authentication at the token endpoint, refresh tokens (optionally rotated).
+authentication at the token endpoint, refresh tokens (optionally rotated).  It also has a
+device authorization endpoint (RFC 8628) whose user codes a test approves or denies (through
+``approve_device``/``deny_device`` or the page at ``verification_uri``), authorization server
+metadata (RFC 8414 and OpenID discovery) and a revocation endpoint (RFC 7009).
 
 Used two ways:
 
@@ -21,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import html
 import json
 import re
 import secrets
@@ -30,7 +34,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -45,12 +49,21 @@ _JSON_HEADERS = {
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
 }
+_TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 CODE_LIFETIME = 60.0  # seconds; RFC 6749 §4.1.2 recommends at most 10 minutes.
 
 # RFC 7636 §4.2: BASE64URL(SHA256(verifier)) without padding is always 43 characters.
 _CHALLENGE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 # RFC 7636 §4.1: 43-128 characters from the unreserved set.
 _VERIFIER_RE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+# RFC 8628 §6.1: user codes from consonants only, so they can't spell words or be misread.
+_USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_CODE_LIFETIME = 600  # seconds, the expires_in of a device authorization
+DEVICE_INTERVAL = 5  # seconds; also what a client must assume when none is given (§3.2)
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), separated by single spaces.
+_SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+METADATA_DOCUMENTS = ("openid-configuration", "oauth-authorization-server")
 # Default redirect allow list: loopback, explicit port, path "/" (RFC 8252 §7.3 style).
 _LOOPBACK_REDIRECT_RE = re.compile(r"http://(?:localhost|127\.0\.0\.1):([0-9]{1,5})/")
 
@@ -61,6 +74,11 @@ class Client:
     client_secret: str | None  # None = public client (no secret required)
     # Exact-match allow list; empty = any http://localhost:PORT/ or http://127.0.0.1:PORT/.
     redirect_uris: tuple[str, ...] = ()
+    # "client_secret_post" or "client_secret_basic" (RFC 8414 names): the only way this
+    # client may send its secret.  None accepts either.
+    token_endpoint_auth_method: str | None = None
+    # Scopes this client may ask for at the device endpoint; None = any well-formed scope.
+    allowed_scopes: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -71,6 +89,19 @@ class _Code:
     scope: str
     issued_at: float
     used: bool = False
+
+
+@dataclass
+class _DeviceCode:
+    client_id: str
+    scope: str
+    user_code: str
+    expires_at: float  # monotonic
+    interval: int  # seconds; grows by 5 on every slow_down
+    status: str = "pending"  # "pending", "approved" or "denied"
+    used: bool = False
+    last_poll: float | None = None
+    polls: list[float] | None = None  # monotonic times of every token request for it
 
 
 @dataclass
@@ -137,6 +168,9 @@ class Provider:
         rotate_refresh_tokens: bool = False,
         token_type: str = "Bearer",
         port: int = 0,
+        device_interval: int | None = DEVICE_INTERVAL,
+        verification_uri_complete: bool = True,
+        issuer_path: str = "",
     ) -> None:
         self._clients = {c.client_id: c for c in clients}
         if len(self._clients) != len(clients):
@@ -146,6 +180,21 @@ class Provider:
         self.token_type = token_type
         self._port = port
         self.code_lifetime = CODE_LIFETIME  # seconds; tests may lower it to exercise expiry
+        # Device flow knobs.  device_interval None: the reply has no interval (clients use 5).
+        self.device_interval = device_interval
+        self.device_code_lifetime: float = DEVICE_CODE_LIFETIME
+        self.verification_uri_complete = verification_uri_complete
+        # Polls this much early are tolerated (loopback timing jitter), no more.
+        self.device_poll_slack = 0.1
+        # Metadata knobs: the issuer is base_url + issuer_path (no trailing slash).
+        if issuer_path and (not issuer_path.startswith("/") or issuer_path.endswith("/")):
+            raise ValueError("issuer_path must start with '/' and not end with one")
+        self.issuer_path = issuer_path
+        self.metadata_not_found: set[str] = set()  # names from METADATA_DOCUMENTS
+        self.metadata_issuer: str | None = None  # served instead of the real issuer
+        # Microsoft style: the first segment of issuer_path is served as "{tenantid}".
+        self.metadata_tenant_issuer = False
+        self.metadata_drop: set[str] = set()  # endpoint names left out of the document
 
         self._lock = threading.Lock()
         # One Condition on the same lock: waiters see every state change atomically.
@@ -161,6 +210,11 @@ class Provider:
         self._authorize_requests: list[dict[str, str]] = []
         self._issued_access_tokens: list[str] = []
         self._errors: list[str] = []
+        self._device_codes: dict[str, _DeviceCode] = {}
+        self._device_requests: list[dict[str, str]] = []
+        self._metadata_fetches: list[str] = []
+        self._revoked_access: set[str] = set()
+        self._revocations: list[dict[str, str]] = []
 
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -229,6 +283,22 @@ class Provider:
     def token_uri(self) -> str:
         return self.base_url + "/token"
 
+    @property
+    def device_auth_uri(self) -> str:
+        return self.base_url + "/device_authorization"
+
+    @property
+    def verification_uri(self) -> str:
+        return self.base_url + "/device"
+
+    @property
+    def revoke_uri(self) -> str:
+        return self.base_url + "/revoke"
+
+    @property
+    def issuer(self) -> str:
+        return self.base_url + self.issuer_path
+
     # -- knobs -----------------------------------------------------------------------------------
 
     @property
@@ -292,10 +362,97 @@ class Provider:
 
     def is_valid_access_token(self, token: str) -> bool:
         with self._lock:
-            at = self._access.get(token)
-            if at is None or at.family in self._revoked_families:
-                return False
-            return at.expires_at is None or time.monotonic() < at.expires_at
+            return self._access_active(token)
+
+    def _access_active(self, token: str) -> bool:
+        at = self._access.get(token)
+        if at is None or at.family in self._revoked_families or token in self._revoked_access:
+            return False
+        return at.expires_at is None or time.monotonic() < at.expires_at
+
+    def is_active(self, token: str) -> bool:
+        """Introspection (RFC 7662 style): an unexpired, unrevoked access or refresh token."""
+        with self._lock:
+            if self._access_active(token):
+                return True
+            rt = self._refresh.get(token)
+            return rt is not None and rt.family not in self._revoked_families
+
+    # -- device flow: observations and the user's side -------------------------------------------
+
+    @property
+    def device_requests(self) -> list[dict[str, str]]:
+        """The form of every device authorization request, in order."""
+        with self._lock:
+            return [dict(r) for r in self._device_requests]
+
+    @property
+    def user_codes(self) -> list[str]:
+        """User codes issued so far, oldest first."""
+        with self._lock:
+            return [dc.user_code for dc in self._device_codes.values()]
+
+    def wait_for_device_requests(self, n: int, timeout: float = 5.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._device_requests) >= n, timeout)
+
+    def _device_by_user_code(self, user_code: str) -> _DeviceCode:
+        # Users type codes in any case, with or without the dash (RFC 8628 §6.1).
+        wanted = user_code.upper().replace("-", "").replace(" ", "")
+        for dc in self._device_codes.values():
+            if dc.user_code.replace("-", "") == wanted:
+                return dc
+        raise KeyError(user_code)
+
+    def _decide_device(self, user_code: str, status: str) -> None:
+        with self._cond:
+            dc = self._device_by_user_code(user_code)
+            if dc.status != "pending" or dc.used or time.monotonic() >= dc.expires_at:
+                raise ValueError(f"user code {user_code!r} is no longer pending")
+            dc.status = status
+            self._cond.notify_all()
+
+    def approve_device(self, user_code: str) -> None:
+        """The user logs in and approves; KeyError if unknown, ValueError if not pending."""
+        self._decide_device(user_code, "approved")
+
+    def deny_device(self, user_code: str) -> None:
+        """The user refuses; the next poll gets access_denied."""
+        self._decide_device(user_code, "denied")
+
+    def expire_device(self, user_code: str) -> None:
+        """Make the device code expire now."""
+        with self._cond:
+            self._device_by_user_code(user_code).expires_at = time.monotonic()
+
+    def device_polls(self, user_code: str) -> list[float]:
+        """time.monotonic() of every token request made with this user code's device code."""
+        with self._lock:
+            return list(self._device_by_user_code(user_code).polls or [])
+
+    def device_interval_of(self, user_code: str) -> int:
+        """The interval now required between polls (after any slow_down)."""
+        with self._lock:
+            return self._device_by_user_code(user_code).interval
+
+    # -- metadata and revocation: observations ---------------------------------------------------
+
+    @property
+    def metadata_fetches(self) -> list[str]:
+        """The path of every metadata request, including those answered 404."""
+        with self._lock:
+            return list(self._metadata_fetches)
+
+    @property
+    def revocations(self) -> list[dict[str, str]]:
+        """Each accepted revocation request: token, token_type_hint ("" if none), client_id
+        and kind ("access_token", "refresh_token" or "unknown")."""
+        with self._lock:
+            return [dict(r) for r in self._revocations]
+
+    def wait_for_revocations(self, n: int, timeout: float = 5.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._revocations) >= n, timeout)
 
     # -- /authorize ------------------------------------------------------------------------------
 
@@ -385,6 +542,16 @@ class Provider:
             self._cond.notify_all()
         return json.dumps({"error": error, "error_description": description}).encode()
 
+    def _record_error(self, endpoint: str) -> Callable[[int, str, str], bytes]:
+        """A recorder for requests to `endpoint` rejected before their form was parsed."""
+
+        def record(status: int, error: str, description: str) -> bytes:
+            with self._lock:
+                self._errors.append(f"{endpoint}: {error}: {description}")
+            return json.dumps({"error": error, "error_description": description}).encode()
+
+        return record
+
     def _authenticate(self, params: dict[str, str], authorization: str | None) -> Client:
         """client_secret_basic or client_secret_post (RFC 6749 §2.3.1)."""
         basic: tuple[str, str] | None = None
@@ -418,6 +585,13 @@ class Provider:
         client = self._clients.get(client_id)
         if client is None:
             raise _TokenError(401, "invalid_client", f"unknown client {client_id!r}", challenge)
+        method = client.token_endpoint_auth_method
+        if method == "client_secret_post" and basic is not None:
+            raise _TokenError(
+                401, "invalid_client", "client must use client_secret_post", challenge
+            )
+        if method == "client_secret_basic" and basic is None and client.client_secret is not None:
+            raise _TokenError(401, "invalid_client", "client must use client_secret_basic")
         if client.client_secret is not None:
             if secret is None:
                 raise _TokenError(401, "invalid_client", "missing client_secret", challenge)
@@ -438,6 +612,8 @@ class Provider:
             return self._grant_code(client, p)
         if grant_type == "refresh_token":
             return self._grant_refresh(client, p)
+        if grant_type == DEVICE_GRANT:
+            return self._grant_device(client, p)
         raise _TokenError(400, "unsupported_grant_type", f"grant_type {grant_type!r}")
 
     def _grant_code(self, client: Client, p: dict[str, str]) -> dict[str, Any]:
@@ -480,6 +656,202 @@ class Provider:
             del self._refresh[p["refresh_token"]]
         return self._issue(client, rt.family, rt.scope, new_refresh=self.rotate_refresh_tokens)
 
+    def _grant_device(self, client: Client, p: dict[str, str]) -> dict[str, Any]:
+        if "device_code" not in p:
+            raise _TokenError(400, "invalid_request", "missing device_code")
+        dc = self._device_codes.get(p["device_code"])
+        if dc is None:
+            raise _TokenError(400, "invalid_grant", "unknown device code")
+        if dc.client_id != client.client_id:
+            raise _TokenError(400, "invalid_grant", "device code was issued to another client")
+        now = time.monotonic()
+        assert dc.polls is not None
+        dc.polls.append(now)
+        if dc.used:
+            raise _TokenError(400, "invalid_grant", "device code already used")
+        if now >= dc.expires_at:
+            raise _TokenError(400, "expired_token", "device code expired")
+        too_soon = dc.last_poll is not None and now - dc.last_poll < dc.interval - (
+            self.device_poll_slack
+        )
+        dc.last_poll = now
+        if too_soon:
+            dc.interval += 5  # RFC 8628 §3.5
+            raise _TokenError(400, "slow_down", f"poll at most every {dc.interval} s")
+        if dc.status == "pending":
+            raise _TokenError(400, "authorization_pending", "the user has not decided yet")
+        dc.used = True  # a decision is final either way
+        if dc.status == "denied":
+            raise _TokenError(400, "access_denied", "the user denied the request")
+        family = "device-" + secrets.token_urlsafe(12)
+        return self._issue(client, family, dc.scope, new_refresh=self.issue_refresh_tokens)
+
+    # -- /device_authorization (RFC 8628 §3.1) ---------------------------------------------------
+
+    def _device_authorization(
+        self, params: dict[str, str], dups: list[str], authorization: str | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        with self._cond:
+            self._device_requests.append(dict(params))
+            try:
+                payload = self._device_authorization_locked(params, dups, authorization)
+            except _TokenError as e:
+                self._errors.append(f"/device_authorization: {e.error}: {e.description}")
+                err = {"error": e.error, "error_description": e.description}
+                return e.status, {**e.headers, **_JSON_HEADERS}, json.dumps(err).encode()
+            finally:
+                self._cond.notify_all()
+            return 200, dict(_JSON_HEADERS), json.dumps(payload).encode()
+
+    def _device_authorization_locked(
+        self, p: dict[str, str], dups: list[str], authorization: str | None
+    ) -> dict[str, Any]:
+        if dups:
+            raise _TokenError(400, "invalid_request", f"repeated parameter(s): {', '.join(dups)}")
+        client = self._authenticate(p, authorization)
+        scope = p.get("scope", "")
+        if scope and not _SCOPE_RE.fullmatch(scope):
+            raise _TokenError(400, "invalid_scope", "malformed scope")
+        if client.allowed_scopes is not None and not set(scope.split()) <= set(
+            client.allowed_scopes
+        ):
+            raise _TokenError(400, "invalid_scope", "scope not allowed for this client")
+        device_code = "dc-" + secrets.token_urlsafe(24)
+        raw = "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(8))
+        user_code = raw[:4] + "-" + raw[4:]
+        interval = DEVICE_INTERVAL if self.device_interval is None else self.device_interval
+        lifetime = self.device_code_lifetime
+        self._device_codes[device_code] = _DeviceCode(
+            client.client_id,
+            scope,
+            user_code,
+            time.monotonic() + lifetime,
+            interval,
+            polls=[],
+        )
+        payload: dict[str, Any] = {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": self.verification_uri,
+            "expires_in": int(lifetime),
+        }
+        if self.verification_uri_complete:
+            payload["verification_uri_complete"] = (
+                self.verification_uri + "?" + urlencode({"user_code": user_code})
+            )
+        if self.device_interval is not None:
+            payload["interval"] = self.device_interval
+        return payload
+
+    # -- /device: the page a person (or a test's browser) enters the user code on ----------------
+
+    def _device_page(self, query: str) -> tuple[int, dict[str, str], bytes]:
+        params = dict(parse_qsl(query))
+        code = html.escape(params.get("user_code", ""), quote=True)
+        body = (
+            "<!doctype html><title>Device login</title>"
+            '<form method="post" action="/device">'
+            f'<label>Code <input name="user_code" value="{code}"></label>'
+            '<button name="action" value="approve">Approve</button>'
+            '<button name="action" value="deny">Deny</button></form>'
+        )
+        return 200, {"Content-Type": "text/html; charset=utf-8"}, body.encode()
+
+    def _device_decision(self, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        action = params.get("action", "approve")
+        if action not in ("approve", "deny"):
+            return 400, _TEXT, b"action must be approve or deny\n"
+        try:
+            self._decide_device(
+                params.get("user_code", ""), "approved" if action == "approve" else "denied"
+            )
+        except KeyError:
+            return 400, _TEXT, b"unknown user code\n"
+        except ValueError:
+            return 400, _TEXT, b"this code is no longer pending\n"
+        return 200, _TEXT, (b"approved\n" if action == "approve" else b"denied\n")
+
+    # -- metadata (RFC 8414, OpenID Connect Discovery) -------------------------------------------
+
+    def _metadata(self, path: str) -> tuple[int, dict[str, str], bytes] | None:
+        """The answer for a metadata path, or None if `path` is not one."""
+        for name in METADATA_DOCUMENTS:
+            suffix = "/.well-known/" + name
+            # Appended to the issuer (OpenID style), or inserted before its path (RFC 8414 §3).
+            if path not in (self.issuer_path + suffix, suffix + self.issuer_path):
+                continue
+            with self._lock:
+                self._metadata_fetches.append(path)
+                if name in self.metadata_not_found:
+                    return 404, _TEXT, b"not found\n"
+                issuer = self.issuer
+                if self.metadata_tenant_issuer:
+                    rest = self.issuer_path.split("/", 2)[2:]  # drop "" and the first segment
+                    issuer = self.base_url + "/{tenantid}" + "".join("/" + r for r in rest)
+                if self.metadata_issuer is not None:
+                    issuer = self.metadata_issuer
+                doc: dict[str, Any] = {
+                    "issuer": issuer,
+                    "authorization_endpoint": self.auth_uri,
+                    "token_endpoint": self.token_uri,
+                    "device_authorization_endpoint": self.device_auth_uri,
+                    "revocation_endpoint": self.revoke_uri,
+                    "response_types_supported": ["code"],
+                    "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_GRANT],
+                    "code_challenge_methods_supported": ["S256"],
+                    "token_endpoint_auth_methods_supported": [
+                        "client_secret_post",
+                        "client_secret_basic",
+                    ],
+                }
+                for key in self.metadata_drop:
+                    doc.pop(key, None)
+            return 200, {"Content-Type": "application/json"}, json.dumps(doc).encode()
+        return None
+
+    # -- /revoke (RFC 7009) ----------------------------------------------------------------------
+
+    def _revoke(
+        self, params: dict[str, str], dups: list[str], authorization: str | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        with self._cond:
+            try:
+                if dups:
+                    raise _TokenError(
+                        400, "invalid_request", f"repeated parameter(s): {', '.join(dups)}"
+                    )
+                client = self._authenticate(params, authorization)
+                if "token" not in params:
+                    raise _TokenError(400, "invalid_request", "missing token")
+                token = params["token"]
+                rt, at = self._refresh.get(token), self._access.get(token)
+                owner = rt.client_id if rt else at.client_id if at else None
+                if owner is not None and owner != client.client_id:
+                    raise _TokenError(400, "unauthorized_client", "token belongs to another client")
+            except _TokenError as e:
+                self._errors.append(f"/revoke: {e.error}: {e.description}")
+                err = {"error": e.error, "error_description": e.description}
+                return e.status, {**e.headers, **_JSON_HEADERS}, json.dumps(err).encode()
+            if rt is not None:
+                # §2.1: revoking a refresh token also ends the access tokens of its grant.
+                self._revoked_families.add(rt.family)
+                kind = "refresh_token"
+            elif at is not None:
+                self._revoked_access.add(token)
+                kind = "access_token"
+            else:
+                kind = "unknown"  # §2.2: an unknown token is not an error
+            self._revocations.append(
+                {
+                    "token": token,
+                    "token_type_hint": params.get("token_type_hint", ""),
+                    "client_id": client.client_id,
+                    "kind": kind,
+                }
+            )
+            self._cond.notify_all()
+        return 200, dict(_JSON_HEADERS), b""
+
     def _issue(
         self, client: Client, family: str, scope: str, *, new_refresh: bool
     ) -> dict[str, Any]:
@@ -517,6 +889,9 @@ class _Server(ThreadingHTTPServer):
             self.provider._errors.append(f"internal error: {exc!r}")
 
 
+_POST_ONLY = frozenset({"/token", "/device_authorization", "/revoke"})
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = 10  # a stalled client must not pin a thread forever
@@ -538,28 +913,54 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
+        provider = self.server.provider
         if url.path == "/authorize":
-            self._send(*self.server.provider._authorize(url.query))
-        elif url.path == "/token":
+            self._send(*provider._authorize(url.query))
+        elif url.path == "/device":
+            self._send(*provider._device_page(url.query))
+        elif url.path in _POST_ONLY:
             self._send(405, {"Allow": "POST"}, b"")
         else:
-            self._text(404, "not found")
+            answer = provider._metadata(url.path)
+            if answer is None:
+                self._text(404, "not found")
+            else:
+                self._send(*answer)
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
+        provider = self.server.provider
         if path == "/authorize":
             self._send(405, {"Allow": "GET"}, b"")
         elif path == "/token":
-            self._post_token()
+            self._post_form(provider._token, provider._record_transport_error)
+        elif path == "/device_authorization":
+            self._post_form(
+                provider._device_authorization, provider._record_error("/device_authorization")
+            )
+        elif path == "/revoke":
+            self._post_form(provider._revoke, provider._record_error("/revoke"))
+        elif path == "/device":
+            self._post_form(
+                lambda params, dups, _auth: provider._device_decision(params),
+                provider._record_error("/device"),
+            )
         else:
             self._text(404, "not found")
 
-    def _post_token(self) -> None:
-        provider = self.server.provider
+    def _post_form(
+        self,
+        handle: Callable[
+            [dict[str, str], list[str], str | None], tuple[int, dict[str, str], bytes]
+        ],
+        record: Callable[[int, str, str], bytes],
+    ) -> None:
+        """Read a form body within bounds and pass it to `handle`; malformed bodies are
+        answered here, as an RFC 6749 §5.2 error that `record` notes."""
 
         def reject(status: int, error: str, description: str) -> None:
             self.close_connection = True  # the body may be unread
-            body = provider._record_transport_error(status, error, description)
+            body = record(status, error, description)
             self._send(status, dict(_JSON_HEADERS), body)
 
         length_hdr = self.headers.get("Content-Length")
@@ -579,7 +980,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, ValueError):
             return reject(400, "invalid_request", "body is not a UTF-8 form")
         params, dups = _single_valued(pairs)
-        self._send(*provider._token(params, dups, self.headers.get("Authorization")))
+        self._send(*handle(params, dups, self.headers.get("Authorization")))
 
 
 # -- demo --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`pizauth` command line: argument parsing and dispatch (spec §1).
+"""`pizauth` command line: argument parsing and dispatch, as pizauth 1.1 has them.
 
 `pizauth show` is run by mail clients every few minutes, so this module imports only
 `os`, `sys` and pizauth.paths at load time; everything else is imported by the command
@@ -33,17 +33,49 @@ _USAGE_LINES = (
 )
 
 
+# After the original's lines, which stay as they were for anyone matching them: the
+# commands and options it did not list.
+_MORE_USAGE_LINES = (
+    "systemd-unit",
+    "-V | --version",
+    "-h | --help",
+)
+_OPTIONS = """Options:
+  -c <config-path>, --config=<config-path>
+          info, server: the configuration file to use
+  -d      server: stay in the foreground and log to stderr
+  -j      info: print JSON
+  -u      show, refresh: leave the authorisation URL out of the message
+  -v, --verbose
+          more log messages (repeat for more)
+  -h, --help
+          this help
+"""
+
+
 class _UsageError(Exception):
-    """Bad command line: print the usage text and exit 1."""
+    """Bad command line: str(e) says what is wrong, then the usage follows; exit 1."""
+
+
+class _Help(Exception):
+    """`-h`/`--help`: the usage on stdout, exit 0."""
 
 
 class _Ctx:
-    __slots__ = ("progname", "rundir", "sock")
+    __slots__ = ("argv0", "progname", "rundir", "sock")
 
-    def __init__(self, progname: str, rundir: str) -> None:
+    def __init__(self, argv0: str, progname: str, rundir: str) -> None:
+        self.argv0 = argv0
         self.progname = progname
         self.rundir = rundir
         self.sock = paths.socket_path(rundir)
+
+
+def shown(text: str) -> str:
+    """A command-line word as a message may quote it (only on error paths: imported late)."""
+    from pizauth.text import shown
+
+    return shown(text)
 
 
 def _progname(argv0: str) -> str:
@@ -55,9 +87,20 @@ def _progname(argv0: str) -> str:
     return name or "pizauth"
 
 
-def _usage(progname: str) -> int:
-    sys.stderr.write("Usage:\n" + "".join(f"  {progname} {u}\n" for u in _USAGE_LINES))
+def _usage_text(progname: str) -> str:
+    lines = (*_USAGE_LINES, *_MORE_USAGE_LINES)
+    return "Usage:\n" + "".join(f"  {progname} {u}\n" for u in lines) + _OPTIONS
+
+
+def _usage(progname: str, problem: str) -> int:
+    """What is wrong, in one line, then the usage; on stderr, exit 1."""
+    sys.stderr.write(f"{progname}: {problem}\n{_usage_text(progname)}")
     return 1
+
+
+def _help(progname: str) -> int:
+    # On stdout, so that `pizauth --help | less` works.
+    return _out(_usage_text(progname).encode("utf-8", errors="replace"))
 
 
 def _fatal(msg: str) -> int:
@@ -149,7 +192,7 @@ def _parse(
             # getopts reads a one-letter long name as the short option: --v is -v.
             short = name if len(name) == 1 else longs.get(name, "")
             if short not in spec:
-                raise _UsageError
+                raise _UsageError(f"unknown option '{shown(cur.partition('=')[0])}'")
             names = [short]
             was_long = True
         else:
@@ -157,7 +200,7 @@ def _parse(
             for j in range(1, len(cur)):
                 ch = cur[j]
                 if ch not in spec:
-                    raise _UsageError
+                    raise _UsageError(f"unknown option '-{shown(ch)}'")
                 names.append(ch)
                 if spec[ch][1] == _MAYBE and j + 1 < len(cur):
                     inline = cur[j + 1 :]
@@ -173,17 +216,27 @@ def _parse(
                         val = args[i]
                         i += 1
             elif pos == len(names) and inline is not None:
-                raise _UsageError
+                raise _UsageError(f"option '{_option_name(name, spec)}' takes no value")
             found.setdefault(name, []).append(val)
     for name, vals in found.items():
         if spec[name][1] != _MULTI and len(vals) > 1:
-            raise _UsageError
+            raise _UsageError(f"option '{_option_name(name, spec)}' given more than once")
+    if "h" in found:
+        raise _Help
     return found, free
 
 
-def _check(found: dict[str, list[str | None]], free: list[str], npos: int) -> None:
-    if "h" in found or len(free) != npos:
-        raise _UsageError
+def _option_name(short: str, spec: dict[str, tuple[str, int]]) -> str:
+    long = spec[short][0]
+    return f"-{short}" + (f"/--{long}" if long else "")
+
+
+def _check(free: list[str], wanted: tuple[str, ...] = ()) -> None:
+    """Exactly the positional arguments named in `wanted`, or a _UsageError."""
+    if len(free) < len(wanted):
+        raise _UsageError(f"missing {wanted[len(free)]}")
+    if len(free) > len(wanted):
+        raise _UsageError(f"unexpected argument '{shown(free[len(wanted)])}'")
 
 
 def _config_opt(found: dict[str, list[str | None]]) -> str | None:
@@ -191,13 +244,13 @@ def _config_opt(found: dict[str, list[str | None]]) -> str | None:
 
     A `-c` without a path (bare at the end, followed by another option, `--config`
     without `=`, or an empty path) is a usage error: the original silently used the
-    default file instead, which hides typos (gap 33).
+    default file instead, which hides typos (docs/compatibility.md "Config option without a path").
     """
     vals = found.get("c")
     if vals is None:
         return None
     if not vals[0]:
-        raise _UsageError
+        raise _UsageError("option '-c/--config' needs a path: -c PATH or --config=PATH")
     return vals[0]
 
 
@@ -222,55 +275,69 @@ def _ask(call: Callable[[ModuleType], bytes | None], newline: bool = False) -> i
 
 def _cmd_show(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args, _SHOW_OPTS)
-    _check(found, free, 1)
+    _check(free, ("account name",))
     return _ask(lambda c: c.show_token(ctx.sock, free[0], with_url="u" not in found), True)
 
 
 def _cmd_refresh(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args, _SHOW_OPTS)
-    _check(found, free, 1)
+    _check(free, ("account name",))
     return _ask(lambda c: c.refresh(ctx.sock, free[0], with_url="u" not in found))
 
 
 def _cmd_revoke(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
-    _check(found, free, 1)
+    _check(free, ("account name",))
     return _ask(lambda c: c.revoke(ctx.sock, free[0]))
 
 
 def _cmd_reload(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
-    _check(found, free, 0)
+    _check(free)
     return _ask(lambda c: c.reload(ctx.sock))
 
 
 def _cmd_status(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
-    _check(found, free, 0)
+    _check(free)
     return _ask(lambda c: c.status(ctx.sock), True)
 
 
 def _cmd_shutdown(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
-    _check(found, free, 0)
+    _check(free)
     return _ask(lambda c: c.shutdown(ctx.sock))
 
 
 def _cmd_dump(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
-    _check(found, free, 0)
-    return _ask(lambda c: c.dump(ctx.sock))  # raw bytes, no newline (spec §1.2)
+    _check(free)
+    if sys.stdout is not None and sys.stdout.isatty():
+        # Binary output would garble the terminal, and a dump holds secrets: refuse
+        # before asking the server for it.
+        return _log_error(
+            "the dump is binary and holds secrets: redirect it to a file, "
+            "for example: pizauth dump > pizauth.dump"
+        )
+    return _ask(lambda c: c.dump(ctx.sock))  # raw bytes, no newline, as pizauth 1.1
 
 
 def _cmd_restore(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args)
-    _check(found, free, 0)
-    # spec §1.2: all of stdin first, then connect, so a slow producer (`age -d` asking
+    _check(free)
+    # All of stdin first, then connect (as pizauth 1.1), so a slow producer (`age -d` asking
     # for a passphrase) holds no connection open.
+    from pizauth.priv.dump import MAX_DUMP
+
     try:
-        data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+        # Bounded: `pizauth restore < /dev/zero` must fail, not fill the memory.
+        data = sys.stdin.buffer.read(MAX_DUMP + 1) if sys.stdin is not None else b""
     except OSError as e:
         return _log_error(paths.os_error_text(e))
+    if len(data) > MAX_DUMP:
+        return _log_error(
+            f"Input too large: not a pizauth dump (a dump is at most {MAX_DUMP} bytes)"
+        )
     return _ask(lambda c: c.restore(ctx.sock, data))
 
 
@@ -298,12 +365,12 @@ def _server_info(sock: str) -> dict | None:
 
 def _cmd_info(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args, _INFO_OPTS)
-    _check(found, free, 0)
     explicit = _config_opt(found)
+    _check(free)
     info = _server_info(ctx.sock)
     try:
         # Informational only: a missing default config file is no reason to fail;
-        # show where it is expected (gap 31).
+        # show where it is expected (docs/compatibility.md "Info without a config file").
         conf = paths.config_path(explicit, must_exist=False)
     except paths.PathError as e:
         return _fatal(str(e))
@@ -338,18 +405,26 @@ def _cmd_info(ctx: _Ctx, args: list[str]) -> int:
             if "https_pub_key" in info:
                 text += f"  HTTPS public key: {info['https_pub_key']}\n"
             if isinstance(info.get("https_cert_sha256"), str):
-                # gap 29: the fingerprint browsers show, to check a certificate warning against
+                # The fingerprint browsers show (docs/compatibility.md "Certificate fingerprint")
                 text += f"  HTTPS certificate SHA-256: {info['https_cert_sha256']}\n"
     return _out(text.encode("utf-8", errors="replace"))
 
 
 def _cmd_server(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args, _SERVER_OPTS)
-    _check(found, free, 0)
     explicit = _config_opt(found)
+    _check(free)
     from pizauth.server import main as server_main
 
     return server_main(explicit, "d" in found, len(found.get("v", ())), ctx.progname)
+
+
+def _cmd_systemd_unit(ctx: _Ctx, args: list[str]) -> int:
+    found, free = _parse(args)
+    _check(free)
+    from pizauth import unit
+
+    return unit.main(ctx.argv0)
 
 
 _COMMANDS = {
@@ -363,6 +438,8 @@ _COMMANDS = {
     "show": _cmd_show,
     "shutdown": _cmd_shutdown,
     "status": _cmd_status,
+    # Not in the original's usage lines: listed after them.
+    "systemd-unit": _cmd_systemd_unit,
 }
 
 
@@ -371,11 +448,22 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv
     progname = _progname(argv[0] if argv else "")
+    try:
+        return _main(progname, argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command has set up its own handling: no traceback.
+        return 1
+
+
+def _main(progname: str, argv: list[str]) -> int:
     if len(argv) < 2:
-        return _usage(progname)
-    if len(argv) == 2 and argv[1] in ("-V", "--version"):
-        # Ours, not the original's; needs no runtime directory. Not in the usage text,
-        # which stays byte-identical to the original's.
+        return _usage(progname, "missing command")
+    if argv[1] in ("-V", "--version", "-h", "--help"):
+        # Ours, not the original's; they need no runtime directory.
+        if len(argv) > 2:
+            return _usage(progname, f"'{argv[1]}' takes no arguments")
+        if argv[1] in ("-h", "--help"):
+            return _help(progname)
         return _out(f"{progname} {__version__}\n".encode())
     # The runtime directory is prepared before dispatch, even for an unknown command,
     # as the original does.
@@ -385,11 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fatal(str(e))
     cmd = _COMMANDS.get(argv[1])
     if cmd is None:
-        return _usage(progname)
+        return _usage(progname, f"unknown command '{shown(argv[1])}'")
     try:
-        return cmd(_Ctx(progname, rundir), argv[2:])
-    except _UsageError:
-        return _usage(progname)
+        return cmd(_Ctx(argv[0], progname, rundir), argv[2:])
+    except _UsageError as e:
+        return _usage(progname, str(e))
+    except _Help:
+        return _help(progname)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The control-socket client behind show, refresh, revoke, reload, status, shutdown, info,
 dump and restore.
 
-One request per connection (spec §3): connect, write the request, half-close, read the
+One request per connection, as in pizauth 1.1: connect, write the request, half-close, read the
 reply until EOF. Replies are handled as bytes so a token or status text reaches stdout
 exactly as the server sent it, whatever the locale.
 
@@ -113,7 +113,8 @@ def _split(reply: bytes) -> tuple[bytes, bytes | None]:
 
 def _unavailable(url: bytes) -> ClientError:
     # With `-u` the server sends `pending:` with no URL; the original then printed
-    # «...with URL » with a dangling space (gap 13). Only mention a URL if there is one.
+    # «...with URL » with a dangling space. Only mention a URL if there is one
+    # (docs/compatibility.md "Pending without a URL").
     if not url:
         return ClientError("Access token unavailable until authorised")
     return ClientError(f"Access token unavailable until authorised with URL {_text(url)}")
@@ -176,7 +177,7 @@ def status(sock_path: str) -> bytes:
 
 
 def dump(sock_path: str) -> bytes:
-    """The server's dump, uninterpreted (spec §1.2), unless it is an `error:` reply.
+    """The server's dump, uninterpreted, unless it is an `error:` reply.
 
     The original copies any reply to stdout. Ours can be an error (the server did not
     answer in time, the dump is too large), and `pizauth dump > file` must not replace

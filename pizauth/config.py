@@ -1,7 +1,7 @@
-"""Parse and validate ``pizauth.conf`` (spec §4).
+"""Parse and validate ``pizauth.conf``, in pizauth 1.1's grammar and with its messages.
 
 Two passes: a pyparsing grammar turns the text into statements that remember where they
-start, then a validation pass walks them in file order, applies the rules of §4.3 (the first
+start, then a validation pass walks them in file order, applies the validation rules (the first
 error wins) and builds frozen dataclasses.  Every problem is raised as ``ConfigError`` whose
 text is what the user sees.
 """
@@ -13,7 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     import pyparsing as pp
@@ -24,8 +24,14 @@ DEFAULT_REFRESH_BEFORE_EXPIRY = 90
 DEFAULT_REFRESH_RETRY = 40
 DEFAULT_LISTEN = "127.0.0.1:0"
 DEFAULT_REDIRECT_URI = "http://localhost/"
+AUTH_FLOWS = ("code", "device")
+DEFAULT_AUTH_FLOW = "code"
+TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_post", "client_secret_basic")
+DEFAULT_TOKEN_ENDPOINT_AUTH_METHOD = "client_secret_post"
+# Options a device-flow account must not set: they only make sense with a browser redirect.
+CODE_FLOW_ONLY_OPTIONS = ("auth_uri", "auth_uri_fields", "login_hint", "redirect_uri")
 
-# Keys pizauth itself puts in the authorisation URL (spec §4.3).
+# Keys pizauth itself puts in the authorisation URL, so auth_uri_fields may not set them.
 RESERVED_AUTH_URI_FIELDS = frozenset(
     {
         "access_type",
@@ -50,20 +56,28 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class Account:
     name: str
-    auth_uri: str
+    # None only when it is left to the issuer's metadata, or for a device-flow account.
+    auth_uri: str | None
     auth_uri_fields: tuple[tuple[str, str], ...]
     client_id: str
     client_secret: str | None
     login_hint: str | None
     redirect_uri: str
     scopes: tuple[str, ...]
-    token_uri: str
+    token_uri: str | None  # None only when it is left to the issuer's metadata
     refresh_at_least: int
     refresh_before_expiry: int
     refresh_retry: int
+    # Options newer than pizauth 1.1: their defaults give a 1.1 configuration its old meaning.
+    auth_flow: str = DEFAULT_AUTH_FLOW
+    device_auth_uri: str | None = None
+    issuer: str | None = None
+    client_secret_cmd: str | None = None
+    token_endpoint_auth_method: str = DEFAULT_TOKEN_ENDPOINT_AUTH_METHOD
+    revoke_uri: str | None = None
 
     def security_key(self) -> tuple:
-        """What must stay equal across a reload for the account to keep its tokens (§8.3)."""
+        """What must stay equal across a reload for the account to keep its tokens."""
         return (
             self.name,
             self.auth_uri,
@@ -73,6 +87,13 @@ class Account:
             self.redirect_uri,
             self.scopes,
             self.token_uri,
+            # Each of these changes where tokens are sent or who the client is.
+            self.auth_flow,
+            self.device_auth_uri,
+            self.issuer,
+            self.client_secret_cmd,
+            self.token_endpoint_auth_method,
+            self.revoke_uri,
         )
 
 
@@ -90,6 +111,9 @@ class Config:
     startup_cmd: str | None
     token_event_cmd: str | None
     transient_error_if_cmd: str | None
+    # As written: an absolute path or one starting with "~/" (see paths.expand_home).
+    token_store: str | None = None
+    token_store_key_cmd: str | None = None
 
     def account(self, name: str) -> Account | None:
         for act in self.accounts:
@@ -121,7 +145,7 @@ def parse(text: str) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Syntax (spec §4.1, §4.2)
+# Syntax
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,12 +209,16 @@ def _grammar() -> pp.ParserElement:
     # that take the same kind of value share one statement rule (one regex instead of a
     # dozen alternatives: much faster).
     def stmt(keywords: str, value: pp.ParserElement) -> pp.ParserElement:
-        keyword = pp.Regex("|".join(map(re.escape, keywords.split())))
+        # Longest first: the regex takes the first alternative that matches, and
+        # "client_secret" must not win over "client_secret_cmd".
+        words = sorted(keywords.split(), key=len, reverse=True)
+        keyword = pp.Regex("|".join(map(re.escape, words)))
         expr = keyword - eq - value - semi
         return expr.set_parse_action(lambda s, loc, t: _Stmt(t[0], t[1], loc))
 
     def listing(keyword: str, opening: pp.ParserElement, item: pp.ParserElement, closing: str):
-        # A leading comma is accepted for compatibility (gap 28), a trailing one is not.
+        # A leading comma is accepted for compatibility, a trailing one is not
+        # (docs/compatibility.md "Leading comma").
         expr = (
             pp.Literal(keyword)
             - eq
@@ -209,7 +237,11 @@ def _grammar() -> pp.ParserElement:
     field = pp.MatchFirst(
         [
             auth_uri_fields,  # before auth_uri, which is a prefix of it
-            stmt("auth_uri client_id client_secret login_hint redirect_uri token_uri", string),
+            stmt(
+                "auth_flow auth_uri client_id client_secret client_secret_cmd device_auth_uri"
+                " issuer login_hint redirect_uri revoke_uri token_endpoint_auth_method token_uri",
+                string,
+            ),
             stmt("refresh_at_least refresh_before_expiry refresh_retry", time),
             scopes,
         ]
@@ -227,7 +259,7 @@ def _grammar() -> pp.ParserElement:
             account,
             stmt(
                 "auth_error_cmd auth_notify_cmd error_notify_cmd startup_cmd token_event_cmd"
-                " transient_error_if_cmd",
+                " token_store token_store_key_cmd transient_error_if_cmd",
                 string,
             ),
             stmt("auth_notify_interval refresh_at_least refresh_before_expiry refresh_retry", time),
@@ -242,7 +274,7 @@ def _grammar() -> pp.ParserElement:
     return grammar
 
 
-# One lexeme of §4.1 (plus whole words and numbers), only to say what was found at an error.
+# One lexeme (plus whole words and numbers), only to say what was found at an error.
 _LEXEME_RE = re.compile(_STRING_RE + r"|[0-9]+[dhms]|[A-Za-z_][A-Za-z0-9_]*|[0-9]+|.", re.S)
 
 
@@ -252,7 +284,7 @@ def _parse_syntax(text: str) -> list[_Stmt | _AccountBlock]:
     try:
         return list(_grammar().parse_string(text))
     except pp.ParseBaseException as e:
-        # Only the first error, unlike the original's error-recovering LR parser (§4.2).
+        # Only the first error (docs/compatibility.md "Syntax errors").
         loc = min(e.loc, len(text))
         line, col = _line_col(text, loc)
         expected = e.msg or "Syntax error"
@@ -271,7 +303,7 @@ def _found(text: str, loc: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation (spec §4.3)
+# Validation, in the order pizauth 1.1 checks, so a bad file gets the same first error
 
 # What Rust's str::trim() removes (Unicode White_Space); Python's strip() also removes \x1c-\x1f.
 _RUST_WS = (
@@ -298,7 +330,7 @@ def _line_col(text: str, loc: int) -> tuple[int, int]:
 
 
 def _error_at(text: str, loc: int, msg: str) -> ConfigError:
-    """A positioned error (§4.3) for the span starting at `loc`, quoting its first line."""
+    """A positioned error for the span starting at `loc`, quoting its first line."""
     line, col = _line_col(text, loc)
     line_end = text.find("\n", loc)
     src = text[loc - col + 1 : line_end if line_end != -1 else len(text)].strip(_RUST_WS)
@@ -321,11 +353,12 @@ def _time_seconds(text: str, tok: _Value) -> int:
 def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
     # Values so far, keyed by option name: str | None for strings and `none`, int for times.
     opts: dict[str, Any] = {}
+    opt_locs: dict[str, int] = {}
     accounts: dict[str, dict[str, Any]] = {}
     for item in items:
         if isinstance(item, _AccountBlock):
-            # A later block with the same name replaces the earlier one (gap 6, kept as in
-            # the original) but keeps the earlier one's place in the order.
+            # A later block with the same name replaces the earlier one but keeps the
+            # earlier one's place in the order (docs/compatibility.md "Duplicate account blocks").
             accounts[item.name] = _validate_account(text, item)
             continue
         value = item.value
@@ -336,21 +369,45 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
             )
         if item.key in opts:
             raise _error_at(text, value.loc, f"Mustn't specify '{item.key}' more than once")
+        if item.key == "token_store":
+            problem = _token_store_problem(value.value or "")
+            if problem is not None:
+                raise _error_at(text, value.loc, problem)
+        if item.key == "token_store_key_cmd" and not value.value:
+            raise _error_at(text, value.loc, "token_store_key_cmd must not be empty")
         is_time = item.key in _TIME_OPTIONS
         opts[item.key] = _time_seconds(text, value) if is_time else value.value
+        opt_locs[item.key] = item.loc
+
+    # The store is useless without its key and the key without a store.
+    for present, missing in (
+        ("token_store", "token_store_key_cmd"),
+        ("token_store_key_cmd", "token_store"),
+    ):
+        if present in opts and missing not in opts:
+            raise _error_at(
+                text, opt_locs[present], f"{missing} not specified (needed with {present})"
+            )
 
     http_listen = opts.get("http_listen", DEFAULT_LISTEN)
     https_listen = opts.get("https_listen", DEFAULT_LISTEN)
-    if http_listen is None and https_listen is None:
+    # Device-flow accounts never receive a redirect, so they need no listener; an empty
+    # configuration still gets this error first, as in pizauth 1.1.
+    device_only = bool(accounts) and all(
+        f.get("auth_flow", DEFAULT_AUTH_FLOW) == "device" for f in accounts.values()
+    )
+    if http_listen is None and https_listen is None and not device_only:
         raise ConfigError("Cannot set both http_listen and https_listen to 'none'")
     if not accounts:
         raise ConfigError("Must specify at least one account")
 
     built = []
     for name, fields in accounts.items():
+        auth_flow = fields.get("auth_flow", DEFAULT_AUTH_FLOW)
         redirect_uri = fields.get("redirect_uri", DEFAULT_REDIRECT_URI)
-        # Compared case-insensitively (gap 27), as the redirect URL is built.
-        scheme = _uri_scheme(redirect_uri)
+        # Compared case-insensitively, as the redirect URL is built
+        # (docs/compatibility.md "Redirect scheme case").
+        scheme = _uri_scheme(redirect_uri) if auth_flow == "code" else None
         if scheme == "https" and https_listen is None:
             raise ConfigError(
                 f"Account {name} has an 'https' redirect but the HTTPS server is set to 'none'"
@@ -361,25 +418,33 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
             )
 
         def effective(key: str, default: int, fields: dict[str, Any] = fields) -> int:
-            # Precedence: account > global > built-in default (§4.4).
+            # Precedence: account > global > built-in default.
             return fields.get(key, opts.get(key, default))
 
         built.append(
             Account(
                 name=name,
-                auth_uri=fields["auth_uri"],
+                auth_uri=fields.get("auth_uri"),
                 auth_uri_fields=fields.get("auth_uri_fields", ()),
                 client_id=fields["client_id"],
                 client_secret=fields.get("client_secret"),
                 login_hint=fields.get("login_hint"),
                 redirect_uri=redirect_uri,
                 scopes=fields.get("scopes", ()),
-                token_uri=fields["token_uri"],
+                token_uri=fields.get("token_uri"),
                 refresh_at_least=effective("refresh_at_least", DEFAULT_REFRESH_AT_LEAST),
                 refresh_before_expiry=effective(
                     "refresh_before_expiry", DEFAULT_REFRESH_BEFORE_EXPIRY
                 ),
                 refresh_retry=effective("refresh_retry", DEFAULT_REFRESH_RETRY),
+                auth_flow=auth_flow,
+                device_auth_uri=fields.get("device_auth_uri"),
+                issuer=fields.get("issuer"),
+                client_secret_cmd=fields.get("client_secret_cmd"),
+                token_endpoint_auth_method=fields.get(
+                    "token_endpoint_auth_method", DEFAULT_TOKEN_ENDPOINT_AUTH_METHOD
+                ),
+                revoke_uri=fields.get("revoke_uri"),
             )
         )
 
@@ -396,27 +461,30 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
         startup_cmd=opts.get("startup_cmd"),
         token_event_cmd=opts.get("token_event_cmd"),
         transient_error_if_cmd=opts.get("transient_error_if_cmd"),
+        token_store=opts.get("token_store"),
+        token_store_key_cmd=opts.get("token_store_key_cmd"),
     )
 
 
 def _validate_account(text: str, block: _AccountBlock) -> dict[str, Any]:
-    """Check one account block (§4.3 order); return its fields keyed by option name, with
-    times in seconds and lists as tuples."""
+    """Check one account block, in pizauth 1.1's order; return its fields keyed by option
+    name, with times in seconds and lists as tuples."""
     fields: dict[str, Any] = {}
+    locs: dict[str, int] = {}  # where each option's statement starts
     for stmt in block.fields:
         value = stmt.value
         if stmt.key in fields:
             # Lists are reported at their keyword, single values at the value.
             loc = value.loc if isinstance(value, _Value) else stmt.loc
             raise _error_at(text, loc, f"Mustn't specify '{stmt.key}' more than once")
+        locs[stmt.key] = stmt.loc
         if isinstance(value, _Value):
             if stmt.key in _TIME_OPTIONS:
                 fields[stmt.key] = _time_seconds(text, value)
                 continue
-            if stmt.key in ("auth_uri", "redirect_uri", "token_uri"):
-                problem = _uri_problem(value.value or "")
-                if problem is not None:
-                    raise _error_at(text, value.loc, problem)
+            problem = _value_problem(stmt.key, value.value or "", fields)
+            if problem is not None:
+                raise _error_at(text, value.loc, problem)
             fields[stmt.key] = value.value
         elif stmt.key == "auth_uri_fields":
             pairs = []
@@ -429,14 +497,91 @@ def _validate_account(text: str, block: _AccountBlock) -> dict[str, Any]:
         else:  # scopes
             fields[stmt.key] = tuple(v.value for v in value if isinstance(v, _Value))
 
-    for mandatory in ("auth_uri", "client_id", "token_uri"):
-        if mandatory not in fields:
+    auth_flow = fields.get("auth_flow", DEFAULT_AUTH_FLOW)
+    # Options the other flow would ignore are errors, not silently dropped; the first one
+    # in the file is reported.
+    misplaced = CODE_FLOW_ONLY_OPTIONS if auth_flow == "device" else ("device_auth_uri",)
+    first = min((k for k in misplaced if k in fields), key=locs.__getitem__, default=None)
+    if first is not None:
+        raise _error_at(
+            text, locs[first], f"'{first}' can't be used with auth_flow = \"{auth_flow}\""
+        )
+    if (
+        fields.get("token_endpoint_auth_method") == "client_secret_basic"
+        and "client_secret" not in fields
+        and "client_secret_cmd" not in fields
+    ):
+        raise _error_at(
+            text,
+            locs["token_endpoint_auth_method"],
+            "client_secret_basic needs client_secret or client_secret_cmd",
+        )
+    first_uri = "device_auth_uri" if auth_flow == "device" else "auth_uri"
+    for mandatory in (first_uri, "client_id", "token_uri"):
+        # With an issuer, endpoints left out come from its metadata.
+        if mandatory not in fields and (mandatory == "client_id" or "issuer" not in fields):
             raise _error_at(text, block.loc, f"{mandatory} not specified")
     if "login_hint" in fields and any(
         key == "login_hint" for key, _ in fields.get("auth_uri_fields", ())
     ):
         raise _error_at(text, block.loc, _LOGIN_HINT_CONFLICT)
     return fields
+
+
+_URI_OPTIONS = frozenset({"auth_uri", "device_auth_uri", "redirect_uri", "revoke_uri", "token_uri"})
+_EXCLUSIVE = {"client_secret": "client_secret_cmd", "client_secret_cmd": "client_secret"}
+
+
+def _value_problem(key: str, value: str, earlier: dict[str, Any]) -> str | None:
+    """The error message for one account option's string value, or None if acceptable.
+    `earlier` holds the options of the same block seen so far."""
+    if key in _URI_OPTIONS:
+        return _uri_problem(value)
+    if key == "issuer":
+        return _issuer_problem(value)
+    if key == "auth_flow" and value not in AUTH_FLOWS:
+        return 'auth_flow must be "code" or "device"'
+    if key == "token_endpoint_auth_method" and value not in TOKEN_ENDPOINT_AUTH_METHODS:
+        return 'token_endpoint_auth_method must be "client_secret_post" or "client_secret_basic"'
+    if key in _EXCLUSIVE and _EXCLUSIVE[key] in earlier:
+        return f"Mustn't specify both '{_EXCLUSIVE[key]}' and '{key}'"
+    if key == "client_secret_cmd" and not value:
+        return "client_secret_cmd must not be empty"
+    return None
+
+
+def _token_store_problem(path: str) -> str | None:
+    if not (path.startswith("/") or path.startswith("~/")):
+        return "token_store must be an absolute path or start with '~/'"
+    if "\0" in path:
+        return "token_store must not contain a NUL character"
+    if path.endswith("/") or path.endswith("/.") or path.endswith("/.."):
+        return "token_store must name a file, not a directory"
+    return None
+
+
+# Plain http is only for an issuer on this machine (tests); anywhere else the metadata,
+# which says where secrets are sent, must come over TLS.
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
+
+
+def _issuer_problem(issuer: str) -> str | None:
+    problem = _uri_problem(issuer)
+    if problem is not None:
+        return problem
+    # The issuer is compared byte for byte with the metadata's, and parsers disagree on
+    # backslashes, spaces and controls: refuse them rather than guess which host is meant.
+    if any(c <= " " or c == "\\" or c >= "\x7f" for c in issuer):
+        return "issuer must be a plain https URL without spaces, backslashes or non-ASCII"
+    url = urlsplit(issuer)
+    if url.query or issuer.endswith("?"):
+        return "issuer must not have a query ('?...')"
+    if "@" in url.netloc:
+        return "issuer must not contain a user name or password"
+    scheme, host = url.scheme.lower(), (url.hostname or "")
+    if scheme == "https" or (scheme == "http" and host in _LOCAL_HOSTS):
+        return None
+    return "issuer must be an https URL (http only for 127.0.0.1 or localhost)"
 
 
 # ---------------------------------------------------------------------------------------------

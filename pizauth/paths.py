@@ -1,4 +1,4 @@
-"""Runtime directory, control-socket and configuration-file paths (spec §2.1, §2.2).
+"""Runtime directory, control-socket and configuration-file paths.
 
 This module is on the `pizauth show` path, so it imports nothing but `os`.
 """
@@ -36,7 +36,8 @@ def display_path(p: str) -> str:
 
 
 def _env(name: str) -> str | None:
-    # An empty value is treated as unset (XDG base-dir spec; gap 34): otherwise
+    # An empty value is treated as unset, as the XDG base-dir spec says
+    # (docs/compatibility.md "Empty environment variables"): otherwise
     # XDG_RUNTIME_DIR="" would make every command work relative to the cwd.
     return os.environ.get(name) or None
 
@@ -71,7 +72,7 @@ def _make_private_dir(p: str) -> None:
 
 
 def runtime_dir() -> str:
-    """Create (if needed) and return the runtime directory `<base>/pizauth` (§2.1).
+    """Create (if needed) and return the runtime directory `<base>/pizauth`.
 
     Raises PathError with the exact fatal message on failure.
     """
@@ -103,13 +104,14 @@ def _config_candidates() -> list[str]:
 
 
 def config_path(explicit: str | None, *, must_exist: bool = True) -> str:
-    """The configuration file to use (§2.2).
+    """The configuration file to use.
 
     An explicit (`-c`) path is returned as given, unchecked. Otherwise
     `$XDG_CONFIG_HOME/pizauth.conf` and then `$HOME/.config/pizauth.conf` are tried in
-    that order, as the man page promises (the original never falls back: gap 5); the
-    first regular file wins. If none is, PathError names the last path tried — unless
-    `must_exist` is false (for `info`, gap 31), in which case the preferred path is
+    that order, as the man page promises (the original never falls back:
+    docs/compatibility.md "Config file fallback"); the first regular file wins. If none is,
+    PathError names the last path tried — unless `must_exist` is false (for `info`:
+    docs/compatibility.md "Info without a config file"), in which case the preferred path is
     returned so the user sees where the file is expected.
     """
     if explicit is not None:
@@ -121,3 +123,23 @@ def config_path(explicit: str | None, *, must_exist: bool = True) -> str:
     if not must_exist:
         return candidates[0]
     raise PathError(f"No config file found at {display_path(candidates[-1])}")
+
+
+def expand_home(p: str) -> str:
+    """`p` with a leading "~/" replaced by the home directory ($HOME, else the password
+    database); other paths unchanged. Used for token_store, which the config parser has
+    already checked is absolute or starts with "~/"."""
+    if not p.startswith("~/"):
+        return p
+    home = _env("HOME")
+    if home is None:
+        import pwd  # lazily, as in _username()
+
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:
+            home = None
+    # A relative home would make the path depend on the working directory.
+    if not home or not os.path.isabs(home):
+        raise PathError(f"Can't expand '~' in {display_path(p)}: no absolute home directory")
+    return os.path.join(home, p[2:])

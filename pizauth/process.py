@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import resource
+import signal
 import sys
+from collections.abc import Iterator
 
 log = logging.getLogger("pizauth")
 
@@ -14,7 +17,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
-# spec §9.2: -v count -> level; trace maps to debug.
+# -v count -> level, as pizauth 1.1 (error, warn, info, debug); its trace maps to debug.
 LEVELS = [logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG]
 LEVEL_NAMES = {
     logging.ERROR: "ERROR",
@@ -81,7 +84,7 @@ class _SyslogHandler(logging.Handler):
 
 
 def setup_logging(verbosity: int, use_syslog: bool, progname: str) -> None:
-    """stderr as «LEVEL - message» in the foreground, syslog when detached (spec §9.2)."""
+    """stderr as «LEVEL - message» in the foreground, syslog when detached."""
     logger = logging.getLogger("pizauth")
     logger.handlers.clear()
     logger.propagate = False
@@ -90,8 +93,10 @@ def setup_logging(verbosity: int, use_syslog: bool, progname: str) -> None:
     if use_syslog:
         import syslog
 
-        # Opened in the process that logs, so the pid is the daemon's (gap 19).
-        syslog.openlog(progname, syslog.LOG_PID, syslog.LOG_USER)
+        # Opened in the process that logs, so the pid is the daemon's
+        # (docs/compatibility.md "Syslog pid").
+        # Connected now (LOG_NDELAY): a confined child may not create the socket later.
+        syslog.openlog(progname, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_USER)
         handler = _SyslogHandler()
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -126,10 +131,29 @@ def parse_child_args(argv: list[str]) -> tuple[dict[str, int], int, bool, str]:
     return fds, verbosity, use_syslog, progname
 
 
+@contextlib.contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """Ignore SIGINT while children are started, so that they start with it ignored.
+
+    Ctrl-C on `pizauth server -d` reaches the terminal's whole foreground process
+    group. Only the parent must act on it (it stops its children in order); a child
+    that took it too would die with a KeyboardInterrupt traceback. An ignored signal
+    stays ignored across exec and Python keeps it so, which covers the child's
+    imports too, before start_child() runs.
+    """
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def start_child(title: str, argv: list[str]) -> tuple[dict[str, int], str]:
     """Common start of a child: hardening, title, logging. Returns (fds, progname)."""
-    import signal
-
+    # The parent alone handles Ctrl-C (see interrupts_ignored); this also covers a
+    # child started some other way. Forked helpers (the network launcher and its
+    # workers) inherit it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     harden(parent_death_signal=signal.SIGKILL)
     fds, verbosity, use_syslog, progname = parse_child_args(argv)
     set_title(title)

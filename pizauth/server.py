@@ -3,7 +3,7 @@
 Everything that can fail for a reason the user must hear about -- another
 server running, a bad configuration, a port already taken -- happens before
 the daemon detaches, and the invoking `pizauth server` waits until the daemon
-answers commands before exiting 0 (gap 18).
+answers commands before exiting 0 (docs/compatibility.md "Start-up errors").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 
 from pizauth import config as configuration
-from pizauth import paths
+from pizauth import paths, sandbox
 from pizauth.priv.listeners import ListenError, bind_listener
 from pizauth.process import child_args, harden, set_title, setup_logging
 from pizauth.timeouts import SERVER_READY
@@ -29,11 +29,11 @@ READY_TIMEOUT = SERVER_READY
 
 
 class StartError(Exception):
-    """A start-up failure, printed raw (spec §1.4)."""
+    """A start-up failure, printed raw (no «ERROR - » prefix), as pizauth 1.1 does."""
 
 
 def already_running(sock_path: str) -> bool:
-    """spec §2.3: a server answers on the socket, or a stale socket is removed."""
+    """True if a server answers on the socket; a stale socket is removed."""
     if not os.path.lexists(sock_path):
         return False
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -49,7 +49,8 @@ def already_running(sock_path: str) -> bool:
 
 def bind_control(sock_path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o077)  # the socket itself 0600, not just its 0700 directory
+    old = os.umask(0o077)  # the socket itself 0700 (no group or other access), not just its
+    # directory (docs/compatibility.md "Socket mode and removal")
     try:
         sock.bind(sock_path)
     except OSError as e:
@@ -133,6 +134,7 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
     harden()
     set_title("pizauth: parent")
     setup_logging(verbosity, not foreground, progname)
+    sandbox.report()
 
     from pizauth.priv.parent import Parent, Sockets
 
@@ -165,7 +167,7 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
 
 
 def notify_systemd(address: str | None) -> None:
-    """READY=1 on $NOTIFY_SOCKET when systemd started us as Type=notify (spec §7.4)."""
+    """READY=1 on $NOTIFY_SOCKET when systemd started us as Type=notify."""
     if not address:
         return
     if address.startswith("@"):

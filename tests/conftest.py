@@ -7,54 +7,66 @@ what `show` prints. All traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
-import http.client
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
-import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_harness import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    PIZAUTH,
+    URL_PREFIX,
+    Client,
+    Provider,
+    Server,
+    children_of,
+    http_get,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
+# The tests import these from here; the server harness itself is shared with the
+# end-to-end suite and the benchmarks.
+__all__ = [
+    "CLIENT_ID",
+    "CLIENT_SECRET",
+    "PIZAUTH",
+    "URL_PREFIX",
+    "Pizauth",
+    "as_nobody",
+    "children_of",
+    "http_get",
+    "wait_for",
+]
+Pizauth = Server
 
-from provider import Client, Provider  # noqa: E402
+# Under CI every test must run: a skip there means the machine lacks something CI is
+# meant to provide (a Debian package, root, a working browser), and would let a broken
+# feature pass unseen. Outside CI skips stay skips, with their reasons.
+CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
-PIZAUTH = str(Path(sys.executable).with_name("pizauth"))
-CLIENT_ID = "test-client"
-CLIENT_SECRET = "test-secret-5f1c"
-URL_PREFIX = "ERROR - Access token unavailable until authorised with URL "
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition"):
-    """Poll `condition` until it is truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+# The only skips CI cannot avoid, by test function name, with the condition under which
+# the skip is expected.
+CI_ALLOWED_SKIPS = {
+    # tomllib is in the standard library from Python 3.11; the project supports 3.10.
+    "test_pyproject_installs_every_man_page_and_completion": sys.version_info < (3, 11),
+}
 
 
-def http_get(url: str, host_header: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One GET without following redirects, as a browser's single step."""
-    parts = urllib.parse.urlsplit(url)
-    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
-    conn = http.client.HTTPConnection(host, parts.port, timeout=10)
-    target = parts.path + ("?" + parts.query if parts.query else "")
-    headers = {"Host": host_header or parts.netloc}
-    conn.request("GET", target, headers=headers)
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201
+    outcome = yield
+    report = outcome.get_result()
+    if not (CI and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    name = getattr(item, "originalname", item.name)
+    if CI_ALLOWED_SKIPS.get(name, False):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"skipped under CI (CI={os.environ['CI']}), which must run it: {reason}"
 
 
 def as_nobody(sock_path: str, request: bytes | None) -> tuple[str, int | bytes]:
@@ -88,132 +100,6 @@ def as_nobody(sock_path: str, request: bytes | None) -> tuple[str, int | bytes]:
     return ("reply", rest) if kind == b"reply" else ("error", int(rest))
 
 
-def children_of(pid: int) -> list[int]:
-    """Pids whose parent is `pid`, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces; fields resume after its ')'.
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-class Pizauth:
-    """One pizauth server with its own config, runtime dir and working directory."""
-
-    def __init__(self, tmp: Path, provider: Provider) -> None:
-        self.tmp = tmp
-        self.provider = provider
-        self.conf = tmp / "pizauth.conf"
-        self.env = {
-            **os.environ,
-            "XDG_RUNTIME_DIR": str(tmp / "runtime"),
-            "SHELL": "/bin/sh",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def account_block(self, name: str = "acct", extra: str = "") -> str:
-        return (
-            f'account "{name}" {{\n'
-            f'  auth_uri = "{self.provider.auth_uri}";\n'
-            f'  token_uri = "{self.provider.token_uri}";\n'
-            f'  client_id = "{CLIENT_ID}";\n'
-            f'  client_secret = "{CLIENT_SECRET}";\n'
-            f"  {extra}\n"
-            "}\n"
-        )
-
-    def write_config(self, accounts: str | None = None, globals_: str = "") -> None:
-        self.conf.write_text(
-            'http_listen = "127.0.0.1:0";\n'
-            "https_listen = none;\n"
-            'startup_cmd = "touch ready";\n'
-            f"{globals_}\n"
-            f"{accounts if accounts is not None else self.account_block()}"
-        )
-
-    def run(self, *args: str, input: bytes | None = None, timeout: float = 30):
-        return subprocess.run(
-            [PIZAUTH, *args],
-            env=self.env,
-            cwd=self.tmp,
-            input=input,
-            capture_output=True,
-            timeout=timeout,
-        )
-
-    def start(self, *extra: str) -> None:
-        if not self.conf.exists():
-            self.write_config()
-        ready = self.tmp / "ready"
-        if ready.exists():
-            ready.unlink()
-        self.proc = subprocess.Popen(
-            [PIZAUTH, "server", "-d", "-c", str(self.conf), *extra],
-            env=self.env,
-            cwd=self.tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.tmp / "server.log", "wb"),  # noqa: SIM115
-        )
-        wait_for(
-            lambda: ready.exists() or self.proc.poll() is not None, 10, "server start"
-        )
-        assert self.proc.poll() is None, self.log()
-
-    def log(self) -> str:
-        path = self.tmp / "server.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def show(self, account: str = "acct", *flags: str) -> subprocess.CompletedProcess[bytes]:
-        return self.run("show", *flags, account)
-
-    def auth_url(self, account: str = "acct") -> str:
-        result = self.show(account)
-        assert result.returncode == 1
-        stderr = result.stderr.decode()
-        assert stderr.startswith(URL_PREFIX), stderr
-        return stderr[len(URL_PREFIX) :].strip()
-
-    def authorise(self, account: str = "acct") -> str:
-        """The whole browser round trip; returns the access token `show` then prints."""
-        status, headers, _ = http_get(self.auth_url(account))
-        assert status == 302, status
-        status, _, body = http_get(headers["location"])
-        assert status == 200, body
-        assert b"pizauth processing authentication" in body
-        result = wait_for(lambda: self._token(account), 10, "token after authorisation")
-        return result
-
-    def _token(self, account: str) -> str | None:
-        result = self.show(account)
-        if result.returncode == 0:
-            return result.stdout.decode()[:-1]
-        return None
-
-    def pids(self) -> list[int]:
-        """The server's processes: the parent and its children."""
-        assert self.proc is not None
-        return [self.proc.pid, *children_of(self.proc.pid)]
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.run("shutdown")
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
-
 @pytest.fixture
 def provider() -> Iterator[Provider]:
     with Provider([Client(CLIENT_ID, CLIENT_SECRET)]) as p:
@@ -226,3 +112,6 @@ def pizauth(tmp_path: Path, provider: Provider) -> Iterator[Pizauth]:
     server = Pizauth(tmp_path, provider)
     yield server
     server.stop()
+    # The parent's catch-all keeps the server alive through a bug; its log shows it.
+    problems = server.log_problems()
+    assert not problems, "the server logged an internal error:\n" + "\n".join(problems)

@@ -1,4 +1,4 @@
-"""The authorisation URL, PKCE and redirect-URI rules (spec §5.2, §5.3, §5.4 step 7, §10.2)."""
+"""The authorisation URL, PKCE and redirect-URI rules, with pizauth 1.1's test cases."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ def test_userinfo_in_auth_uri_is_kept():
     assert req.url.startswith("http://user:pw@a.com/auth?access_type=offline&"), req.url
 
 
-# -- effective redirect URI (§5.3) -----------------------------------------------------------
+# -- effective redirect URI -----------------------------------------------------------
 
 
 def test_default_redirect_gets_http_port():
@@ -252,7 +252,7 @@ def test_query_and_ipv6_host_survive():
     assert effective_redirect_uri(act, 1234, None).serialise() == "http://[::1]:1234/"
 
 
-# -- redirect matching (§10.2) ---------------------------------------------------------------
+# -- redirect matching (pizauth 1.1's test cases) ---------------------------------------------
 
 
 def callback(url: str) -> Callback:

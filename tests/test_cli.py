@@ -1,5 +1,6 @@
 """The `pizauth` command line: parsing, usage, requests sent and replies interpreted
-(spec §1, §3). Most tests run the CLI in a subprocess against a scripted fake server."""
+(pizauth 1.1's command line and socket protocol). Most tests run the CLI in a subprocess
+against a scripted fake server."""
 
 import io
 import json
@@ -32,7 +33,26 @@ USAGE = """Usage:
   pizauth show [-u] <account>
   pizauth shutdown
   pizauth status
+  pizauth systemd-unit
+  pizauth -V | --version
+  pizauth -h | --help
+Options:
+  -c <config-path>, --config=<config-path>
+          info, server: the configuration file to use
+  -d      server: stay in the foreground and log to stderr
+  -j      info: print JSON
+  -u      show, refresh: leave the authorisation URL out of the message
+  -v, --verbose
+          more log messages (repeat for more)
+  -h, --help
+          this help
 """
+
+
+def usage_error(problem: str, progname: str = "pizauth") -> str:
+    """A bad command line's stderr: what is wrong, in one line, then the usage."""
+    return f"{progname}: {problem}\n" + USAGE.replace("pizauth ", f"{progname} ")
+
 
 NOT_RUNNING = "ERROR - pizauth authenticator not running or not responding\n"
 
@@ -138,20 +158,34 @@ def mode(p) -> int:
 
 def test_no_arguments_usage_before_anything(e):
     r = e.run()
-    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", USAGE)
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", usage_error("missing command"))
     assert not e.rt.exists()
 
 
 def test_unknown_command_usage_after_runtime_dir(e):
     r = e.run("bogus")
-    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", USAGE)
+    expected = usage_error("unknown command 'bogus'")
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", expected)
     assert mode(e.rt) == 0o700
     assert mode(e.rundir) == 0o700
 
 
-def test_help_is_usage(e):
-    r = e.run("show", "-h", "acct")
-    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", USAGE)
+@pytest.mark.parametrize(
+    "args", [["-h"], ["--help"], ["show", "-h", "acct"], ["server", "--help"], ["info", "-jh"]]
+)
+def test_help_is_usage_on_stdout(e, args):
+    # On stdout with status 0, so that `pizauth --help | less` shows it.
+    r = e.run(*args)
+    assert (r.returncode, r.stdout.decode(), r.stderr) == (0, USAGE, b"")
+
+
+def test_usage_names_every_option_the_parser_accepts():
+    for spec in (cli._COMMON, cli._SHOW_OPTS, cli._INFO_OPTS, cli._SERVER_OPTS):
+        for short, (long, _) in spec.items():
+            assert f"  -{short}" in USAGE, short
+            if long:
+                assert f"--{long}" in USAGE, long
+    assert "--config=<config-path>" in USAGE and "-V | --version" in USAGE
 
 
 def test_progname_in_usage(e):
@@ -162,69 +196,92 @@ def test_progname_in_usage(e):
     link.symlink_to(script)
     r = subprocess.run([str(link), "status", "-x"], env=e.env, capture_output=True, timeout=20)
     assert r.returncode == 1
-    assert r.stderr.decode() == USAGE.replace("pizauth ", "mypizauth ")
+    assert r.stderr.decode() == usage_error("unknown option '-x'", "mypizauth")
+
+
+CONFIG_NEEDS_PATH = "option '-c/--config' needs a path: -c PATH or --config=PATH"
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "problem"),
     [
-        ["-h"],  # not a command
-        ["show"],
-        ["show", "a", "b"],
-        ["show", "-x", "a"],
-        ["show", "-h", "a"],
-        ["show", "a", "--help"],
-        ["show", "-uh", "a"],
-        ["show", "-u", "-u", "a"],
-        ["show", "-uu", "a"],
-        ["show", "-uj", "a"],
-        ["show", "--bogus", "a"],
-        ["show", "--u=1", "a"],
-        ["show", "--", "a", "b"],
-        ["show", "-u"],
-        ["refresh"],
-        ["refresh", "-c", "a"],
-        ["revoke"],
-        ["revoke", "-u", "a"],
-        ["revoke", "a", "b"],
-        ["status", "x"],
-        ["status", "-"],
-        ["status", "--", "-v"],
-        ["status", "--verbose=2"],
-        ["status", "-j"],
-        ["reload", "-d"],
-        ["shutdown", "now"],
-        ["dump", "x"],
-        ["restore", "-"],
-        ["info", "x"],
-        ["info", "-j", "-j"],
-        ["info", "-u"],
-        ["info", "-c"],  # bare -c: gap 33
-        ["info", "-c", "-j"],
-        ["info", "--config"],
-        ["info", "--config="],
-        ["info", "--config", "x.conf"],  # x.conf becomes a positional
-        ["info", "-c", "a", "-c", "b"],
-        ["server", "-c"],
-        ["server", "-dc"],
-        ["server", "x"],
-        ["server", "-d", "-d"],
-        ["server", "-j"],
-        ["server", "--config", "x.conf"],
-        ["server", "-h"],
+        (["show"], "missing account name"),
+        (["show", "a", "b"], "unexpected argument 'b'"),
+        (["show", "-x", "a"], "unknown option '-x'"),
+        (["show", "-u", "-u", "a"], "option '-u' given more than once"),
+        (["show", "-uu", "a"], "option '-u' given more than once"),
+        (["show", "-uj", "a"], "unknown option '-j'"),
+        (["show", "--bogus", "a"], "unknown option '--bogus'"),
+        (["show", "--u=1", "a"], "option '-u' takes no value"),
+        (["show", "--", "a", "b"], "unexpected argument 'b'"),
+        (["show", "-u"], "missing account name"),
+        (["refresh"], "missing account name"),
+        (["refresh", "-c", "a"], "unknown option '-c'"),
+        (["revoke"], "missing account name"),
+        (["revoke", "-u", "a"], "unknown option '-u'"),
+        (["revoke", "a", "b"], "unexpected argument 'b'"),
+        (["status", "x"], "unexpected argument 'x'"),
+        (["status", "-"], "unexpected argument '-'"),
+        (["status", "--", "-v"], "unexpected argument '-v'"),
+        (["status", "--verbose=2"], "option '-v/--verbose' takes no value"),
+        (["status", "-j"], "unknown option '-j'"),
+        (["reload", "-d"], "unknown option '-d'"),
+        (["shutdown", "now"], "unexpected argument 'now'"),
+        (["dump", "x"], "unexpected argument 'x'"),
+        (["restore", "-"], "unexpected argument '-'"),
+        (["info", "x"], "unexpected argument 'x'"),
+        (["info", "-j", "-j"], "option '-j' given more than once"),
+        (["info", "-u"], "unknown option '-u'"),
+        (
+            ["info", "-c"],
+            CONFIG_NEEDS_PATH,
+        ),  # bare -c: docs/compatibility.md "Config option without a path"
+        (["info", "-c", "-j"], CONFIG_NEEDS_PATH),
+        (["info", "--config"], CONFIG_NEEDS_PATH),
+        (["info", "--config="], CONFIG_NEEDS_PATH),
+        (
+            ["info", "--config", "x.conf"],
+            CONFIG_NEEDS_PATH,
+        ),  # x.conf becomes a positional
+        (["info", "-c", "a", "-c", "b"], "option '-c/--config' given more than once"),
+        (["server", "-c"], CONFIG_NEEDS_PATH),
+        (["server", "-dc"], CONFIG_NEEDS_PATH),
+        (["server", "x"], "unexpected argument 'x'"),
+        (["server", "-d", "-d"], "option '-d' given more than once"),
+        (["server", "-j"], "unknown option '-j'"),
+        (
+            ["server", "--config", "x.conf"],
+            CONFIG_NEEDS_PATH,
+        ),
     ],
 )
-def test_usage(inproc, capsys, args):
+def test_usage(inproc, capsys, args, problem):
     assert cli.main(["pizauth", *args]) == 1
     out, err = capsys.readouterr()
-    assert (out, err) == ("", USAGE)
+    assert (out, err) == ("", usage_error(problem))
 
 
 def test_argv_fallbacks(inproc, capsys):
     assert cli.main([]) == 1
-    assert capsys.readouterr().err == USAGE
+    assert capsys.readouterr().err == usage_error("missing command")
     assert cli.main(["/usr/local/bin/pz"]) == 1
-    assert capsys.readouterr().err == USAGE.replace("pizauth ", "pz ")
+    assert capsys.readouterr().err == usage_error("missing command", "pz")
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["-x"], "unknown command '-x'"),
+        (["a" * 100], f"unknown command '{'a' * 64}…'"),  # a long word is cut
+        (["\x1b[2J"], "unknown command '\\x1b[2J'"),  # a terminal escape is shown, not sent
+        (["show", "-\x1b"], "unknown option '-\\x1b'"),
+        (["--help", "show"], "'--help' takes no arguments"),
+    ],
+)
+def test_usage_error_says_what_is_wrong(e, args, problem):
+    r = e.run(*args)
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", usage_error(problem))
 
 
 # -- the runtime directory -------------------------------------------------------------
@@ -457,7 +514,7 @@ def test_dump_copies_the_reply_to_stdout(e, reply):
     srv = e.server(reply)
     r = e.run("dump")
     assert srv.finish() == b"dump:"
-    # spec §1.2: raw bytes, no newline added; an empty reply is an empty dump, exit 0.
+    # As pizauth 1.1: raw bytes, no newline added; an empty reply is an empty dump, exit 0.
     assert (r.returncode, r.stdout, r.stderr) == (0, reply, b"")
 
 
@@ -584,8 +641,7 @@ def test_info_with_https(e):
 
 def test_info_with_https_fingerprint(e):
     srv = e.server(
-        b'{"http_port":"1","https_port":"2","https_pub_key":"04:8A:1F",'
-        b'"https_cert_sha256":"AB:CD"}'
+        b'{"http_port":"1","https_port":"2","https_pub_key":"04:8A:1F","https_cert_sha256":"AB:CD"}'
     )
     r = e.run("info", "-c", "x")
     srv.finish()
@@ -632,7 +688,8 @@ def test_info_bad_reply_is_not_running(e, reply):
 
 def test_info_default_config(e):
     conf = e.home / ".config" / "pizauth.conf"
-    # Missing: shown where it is expected, no failure (gap 31).
+    # Missing: shown where it is expected, no failure
+    # (docs/compatibility.md "Info without a config file").
     r = e.run("info")
     assert (r.returncode, r.stdout.decode(), r.stderr) == (0, human(e, str(conf)), b"")
     xdg = e.root / "xdg"

@@ -1,4 +1,5 @@
-"""Control-socket requests as the command child parses them, and its serving loop."""
+"""Control-socket requests as the command child parses them
+(docs/compatibility.md "Malformed requests")."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_showtoken_and_refresh(raw, msg_type, withurl, name):
 
 @pytest.mark.parametrize("raw", [b"showtoken:withurl", b"showtoken:", b"refresh:withouturl"])
 def test_showtoken_without_space_gets_an_error_reply(raw):
-    # pizauth 1.1 writes nothing; we answer with an error the client can print.
+    # The original writes nothing; we answer with an error the client can print.
     text = reply_text(raw)
     assert text is not None and text.startswith("error:")
 

@@ -1,4 +1,5 @@
-"""Tests for pizauth.config: spec §4.6 cases 1-17, positioned errors, syntax error positions."""
+"""Tests for pizauth.config: pizauth 1.1's config test cases, positioned errors, syntax error
+positions."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def only_account(text: str) -> Account:
     return conf.accounts[0]
 
 
-# --- §4.6 case 1: unescaping ------------------------------------------------------------
+# --- unescaping -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_strings_may_contain_literal_newlines_and_comment_markers() -> None:
     assert act.client_secret == "a\nb // not a comment"
 
 
-# --- §4.6 case 2: times -----------------------------------------------------------------
+# --- times ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,7 @@ def test_largest_time_is_accepted() -> None:
     assert conf.auth_notify_interval == 2**64 - 1
 
 
-# --- §4.6 case 3: lexer -----------------------------------------------------------------
+# --- lexer ------------------------------------------------------------------------------
 
 
 def test_case3_escaped_backslash_is_one_string() -> None:
@@ -120,7 +121,7 @@ def test_case3_backslash_n_is_not_a_string() -> None:
     )
 
 
-# --- §4.6 case 4: a valid config read back exactly ---------------------------------------
+# --- a valid config read back exactly ----------------------------------------------------
 
 CASE4 = """
 auth_notify_cmd = "g";
@@ -221,13 +222,19 @@ def test_security_key() -> None:
         "http://e.com",
         ("c", "d"),
         "http://f.com",
+        "code",
+        None,
+        None,
+        None,
+        "client_secret_post",
+        None,
     )
-    # Timings and the deprecated login_hint are not part of it (§8.3).
+    # Timings and the deprecated login_hint are not part of it, as in pizauth 1.1.
     changed = parse(CASE4.replace("43m", "1s").replace('"i"', '"z"')).accounts[0]
     assert changed.security_key() == act.security_key()
 
 
-# --- §4.6 case 5 and 6 ------------------------------------------------------------------
+# --- mandatory sections and global options ----------------------------------------------
 
 
 @pytest.mark.parametrize("text", ["", "  \n// only a comment\n", 'auth_notify_cmd = "a";'])
@@ -248,7 +255,7 @@ def test_time_with_thousands_of_digits() -> None:
     assert msg.endswith("\nInvalid time: number too large to fit in target type")
 
 
-# --- §4.6 case 7: duplicates ------------------------------------------------------------
+# --- duplicates -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -326,7 +333,7 @@ def test_duplicate_list_option_points_at_keyword() -> None:
     )
 
 
-# --- §4.6 case 8: both listeners off ----------------------------------------------------
+# --- both listeners off -----------------------------------------------------------------
 
 
 def test_case8_both_listeners_none() -> None:
@@ -339,7 +346,7 @@ def test_both_listeners_none_is_checked_before_missing_account() -> None:
     assert error_text(text) == "Cannot set both http_listen and https_listen to 'none'"
 
 
-# --- §4.6 cases 9, 11, 17: URIs ---------------------------------------------------------
+# --- URIs -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("uri", ["httpx://", "ftp://blah/", "mailto:a@b.com", "a.com:80"])
@@ -406,7 +413,7 @@ def test_case17_fragment_in_token_uri_beats_login_hint_conflict() -> None:
     assert error_text(text).endswith("\nURI fragments ('#...') are not allowed")
 
 
-# --- §4.6 cases 10 and 12: redirect vs listeners ----------------------------------------
+# --- redirect vs listeners --------------------------------------------------------------
 
 
 def test_case10_http_redirect_with_http_listener_off() -> None:
@@ -449,7 +456,7 @@ def test_case12_https_listen_with_https_redirect() -> None:
     assert conf.accounts[0].redirect_uri == "https://e.com"
 
 
-# --- §4.6 case 13: mandatory fields -----------------------------------------------------
+# --- mandatory fields -------------------------------------------------------------------
 
 
 def test_case13_mandatory_fields_present() -> None:
@@ -482,7 +489,7 @@ def test_empty_client_id_and_name_are_allowed() -> None:
     assert (act.name, act.client_id) == ("", "")
 
 
-# --- §4.6 case 14: refresh overrides ----------------------------------------------------
+# --- refresh overrides ------------------------------------------------------------------
 
 
 def refresh_times(act: Account) -> tuple[int, int, int]:
@@ -563,7 +570,7 @@ def test_zero_intervals_are_accepted_as_written() -> None:
     assert refresh_times(conf.accounts[0]) == (0, 0, 0)
 
 
-# --- §4.6 cases 15 and 16: auth_uri_fields ----------------------------------------------
+# --- auth_uri_fields --------------------------------------------------------------------
 
 
 def test_case15_login_hint_conflict() -> None:
@@ -842,3 +849,353 @@ def test_twenty_accounts_parse_quickly() -> None:
     assert len(conf.accounts) == 20
     # Generous bound (CI machines vary); typically ~15-30 ms.
     assert time.perf_counter() - start < 0.5
+
+
+# --- options newer than pizauth 1.1 -------------------------------------------------------
+
+DEVICE_ACCOUNT = """
+account "d" {
+    auth_flow = "device";
+    device_auth_uri = "https://login.example.com/devicecode";
+    token_uri = "https://login.example.com/token";
+    client_id = "c";
+}
+"""
+
+
+def device_account_with(*fields: str) -> str:
+    return DEVICE_ACCOUNT.replace("}", "\n".join(fields) + "\n}")
+
+
+def test_a_1_1_config_has_the_old_meaning() -> None:
+    conf = parse(CASE4)
+    act = conf.accounts[0]
+    assert (act.auth_flow, act.device_auth_uri, act.issuer, act.revoke_uri) == (
+        "code",
+        None,
+        None,
+        None,
+    )
+    assert act.client_secret_cmd is None
+    assert act.token_endpoint_auth_method == "client_secret_post"
+    assert conf.token_store is None and conf.token_store_key_cmd is None
+    # Every field pizauth 1.1 knows keeps its value; the new ones are only defaults.
+    assert act == dataclasses.replace(act, auth_flow="code", revoke_uri=None)
+
+
+def test_device_account() -> None:
+    act = only_account(DEVICE_ACCOUNT)
+    assert act.auth_flow == "device"
+    assert act.device_auth_uri == "https://login.example.com/devicecode"
+    assert act.token_uri == "https://login.example.com/token"
+    assert act.auth_uri is None
+
+
+def test_explicit_code_flow() -> None:
+    assert only_account(account_with('auth_flow = "code";')).auth_flow == "code"
+
+
+@pytest.mark.parametrize("flow", ["", "Device", "implicit", "device "])
+def test_unknown_auth_flow(flow: str) -> None:
+    assert error_text(account_with(f'auth_flow = "{flow}";')) == (
+        f'Line 5, column 13:\n  auth_flow = "{flow}";\nauth_flow must be "code" or "device"'
+    )
+
+
+def test_device_account_needs_device_auth_uri() -> None:
+    text = DEVICE_ACCOUNT.replace('device_auth_uri = "https://login.example.com/devicecode";', "")
+    assert error_text(text) == 'Line 2, column 1:\n  account "d" {\ndevice_auth_uri not specified'
+
+
+def test_device_account_needs_token_uri_and_client_id() -> None:
+    no_token = DEVICE_ACCOUNT.replace('token_uri = "https://login.example.com/token";', "")
+    assert error_text(no_token).endswith("\ntoken_uri not specified")
+    no_client = DEVICE_ACCOUNT.replace('client_id = "c";', "")
+    assert error_text(no_client).endswith("\nclient_id not specified")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        'auth_uri = "http://a.com";',
+        'redirect_uri = "http://localhost/";',
+        'auth_uri_fields = {"a": "b"};',
+        'login_hint = "u";',
+    ],
+)
+def test_device_account_rejects_code_flow_options(statement: str) -> None:
+    key = statement.split(" ")[0]
+    assert error_text(device_account_with(statement)) == (
+        f"Line 7, column 1:\n  {statement}\n'{key}' can't be used with auth_flow = \"device\""
+    )
+
+
+def test_first_misplaced_option_in_the_file_is_reported() -> None:
+    text = device_account_with('redirect_uri = "http://localhost/";', 'auth_uri = "http://a";')
+    assert error_text(text).endswith("\n'redirect_uri' can't be used with auth_flow = \"device\"")
+
+
+def test_auth_flow_after_the_misplaced_option_still_counts() -> None:
+    text = 'account "d" {\n  auth_uri = "http://a";\n  auth_flow = "device";\n}'
+    assert error_text(text) == (
+        "Line 2, column 3:\n"
+        '  auth_uri = "http://a";\n'
+        "'auth_uri' can't be used with auth_flow = \"device\""
+    )
+
+
+def test_code_account_rejects_device_auth_uri() -> None:
+    text = account_with('device_auth_uri = "https://d.com/";')
+    assert error_text(text) == (
+        "Line 5, column 1:\n"
+        '  device_auth_uri = "https://d.com/";\n'
+        "'device_auth_uri' can't be used with auth_flow = \"code\""
+    )
+
+
+@pytest.mark.parametrize("option", ["device_auth_uri", "revoke_uri"])
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("blah", "Invalid URI: relative URL without a base"),
+        ("ftp://a.com/", "not a valid HTTP or HTTPS URI"),
+        ("http://a.com/#x", "URI fragments ('#...') are not allowed"),
+        ("http://", "Invalid URI: empty host"),
+    ],
+)
+def test_new_uri_options_follow_the_uri_rules(option: str, uri: str, message: str) -> None:
+    text = device_account_with(f'{option} = "{uri}";').replace(
+        'device_auth_uri = "https://login.example.com/devicecode";', ""
+    )
+    col = len(option) + 4
+    assert error_text(text) == f'Line 7, column {col}:\n  {option} = "{uri}";\n{message}'
+
+
+def test_device_only_config_may_turn_both_listeners_off() -> None:
+    conf = parse("http_listen = none;\nhttps_listen = none;\n" + DEVICE_ACCOUNT)
+    assert (conf.http_listen, conf.https_listen) == (None, None)
+    # A device account's (unset) redirect needs no listener either.
+    conf = parse("http_listen = none;\n" + DEVICE_ACCOUNT)
+    assert conf.http_listen is None
+
+
+def test_any_code_account_still_needs_a_listener() -> None:
+    text = "http_listen = none;\nhttps_listen = none;\n" + DEVICE_ACCOUNT + MINIMAL_ACCOUNT
+    assert error_text(text) == "Cannot set both http_listen and https_listen to 'none'"
+    text = "http_listen = none;\n" + DEVICE_ACCOUNT + MINIMAL_ACCOUNT
+    assert error_text(text) == (
+        "Account x has an 'http' redirect but the HTTP server is set to 'none'"
+    )
+
+
+# issuer
+
+
+def test_issuer_lets_endpoints_come_from_metadata() -> None:
+    act = only_account('account "g" { issuer = "https://accounts.google.com"; client_id = "c"; }')
+    assert act.issuer == "https://accounts.google.com"
+    assert act.auth_uri is act.token_uri is act.revoke_uri is None
+    dev = only_account(
+        'account "g" { auth_flow = "device"; issuer = "https://i.com"; client_id = "c"; }'
+    )
+    assert dev.device_auth_uri is None and dev.token_uri is None
+
+
+def test_issuer_does_not_replace_client_id() -> None:
+    text = 'account "g" { issuer = "https://accounts.google.com"; }'
+    assert error_text(text).endswith("\nclient_id not specified")
+
+
+def test_endpoints_written_with_an_issuer_are_kept() -> None:
+    act = only_account(account_with('issuer = "https://i.com";', 'revoke_uri = "https://r/";'))
+    assert (act.auth_uri, act.token_uri, act.revoke_uri) == (
+        "http://a.com",
+        "http://c.com",
+        "https://r/",
+    )
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://login.microsoftonline.com/common/v2.0",
+        "HTTPS://i.com",
+        "http://127.0.0.1:8080",
+        "http://localhost:1/realm",
+        "http://LOCALHOST/",
+    ],
+)
+def test_valid_issuers(issuer: str) -> None:
+    assert only_account(account_with(f'issuer = "{issuer}";')).issuer == issuer
+
+
+@pytest.mark.parametrize(
+    ("issuer", "message"),
+    [
+        ("http://i.com", "issuer must be an https URL (http only for 127.0.0.1 or localhost)"),
+        ("http://localhost.evil.com/", "issuer must be an https URL"),
+        ("http://127.0.0.2/", "issuer must be an https URL"),
+        ("http://127.0.0.1@evil.com/", "issuer must not contain a user name or password"),
+        ("https://u:p@i.com/", "issuer must not contain a user name or password"),
+        ("https://i.com/?a=b", "issuer must not have a query ('?...')"),
+        ("https://i.com/?", "issuer must not have a query ('?...')"),
+        ("https://i.com/#", "URI fragments ('#...') are not allowed"),
+        ("ftp://i.com/", "not a valid HTTP or HTTPS URI"),
+        ("i.com", "Invalid URI: relative URL without a base"),
+        ("https://127.0.0.1\\\\@evil.com/", "issuer must be a plain https URL"),
+        ("https://i.com/a b", "issuer must be a plain https URL"),
+        ("https://i.com/\u00e9", "issuer must be a plain https URL"),
+        (" https://i.com/", "issuer must be a plain https URL"),
+    ],
+)
+def test_invalid_issuers(issuer: str, message: str) -> None:
+    msg = error_text(account_with(f'issuer = "{issuer}";'))
+    assert msg.startswith(f'Line 5, column 10:\n  issuer = "{issuer}'), msg
+    assert msg.split("\n")[2].startswith(message)
+
+
+def test_without_issuer_endpoints_are_still_mandatory() -> None:
+    assert error_text('account "x" { client_id = "c"; }').endswith("\nauth_uri not specified")
+    text = 'account "x" { auth_flow = "code"; revoke_uri = "http://r"; auth_uri = "http://a"; }'
+    assert error_text(text).endswith("\nclient_id not specified")
+
+
+# client_secret_cmd and token_endpoint_auth_method
+
+
+def test_client_secret_cmd() -> None:
+    act = only_account(account_with('client_secret_cmd = "pass show oauth/x";'))
+    assert act.client_secret_cmd == "pass show oauth/x"
+    assert act.client_secret is None
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("client_secret", "client_secret_cmd"), ("client_secret_cmd", "client_secret")],
+)
+def test_client_secret_and_cmd_are_exclusive(first: str, second: str) -> None:
+    text = account_with(f'{first} = "a";', f'{second} = "b";')
+    assert error_text(text) == (
+        f"Line 6, column {len(second) + 4}:\n"
+        f'  {second} = "b";\n'
+        f"Mustn't specify both '{first}' and '{second}'"
+    )
+
+
+def test_empty_client_secret_cmd() -> None:
+    msg = error_text(account_with('client_secret_cmd = "";'))
+    assert msg.endswith("\nclient_secret_cmd must not be empty")
+
+
+@pytest.mark.parametrize("method", ["client_secret_post", "client_secret_basic"])
+def test_token_endpoint_auth_methods(method: str) -> None:
+    act = only_account(
+        account_with(f'token_endpoint_auth_method = "{method}";', 'client_secret = "s";')
+    )
+    assert act.token_endpoint_auth_method == method
+
+
+@pytest.mark.parametrize("method", ["", "none", "private_key_jwt", "CLIENT_SECRET_BASIC"])
+def test_unknown_token_endpoint_auth_method(method: str) -> None:
+    assert error_text(account_with(f'token_endpoint_auth_method = "{method}";')) == (
+        f'Line 5, column 30:\n  token_endpoint_auth_method = "{method}";\n'
+        'token_endpoint_auth_method must be "client_secret_post" or "client_secret_basic"'
+    )
+
+
+def test_basic_auth_needs_a_secret() -> None:
+    text = account_with('token_endpoint_auth_method = "client_secret_basic";')
+    assert error_text(text) == (
+        "Line 5, column 1:\n"
+        '  token_endpoint_auth_method = "client_secret_basic";\n'
+        "client_secret_basic needs client_secret or client_secret_cmd"
+    )
+    act = only_account(text.replace("}", 'client_secret_cmd = "x";\n}'))
+    assert act.token_endpoint_auth_method == "client_secret_basic"
+
+
+def test_keyword_prefixes_are_not_confused() -> None:
+    # "client_secret" is a prefix of "client_secret_cmd", "token_store" of its key command.
+    conf = parse(
+        'token_store_key_cmd = "k";\ntoken_store = "/s";\n'
+        + account_with('client_secret_cmd = "c";')
+    )
+    assert conf.accounts[0].client_secret_cmd == "c"
+    assert (conf.token_store, conf.token_store_key_cmd) == ("/s", "k")
+
+
+# token_store
+
+
+@pytest.mark.parametrize("path", ["/var/lib/pizauth/tokens", "~/.local/state/pizauth/tokens"])
+def test_token_store(path: str) -> None:
+    conf = parse(f'token_store = "{path}"; token_store_key_cmd = "cat key";' + MINIMAL_ACCOUNT)
+    assert (conf.token_store, conf.token_store_key_cmd) == (path, "cat key")
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("tokens", "token_store must be an absolute path or start with '~/'"),
+        ("", "token_store must be an absolute path or start with '~/'"),
+        ("~", "token_store must be an absolute path or start with '~/'"),
+        ("~root/t", "token_store must be an absolute path or start with '~/'"),
+        ("./t", "token_store must be an absolute path or start with '~/'"),
+        ("/", "token_store must name a file, not a directory"),
+        ("~/", "token_store must name a file, not a directory"),
+        ("/var/lib/", "token_store must name a file, not a directory"),
+        ("/var/..", "token_store must name a file, not a directory"),
+        ("/a\0b", "token_store must not contain a NUL character"),
+    ],
+)
+def test_invalid_token_store(path: str, message: str) -> None:
+    text = f'token_store = "{path}";\ntoken_store_key_cmd = "k";' + MINIMAL_ACCOUNT
+    assert error_text(text) == f'Line 1, column 15:\n  token_store = "{path}";\n{message}'
+
+
+def test_token_store_needs_its_key_cmd_and_vice_versa() -> None:
+    assert error_text('token_store = "/t";' + MINIMAL_ACCOUNT) == (
+        'Line 1, column 1:\n  token_store = "/t";\n'
+        "token_store_key_cmd not specified (needed with token_store)"
+    )
+    assert error_text('\ntoken_store_key_cmd = "k";' + MINIMAL_ACCOUNT) == (
+        'Line 2, column 1:\n  token_store_key_cmd = "k";\n'
+        "token_store not specified (needed with token_store_key_cmd)"
+    )
+
+
+def test_empty_token_store_key_cmd() -> None:
+    text = 'token_store = "/t"; token_store_key_cmd = "";' + MINIMAL_ACCOUNT
+    assert error_text(text).endswith("\ntoken_store_key_cmd must not be empty")
+
+
+def test_token_store_is_global_only() -> None:
+    assert error_text(account_with('token_store = "/t";')).startswith("Parsing error at line 5")
+
+
+@pytest.mark.parametrize(
+    "option", ["auth_flow", "issuer", "client_secret_cmd", "token_endpoint_auth_method"]
+)
+def test_new_options_may_not_repeat(option: str) -> None:
+    value = {"auth_flow": "code", "token_endpoint_auth_method": "client_secret_post"}.get(
+        option, "https://i.com"
+    )
+    msg = error_text(account_with(f'{option} = "{value}";', f'{option} = "{value}";'))
+    assert msg.endswith(f"\nMustn't specify '{option}' more than once")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("auth_flow", "device"),
+        ("device_auth_uri", "https://d/"),
+        ("issuer", "https://i/"),
+        ("client_secret_cmd", "c"),
+        ("token_endpoint_auth_method", "client_secret_basic"),
+        ("revoke_uri", "https://r/"),
+        ("token_uri", "https://t2/"),
+    ],
+)
+def test_security_key_covers_new_fields(field: str, value: str) -> None:
+    act = parse(CASE4).accounts[0]
+    assert dataclasses.replace(act, **{field: value}).security_key() != act.security_key()

@@ -51,7 +51,7 @@ UNPOSITIONED = re.compile(
 POSITIONED = re.compile(r"Line (\d+), column (\d+):\n  [^\n]*\n[^\n]+")
 SYNTAX = re.compile(r"Parsing error at line (\d+) column (\d+)\. ")
 
-# Tokens of §4.1 plus things that must be rejected, for insertions.
+# Tokens of the config grammar plus things that must be rejected, for insertions.
 VOCABULARY = [
     *"={}[];:,",
     '"',

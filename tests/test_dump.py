@@ -1,8 +1,9 @@
-"""The dump format and the restore merge rule (spec §8.1, §8.2, §10.2 dump_restore, gap 22).
+"""The dump format and the restore merge rule (pizauth 1.1's, and its dump_restore tests;
+docs/compatibility.md "Events on restore").
 
 The golden dumps here are assembled by hand, field by field with struct.pack, from the
-format description in the spec, and encrypted with the published key typed in again:
-they do not come from the module's encoder, so they check it rather than echo it.
+format description (pizauth 1.1's bincode layout), and encrypted with the published key
+typed in again: they do not come from the module's encoder, so they check it rather than echo it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from pizauth.priv.parent import Parent, Sockets
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, Empty, Pending, TokenTable
 
-# spec §8.1, typed from the spec rather than imported from the module.
+# The original's published key, typed in again rather than imported from the module.
 SPEC_KEY = bytes.fromhex(
-    "66 a2 47 a8 5e 48 cf ec aa ed 9b 36 eb a9 7d 53"
-    "50 d4 28 63 75 09 7a 44 ee ff b9 c4 54 6b 65 a3"
+    "66 a2 47 a8 5e 48 cf ec aa ed 9b 36 eb a9 7d 5350 d4 28 63 75 09 7a 44 ee ff b9 c4 54 6b 65 a3"
 )
 NONCE = bytes(range(100, 112))
 NOW = Now(wall=1_700_000_000.0, instant=5000.0)
@@ -201,7 +201,7 @@ def test_encoder_produces_the_golden_bytes() -> None:
 
 def test_dump_layout() -> None:
     out = dump.dump(golden_table(), NOW, NONCE)
-    assert out[:12] == NONCE  # spec §8.1: NONCE || CIPHERTEXT || TAG
+    assert out[:12] == NONCE  # NONCE || CIPHERTEXT || TAG
     assert len(out) == 12 + len(GOLDEN_PLAINTEXT) + 16
     # Obfuscated: neither tokens nor the client secret can be grepped for.
     for secret in (ACCESS, REFRESH, b"s3cret"):
@@ -248,7 +248,7 @@ def test_golden_restores_into_a_fresh_table() -> None:
     assert work.state.refresh_token is not None
     assert bytes(work.state.refresh_token.view()) == REFRESH
     assert (work.state.obtained, work.state.expiry) == (4990.5, 8600.25)
-    # spec §8.2: no failures, no last attempt, not refreshing.
+    # As pizauth 1.1: no failures, no last attempt, not refreshing.
     assert work.state.consecutive_refresh_fails == 0
     assert work.state.last_refresh_attempt is None
     assert work.state.ongoing_refresh is False
@@ -308,7 +308,7 @@ def test_to_time(at: float, clock: Now, expected: Time) -> None:
     assert dump.to_time(at, clock) == expected
 
 
-# -- restore errors (spec §8.2): each leaves the table untouched ----------------------------
+# -- restore errors: each leaves the table untouched ----------------------------
 
 
 def malformed(plaintext: bytes) -> bytes:
@@ -317,16 +317,26 @@ def malformed(plaintext: bytes) -> bytes:
 
 FLIPPED = [GOLDEN[:i] + bytes([GOLDEN[i] ^ 0x01]) + GOLDEN[i + 1 :] for i in (0, 11, 12, 40, -1)]
 
+DAMAGED = "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)"
+
 ERRORS = [
-    (b"", "Input too short"),
-    (GOLDEN[:11], "Input too short"),
-    (GOLDEN[:12], "Restoring dump failed"),
-    (GOLDEN[:27], "Restoring dump failed"),  # shorter than a tag
-    (GOLDEN[:-1], "Restoring dump failed"),
-    (GOLDEN + b"\x00", "Restoring dump failed"),
-    *[(flipped, "Restoring dump failed") for flipped in FLIPPED],
-    (seal(u64(2) + GOLDEN_PLAINTEXT[8:]), "Unknown dump version"),
-    (seal(u64(0)), "Unknown dump version"),
+    (b"", "Input too short: not a pizauth dump (0 bytes)"),
+    (GOLDEN[:11], "Input too short: not a pizauth dump (11 bytes)"),
+    (GOLDEN[:12], "Restoring dump failed: not a pizauth dump (12 bytes)"),
+    (GOLDEN[:27], "Restoring dump failed: not a pizauth dump (27 bytes)"),  # shorter than a tag
+    (GOLDEN[:-1], DAMAGED),
+    (GOLDEN + b"\x00", DAMAGED),
+    *[(flipped, DAMAGED) for flipped in FLIPPED],
+    (
+        seal(u64(2) + GOLDEN_PLAINTEXT[8:]),
+        "Unknown dump version: made by an incompatible version of pizauth "
+        "(dump version 2, this pizauth reads version 1)",
+    ),
+    (
+        seal(u64(0)),
+        "Unknown dump version: made by an incompatible version of pizauth "
+        "(dump version 0, this pizauth reads version 1)",
+    ),
 ]
 
 
@@ -414,7 +424,7 @@ def test_error_late_in_the_dump_changes_nothing() -> None:
     assert snapshot(t) == before
 
 
-# -- merge rule (spec §8.2) -----------------------------------------------------------------
+# -- merge rule (pizauth 1.1's) -----------------------------------------------------------------
 
 BASE = {
     "auth_uri": '"http://a.com/"',
@@ -575,7 +585,7 @@ def test_plaintexts_are_wiped(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not any(buf)
 
 
-# -- spec §10.2 dump_restore and dump_restore_error ------------------------------------------
+# -- pizauth 1.1's dump_restore and dump_restore_error tests ----------------------------------
 
 ORIGINAL = """
 account "x" { auth_uri = "http://a.com"; client_id = "b"; client_secret = "c";
@@ -621,7 +631,7 @@ def test_dump_restore_error_scenario() -> None:
     before = snapshot(t)
     version_2 = bytearray(dump.encode(table(ORIGINAL), NOW))
     version_2[:8] = u64(2)
-    with pytest.raises(DumpError, match="^Unknown dump version$"):
+    with pytest.raises(DumpError, match="^Unknown dump version: "):
         dump.restore(t, seal(bytes(version_2)))
     assert snapshot(t) == before
 
@@ -710,7 +720,11 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness
     control = socket.socket(socket.AF_UNIX)
     control.bind(str(tmp_path / "s"))
     parent = Parent(
-        config.parse(WORK + HOME), "unused", Sockets(control, None, None), [], lambda: None
+        config.parse(WORK + HOME),
+        "unused",
+        Sockets(control, None, None),
+        [],
+        lambda _startup_done: None,
     )
     h = Harness(parent, [], [])
 
@@ -750,13 +764,14 @@ def test_parent_refuses_a_dump_restore_could_not_take(
 def test_parent_restore_raises_token_new(harness: Harness) -> None:
     harness.parent.commands.restore(7, request(ipc.CmdRestore(GOLDEN)))
     assert harness.sent == [(b"ok:", False)]
-    # gap 22: the original emits no event, so token_event_cmd never saw restored tokens.
+    # docs/compatibility.md "Events on restore": the original emits no event, so token_event_cmd
+    # never saw restored tokens.
     assert harness.events == [("w\u00f6rk", "token_new")]
     assert isinstance(harness.parent.table.entries["w\u00f6rk"].state, Active)
 
 
 def test_parent_restore_error_reply(harness: Harness) -> None:
     harness.parent.commands.restore(7, request(ipc.CmdRestore(GOLDEN[:-1])))
-    assert harness.sent == [(b"error:Restoring dump failed", False)]
+    assert harness.sent == [(b"error:" + DAMAGED.encode(), False)]
     assert harness.events == []
     assert isinstance(harness.parent.table.entries["w\u00f6rk"].state, Empty)

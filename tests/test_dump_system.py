@@ -1,4 +1,4 @@
-"""`pizauth dump` and `pizauth restore` as a user runs them across a reboot (spec §8)."""
+"""`pizauth dump` and `pizauth restore` as a user runs them across a reboot."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_restore_on_a_new_server_needs_no_login(pizauth: Pizauth) -> None:
     pizauth.start()
     token = pizauth.authorise()
     data = dump(pizauth)
-    # Obfuscated (gap 30): the token and the client secret cannot be grepped for.
+    # Obfuscated (docs/compatibility.md "Dump key"): the token and the client secret cannot be
+    # grepped for.
     assert token.encode() not in data and CLIENT_SECRET.encode() not in data
     logins = len(pizauth.provider.authorize_requests)
     grants = len(pizauth.provider.token_requests)
@@ -81,15 +82,33 @@ def test_damaged_dumps_are_refused_clearly(pizauth: Pizauth) -> None:
     flipped[20] ^= 0x10
     plaintext = ChaCha20Poly1305(KEY).decrypt(data[:12], data[12:], None)
     for bad, message in [
-        (b"", "Input too short"),
-        (data[:11], "Input too short"),
-        (data[:-1], "Restoring dump failed"),
-        (bytes(flipped), "Restoring dump failed"),
-        (data + b"\n", "Restoring dump failed"),
-        (seal(struct.pack("<Q", 2) + plaintext[8:]), "Unknown dump version"),
+        (b"", "Input too short: not a pizauth dump (0 bytes)"),
+        (data[:11], "Input too short: not a pizauth dump (11 bytes)"),
+        (
+            data[:-1],
+            "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)",
+        ),
+        (
+            bytes(flipped),
+            "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)",
+        ),
+        (
+            data + b"\n",
+            "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)",
+        ),
+        (
+            seal(struct.pack("<Q", 2) + plaintext[8:]),
+            "Unknown dump version: made by an incompatible version of pizauth "
+            "(dump version 2, this pizauth reads version 1)",
+        ),
         (seal(plaintext + b"\0"), "Malformed dump: 1 trailing bytes"),
     ]:
         assert restore(pizauth, bad) == (1, b"", f"ERROR - {message}\n".encode()), message
+    # More than any dump can be is refused before it reaches the server.
+    from pizauth.priv.dump import MAX_DUMP
+
+    too_large = f"Input too large: not a pizauth dump (a dump is at most {MAX_DUMP} bytes)"
+    assert restore(pizauth, bytes(MAX_DUMP + 1)) == (1, b"", f"ERROR - {too_large}\n".encode())
     assert status(pizauth) == "acct: No access token\n"
     # The good dump still works: the refusals were about the damage and nothing else.
     assert restore(pizauth, data) == (0, b"", b"")
@@ -105,7 +124,8 @@ def test_restored_token_raises_token_new(pizauth: Pizauth) -> None:
     reboot(pizauth)
     (pizauth.tmp / "events").unlink()
     assert restore(pizauth, data) == (0, b"", b"")
-    # gap 22: the original was silent, so a token_event_cmd never learnt of the token.
+    # docs/compatibility.md "Events on restore": the original was silent, so a token_event_cmd never
+    # learnt of the token.
     wait_for(lambda: events(pizauth) == ["acct token_new"], 5, "token_new after restore")
     # Restoring onto the now Active account changes nothing and says nothing: events run
     # in order, so had it raised one, it would come before the revoke's.

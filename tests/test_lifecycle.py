@@ -1,4 +1,4 @@
-"""System tests for the token lifecycle (issue 3): hooks, refresh outcomes, reload, daemon mode.
+"""System tests for the token lifecycle: hooks, refresh outcomes, reload, daemon mode.
 
 Every test drives the installed `pizauth` against the local provider (examples/provider.py).
 Hooks write what they see to files in the test's directory; the tests wait for those files
@@ -192,7 +192,8 @@ def test_token_events_in_order_exactly_once_and_one_at_a_time(pizauth: Pizauth) 
     # Two revokes in quick succession: the second event waits for the first to finish.
     assert pizauth.run("revoke", "a").returncode == 0
     assert pizauth.run("revoke", "b").returncode == 0
-    # gap 22: revoking an Empty or a Pending account revokes nothing, so no event.
+    # docs/compatibility.md "Events on revoke": revoking an Empty or a Pending account revokes
+    # nothing, so no event.
     assert pizauth.run("revoke", "a").returncode == 0
     pizauth.auth_url("a")
     assert pizauth.run("revoke", "a").returncode == 0
@@ -249,7 +250,7 @@ def test_refresh_503_then_200_refreshes_without_user_action(pizauth: Pizauth) ->
     assert lines(events) == ["acct token_new", "acct token_refreshed"]
 
 
-# -- 4. permanent refresh failure (gap 3) ---------------------------------------------------------
+# -- 4. permanent refresh failure -------------------------------------------------------------
 
 
 def test_refresh_400_invalidates_and_runs_error_notify_cmd(pizauth: Pizauth) -> None:
@@ -268,7 +269,7 @@ def test_refresh_400_invalidates_and_runs_error_notify_cmd(pizauth: Pizauth) -> 
     assert pizauth.show().stderr.startswith(URL_PREFIX.encode())
 
 
-# -- 5. hook timeout kills the process group (gap 26) --------------------------------------------
+# -- 5. hook timeout kills the process group (docs/compatibility.md "Hook timeouts") ----------
 
 
 def test_hook_past_timeout_is_killed_with_its_children(pizauth: Pizauth) -> None:
@@ -312,7 +313,9 @@ def test_transient_error_if_cmd_every_sixth_failure(pizauth: Pizauth) -> None:
     verdict = pizauth.tmp / "verdict"
     events = pizauth.tmp / "events"
     verdict.write_text("0\n")
-    arbiter = f"echo \"$PIZAUTH_ACCOUNT\" >> '{consulted}'; exit $(cat '{verdict}')"
+    # The hook reads its verdict before it says it was consulted: the test changes the
+    # verdict only once it sees that, so each consultation gets the verdict meant for it.
+    arbiter = f"v=$(cat '{verdict}'); echo \"$PIZAUTH_ACCOUNT\" >> '{consulted}'; exit $v"
     pizauth.write_config(
         accounts=pizauth.account_block(extra="refresh_retry = 1s;"),
         globals_=f"transient_error_if_cmd = {conf_string(arbiter)};\n"
@@ -402,7 +405,7 @@ def test_broken_reload_changes_nothing_and_sighup_reloads(pizauth: Pizauth) -> N
     assert list(status(pizauth)) == ["acct"]  # "new" was not added
     assert pizauth._token("acct") == token
 
-    # SIGHUP reloads (gap 17) rather than killing the server.
+    # SIGHUP reloads (docs/compatibility.md "Signals") rather than killing the server.
     pizauth.conf.write_text(good + pizauth.account_block("new"))
     pizauth.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "new" in status(pizauth), 5, "account added by SIGHUP")
@@ -483,7 +486,7 @@ def test_daemon_reports_taken_https_port_and_leaves_nothing(pizauth: Pizauth) ->
     assert not socket_path(pizauth).exists()
 
 
-# -- 9. token endpoint leniency and error bodies (gaps 7, 8, 9) ---------------------------------
+# -- 9. token endpoint leniency and error bodies (docs/compatibility.md) ----------------------
 
 
 def rfc2822(text: str) -> float:
@@ -501,7 +504,8 @@ def test_missing_expires_in_gives_a_usable_token(pizauth: Pizauth) -> None:
     obtained, expires = (
         state.removeprefix("Active access token (obtained ").rstrip(")").split("; expires ")
     )
-    # gap 7: without expires_in the token counts as good for refresh_at_least.
+    # docs/compatibility.md "Optional expires_in": without expires_in the token counts as good for
+    # refresh_at_least.
     assert abs(rfc2822(expires) - rfc2822(obtained) - 1200) <= 1
     # A refresh answered without expires_in does not invalidate the token either.
     assert pizauth.run("refresh", "acct").returncode == 0
@@ -539,7 +543,7 @@ def test_code_exchange_error_description_reaches_error_notify_cmd(pizauth: Pizau
     assert status(pizauth)["acct"] == "No access token"
 
 
-# -- 10. tokens without refresh token (gap 23), show on an expired token (gap 25) ---------------
+# -- 10. tokens without refresh token, show on an expired token (docs/compatibility.md) -------
 
 
 def test_token_without_refresh_token_is_kept_until_it_expires(pizauth: Pizauth) -> None:
@@ -582,12 +586,13 @@ def test_show_on_expired_token_does_not_hammer_the_provider(pizauth: Pizauth) ->
         result = pizauth.show()
         assert result.returncode == 1
         assert result.stderr in EXPIRED_MESSAGES, result.stderr
-    # gap 25: the next attempt waits for refresh_retry however often `show` asks.
+    # docs/compatibility.md "Show on an expired token": the next attempt waits for refresh_retry
+    # however often `show` asks.
     assert not pizauth.provider.wait_for_token_requests(3, timeout=0.5)
     assert len(pizauth.provider.token_requests) == 2
 
 
-# -- 11. duplicate callbacks (gap 12) -----------------------------------------------------------
+# -- 11. duplicate callbacks (docs/compatibility.md "Duplicate callbacks") --------------------
 
 
 def test_duplicate_callback_exchanges_the_code_once(pizauth: Pizauth) -> None:
@@ -636,7 +641,7 @@ def test_notify_socket_receives_ready(pizauth: Pizauth, notify_socket) -> None:
 def test_notify_socket_ready_after_startup_cmd(pizauth: Pizauth, notify_socket) -> None:
     path, sock = notify_socket
     pizauth.env["NOTIFY_SOCKET"] = str(path)
-    # spec §7.4: READY=1 once startup_cmd has finished, e.g. a `pizauth restore` of saved
+    # READY=1 once startup_cmd has finished, as pizauth 1.1, e.g. a `pizauth restore` of saved
     # tokens, so that units ordered after pizauth see them.
     pizauth.conf.write_text(
         'http_listen = "127.0.0.1:0";\nhttps_listen = none;\n'
@@ -655,7 +660,7 @@ def test_notify_socket_ready_after_startup_cmd(pizauth: Pizauth, notify_socket) 
     assert ready.exists(), "READY=1 sent before startup_cmd finished"
 
 
-# -- 13. errors without error_notify_cmd (gap 2) ------------------------------------------------
+# -- 13. errors without error_notify_cmd (docs/compatibility.md) ------------------------------
 
 
 def test_authentication_errors_are_logged_without_error_notify_cmd(pizauth: Pizauth) -> None:

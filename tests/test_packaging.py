@@ -115,8 +115,14 @@ def test_version_flag_with_anything_else_is_a_usage_error(
     result = run([PIZAUTH, *args], user)
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr.startswith("Usage:\n  pizauth dump\n")
-    assert "version" not in result.stderr  # the usage text stays the original's
+    problem, usage = result.stderr.split("\n", 1)
+    assert problem in (
+        "pizauth: '--version' takes no arguments",
+        "pizauth: '-V' takes no arguments",
+        "pizauth: unknown option '--version'",
+    )
+    # The original's usage lines come first, unchanged.
+    assert usage.startswith("Usage:\n  pizauth dump\n  pizauth info [-j]\n")
 
 
 def test_info_shows_the_same_version(user: dict[str, str]) -> None:
@@ -226,7 +232,8 @@ def test_pizauth_1_documents_every_command_and_option() -> None:
             assert f"Fl {short}" in entry, (command, short)
             if long:
                 assert f"Fl \\-{long}" in entry, (command, long)
-    assert set(cli._COMMANDS) == {u.split()[0] for u in cli._USAGE_LINES}
+    extra = {u.split()[0] for u in cli._MORE_USAGE_LINES if not u.startswith("-")}
+    assert set(cli._COMMANDS) == {u.split()[0] for u in cli._USAGE_LINES} | extra
     for short, (long, _) in cli._COMMON.items():
         assert f".Fl {short}\n" in description and f"Fl \\-{long}" in description
     assert ".Fl V | -version" in synopsis
@@ -285,7 +292,7 @@ def test_pizauth_1_security_notes_cover_dumps() -> None:
         assert words in security, words
 
 
-# Every keyword of the configuration grammar (spec §4.1) but `account` and `none`.
+# Every keyword of the configuration grammar but `account` and `none`.
 CONFIG_KEYWORDS = (
     "auth_error_cmd auth_notify_cmd auth_notify_interval auth_uri auth_uri_fields client_id "
     "client_secret error_notify_cmd http_listen https_listen login_hint refresh_retry "
@@ -355,8 +362,9 @@ def test_configuration_examples_parse() -> None:
 def test_configuration_example_notify_commands_unescape() -> None:
     examples = literal_blocks(section(MAN5.read_text(), "EXAMPLES"))
     notify = next(e for e in examples if "auth_notify_cmd" in e)
-    parsed = config.parse(notify + 'account "x" { auth_uri = "http://a/"; token_uri = '
-                          '"http://a/"; client_id = ""; }')
+    parsed = config.parse(
+        notify + 'account "x" { auth_uri = "http://a/"; token_uri = "http://a/"; client_id = ""; }'
+    )
     assert parsed.auth_notify_cmd == (
         'notify-send -t 30000 pizauth "Log in to $PIZAUTH_ACCOUNT: $PIZAUTH_URL"'
     )
@@ -456,7 +464,7 @@ BASH_ESCAPED = ["work", "wo:rk2", "my\\ account", 'q\\"uo\\\\te']
     ("line", "expected"),
     [
         ("pizauth ", COMMANDS),
-        ("pizauth s", ["server", "show", "shutdown", "status"]),
+        ("pizauth s", ["server", "show", "shutdown", "status", "systemd-unit"]),
         ("pizauth -", ["-V", "--version", "-h", "--help"]),
         ("pizauth show ", BASH_ESCAPED),
         ("pizauth refresh ", BASH_ESCAPED),
@@ -535,8 +543,9 @@ def test_bash_reads_accounts_from_the_config_file_info_reports(
 
 
 def test_bash_registers_the_completion(user: dict[str, str]) -> None:
-    result = run(["bash", "--norc", "--noprofile", "-c", f"source {BASH_COMPLETION}; complete -p"],
-                 user)
+    result = run(
+        ["bash", "--norc", "--noprofile", "-c", f"source {BASH_COMPLETION}; complete -p"], user
+    )
     assert result.stdout.strip().splitlines() == ["complete -F _pizauth pizauth"]
 
 
@@ -770,8 +779,7 @@ def unit_settings(text: str) -> dict[str, dict[str, str]]:
 def install_unit(command: str, home: Path) -> Path:
     """Install the unit as README.md says, with `command -v pizauth` giving `command`."""
     readme = (ROOT / "README.md").read_text()
-    match = re.search(r'^sed "s\|@PIZAUTH@\|\$\(command -v pizauth\)\|g" .*?\n.*?\n', readme,
-                      re.M)
+    match = re.search(r'^sed "s\|@PIZAUTH@\|\$\(command -v pizauth\)\|g" .*?\n.*?\n', readme, re.M)
     assert match, "README.md has no sed line installing the unit"
     script = match.group(0).replace("$(command -v pizauth)", command)
     unit_dir = home / ".config" / "systemd" / "user"
@@ -795,6 +803,27 @@ def test_unit_template() -> None:
     args = service["ExecStart"].split()[1:]
     found, free = cli._parse(args[1:], cli._SERVER_OPTS)
     assert "d" in found and free == []
+
+
+def test_printed_unit_is_the_template_for_the_commands_own_path(
+    user: dict[str, str], tmp_path: Path
+) -> None:
+    from pizauth import unit as unitmod
+
+    assert UNIT.read_text() == unitmod.TEMPLATE  # packagers' copy and the printed one agree
+    result = run([PIZAUTH, "systemd-unit"], user)
+    assert result.returncode == 0, result.stderr
+    service = unit_settings(result.stdout)["Service"]
+    assert service["ExecStart"] == f"{PIZAUTH} server -d -vv"
+    assert service["ExecReload"] == f"{PIZAUTH} reload"
+    # Through a symlink (pipx's ~/.local/bin/pizauth), the unit names the symlink,
+    # which stays valid when the venv behind it is rebuilt.
+    link_dir = tmp_path / "my bin%"
+    link_dir.mkdir()
+    (link_dir / "pizauth").symlink_to(PIZAUTH)
+    linked = run([str(link_dir / "pizauth"), "systemd-unit"], user)
+    service = unit_settings(linked.stdout)["Service"]
+    assert service["ExecStop"] == f'"{link_dir}/pizauth" shutdown'.replace("%", "%%")
 
 
 def test_readme_installs_the_unit_with_the_commands_absolute_path(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ def test_socket_is_touched_every_six_hours(tmp_path: Path) -> None:
     control = socket.socket(socket.AF_UNIX)
     control.bind(str(path))
     os.utime(path, (1000, 1000), follow_symlinks=False)
-    parent = Parent(config.parse(CONF), "unused", Sockets(control, None, None), [], lambda: None)
+    sockets = Sockets(control, None, None)
+    parent = Parent(config.parse(CONF), "unused", sockets, [], lambda _startup_done: None)
     now = instant()
     assert parent.next_touch > now + SOCKET_TOUCH_PERIOD - 60
     parent.tick(now)

@@ -1,4 +1,4 @@
-"""Runtime-directory and config-path rules (spec §2.1, §2.2)."""
+"""Runtime-directory and config-path rules."""
 
 import os
 import stat
@@ -123,7 +123,8 @@ def test_runtime_dir_tmp_fallback(env):
 
 
 def test_empty_xdg_runtime_dir_is_unset(env, tmp_path):
-    # Gap 34: the original would work relative to the cwd.
+    # docs/compatibility.md "Empty environment variables": the original would work relative to the
+    # cwd.
     made = recorded(env)
     env.setenv("XDG_RUNTIME_DIR", "")
     env.setenv("TMPDIR", str(tmp_path))
@@ -177,7 +178,7 @@ def test_config_from_home(env, tmp_path):
 
 
 def test_config_falls_back_from_xdg_to_home(env, tmp_path):
-    # Gap 5: the man page's "in order"; the original stopped at the XDG path.
+    # docs/compatibility.md "Config file fallback": the original stopped at the XDG path.
     xdg = tmp_path / "xdg"
     xdg.mkdir()
     (tmp_path / ".config").mkdir()
@@ -246,3 +247,23 @@ def test_config_path_not_required_to_exist(env, tmp_path):
     env.delenv("HOME")
     with pytest.raises(PathError):
         paths.config_path(None, must_exist=False)
+
+
+def test_expand_home_uses_home(env, tmp_path):
+    env.setenv("HOME", str(tmp_path))
+    assert paths.expand_home("~/state/tokens") == str(tmp_path / "state" / "tokens")
+    assert paths.expand_home("/abs/~/x") == "/abs/~/x"
+
+
+def test_expand_home_without_home_uses_password_database(env):
+    import pwd
+
+    env.delenv("HOME", raising=False)
+    expected = os.path.join(pwd.getpwuid(os.getuid()).pw_dir, "t")
+    assert paths.expand_home("~/t") == expected
+
+
+def test_expand_home_refuses_a_relative_home(env):
+    env.setenv("HOME", "relative")
+    with pytest.raises(PathError, match="no absolute home directory"):
+        paths.expand_home("~/t")

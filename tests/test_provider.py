@@ -576,3 +576,390 @@ def test_demo_main() -> None:
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- device authorization (RFC 8628) ---------------------------------------------------------
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+@pytest.fixture
+def device_provider() -> Iterator[Provider]:
+    clients = [
+        Client("app", "s3cret"),
+        Client("pub", None),
+        Client("basic", "b&s:ecret", token_endpoint_auth_method="client_secret_basic"),
+        Client("post", "p-secret", token_endpoint_auth_method="client_secret_post"),
+        Client("narrow", None, allowed_scopes=("mail",)),
+    ]
+    # Interval 0: tests that are not about pacing may poll back to back.
+    with Provider(clients, device_interval=0) as p:
+        yield p
+
+
+def device_start(
+    p: Provider, auth: tuple[str, str] | None = None, **form: str
+) -> requests.Response:
+    form.setdefault("client_id", "pub")
+    form.setdefault("scope", "mail offline_access")
+    return requests.post(p.device_auth_uri, data=form, auth=auth, timeout=5)
+
+
+def device_poll(p: Provider, device_code: str, client_id: str = "pub") -> requests.Response:
+    return token(p, grant_type=DEVICE_GRANT, device_code=device_code, client_id=client_id)
+
+
+def test_device_authorization_reply(device_provider: Provider) -> None:
+    r = device_start(device_provider)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["device_code"] and body["verification_uri"] == device_provider.verification_uri
+    assert len(body["user_code"]) == 9 and body["user_code"][4] == "-"
+    assert body["verification_uri_complete"] == (
+        device_provider.verification_uri + "?user_code=" + body["user_code"]
+    )
+    assert body["expires_in"] == 600 and body["interval"] == 0
+    assert device_provider.user_codes == [body["user_code"]]
+    assert device_provider.device_requests[0]["scope"] == "mail offline_access"
+
+
+def test_device_reply_can_omit_interval_and_complete_uri() -> None:
+    with Provider(
+        [Client("pub", None)], device_interval=None, verification_uri_complete=False
+    ) as p:
+        body = device_start(p).json()
+        assert "interval" not in body and "verification_uri_complete" not in body
+        # Without an interval the client must use 5 seconds.
+        assert p.device_interval_of(body["user_code"]) == 5
+
+
+def test_device_flow_pending_then_approved(device_provider: Provider) -> None:
+    body = device_start(device_provider).json()
+    assert_error(device_poll(device_provider, body["device_code"]), 400, "authorization_pending")
+    device_provider.approve_device(body["user_code"].lower().replace("-", ""))
+    r = device_poll(device_provider, body["device_code"])
+    assert r.status_code == 200, r.text
+    tokens = r.json()
+    assert tokens["scope"] == "mail offline_access" and tokens["refresh_token"]
+    assert device_provider.is_valid_access_token(tokens["access_token"])
+    # Single use: the device code is spent.
+    assert_error(device_poll(device_provider, body["device_code"]), 400, "invalid_grant")
+    assert len(device_provider.device_polls(body["user_code"])) == 3
+    # The refresh token works as for the code flow.
+    r = refresh(device_provider, tokens["refresh_token"], client_id="pub", client_secret="")
+    assert r.status_code == 200, r.text
+
+
+def test_device_flow_denied(device_provider: Provider) -> None:
+    body = device_start(device_provider).json()
+    device_provider.deny_device(body["user_code"])
+    assert_error(device_poll(device_provider, body["device_code"]), 400, "access_denied")
+    assert_error(device_poll(device_provider, body["device_code"]), 400, "invalid_grant")
+    with pytest.raises(ValueError):
+        device_provider.approve_device(body["user_code"])
+    with pytest.raises(KeyError):
+        device_provider.approve_device("BCDF-GHJK-X")
+
+
+def test_device_code_expires(device_provider: Provider) -> None:
+    body = device_start(device_provider).json()
+    device_provider.expire_device(body["user_code"])
+    assert_error(device_poll(device_provider, body["device_code"]), 400, "expired_token")
+    with pytest.raises(ValueError):
+        device_provider.approve_device(body["user_code"])
+
+
+def test_device_code_lifetime_knob() -> None:
+    with Provider([Client("pub", None)], device_interval=0) as p:
+        p.device_code_lifetime = 0
+        body = device_start(p).json()
+        assert body["expires_in"] == 0
+        assert_error(device_poll(p, body["device_code"]), 400, "expired_token")
+
+
+def test_slow_down_grows_the_interval() -> None:
+    with Provider([Client("pub", None)], device_interval=1) as p:
+        body = device_start(p).json()
+        code, user = body["device_code"], body["user_code"]
+        assert_error(device_poll(p, code), 400, "authorization_pending")
+        assert_error(device_poll(p, code), 400, "slow_down")
+        assert p.device_interval_of(user) == 6
+        assert_error(device_poll(p, code), 400, "slow_down")
+        assert p.device_interval_of(user) == 11
+        polls = p.device_polls(user)
+        assert len(polls) == 3 and polls == sorted(polls)
+
+
+def test_polling_at_the_interval_is_not_slowed_down() -> None:
+    import time
+
+    with Provider([Client("pub", None)], device_interval=1) as p:
+        body = device_start(p).json()
+        assert_error(device_poll(p, body["device_code"]), 400, "authorization_pending")
+        time.sleep(1.0)  # the interval itself is what is under test
+        assert_error(device_poll(p, body["device_code"]), 400, "authorization_pending")
+        first, second = p.device_polls(body["user_code"])
+        assert second - first >= 1.0 - p.device_poll_slack
+        assert p.device_interval_of(body["user_code"]) == 1
+
+
+def test_device_code_is_bound_to_its_client(device_provider: Provider) -> None:
+    body = device_start(device_provider).json()
+    device_provider.approve_device(body["user_code"])
+    r = token(
+        device_provider,
+        grant_type=DEVICE_GRANT,
+        device_code=body["device_code"],
+        client_id="app",
+        client_secret="s3cret",
+    )
+    assert_error(r, 400, "invalid_grant")
+    assert_error(device_poll(device_provider, "dc-unknown"), 400, "invalid_grant")
+    assert_error(
+        token(device_provider, grant_type=DEVICE_GRANT, client_id="pub"), 400, "invalid_request"
+    )
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "error"),
+    [
+        ({"client_id": "nobody"}, 401, "invalid_client"),
+        ({"client_id": "app"}, 401, "invalid_client"),  # confidential, no secret
+        ({"client_id": "app", "client_secret": "wrong"}, 401, "invalid_client"),
+        ({"scope": "a  b"}, 400, "invalid_scope"),
+        ({"scope": 'a"b'}, 400, "invalid_scope"),
+        ({"client_id": "narrow", "scope": "mail admin"}, 400, "invalid_scope"),
+    ],
+)
+def test_device_authorization_rejections(
+    device_provider: Provider, form: dict[str, str], status: int, error: str
+) -> None:
+    assert_error(device_start(device_provider, **form), status, error)
+    assert device_provider.user_codes == []
+
+
+def test_device_authorization_checks_confidential_clients(device_provider: Provider) -> None:
+    r = device_start(device_provider, client_id="app", client_secret="s3cret")
+    assert r.status_code == 200, r.text
+    r = device_start(device_provider, client_id="narrow", scope="mail")
+    assert r.status_code == 200, r.text
+
+
+def test_device_authorization_repeated_parameter(device_provider: Provider) -> None:
+    r = requests.post(
+        device_provider.device_auth_uri,
+        data=[("client_id", "pub"), ("scope", "a"), ("scope", "b")],
+        timeout=5,
+    )
+    assert_error(r, 400, "invalid_request")
+
+
+def test_device_verification_page(device_provider: Provider) -> None:
+    body = device_start(device_provider).json()
+    page = requests.get(body["verification_uri_complete"], timeout=5)
+    assert page.status_code == 200 and 'name="user_code"' in page.text
+    assert f'value="{body["user_code"]}"' in page.text
+    # What a browser sends when the person presses Approve.
+    r = requests.post(
+        device_provider.verification_uri,
+        data={"user_code": body["user_code"], "action": "approve"},
+        timeout=5,
+    )
+    assert r.status_code == 200 and r.text == "approved\n"
+    assert device_poll(device_provider, body["device_code"]).status_code == 200
+    again = requests.post(
+        device_provider.verification_uri, data={"user_code": body["user_code"]}, timeout=5
+    )
+    assert again.status_code == 400
+    unknown = requests.post(
+        device_provider.verification_uri, data={"user_code": "ZZZZ-ZZZZ"}, timeout=5
+    )
+    assert unknown.status_code == 400 and "unknown" in unknown.text
+
+
+def test_device_verification_page_deny_and_escaping(device_provider: Provider) -> None:
+    body = device_start(device_provider).json()
+    page = requests.get(device_provider.verification_uri, params={"user_code": '"><x'}, timeout=5)
+    assert "<x" not in page.text and "&quot;&gt;&lt;x" in page.text
+    r = requests.post(
+        device_provider.verification_uri,
+        data={"user_code": body["user_code"], "action": "deny"},
+        timeout=5,
+    )
+    assert r.text == "denied\n"
+    assert_error(device_poll(device_provider, body["device_code"]), 400, "access_denied")
+
+
+def test_device_endpoints_need_post(device_provider: Provider) -> None:
+    assert requests.get(device_provider.device_auth_uri, timeout=5).status_code == 405
+    assert requests.get(device_provider.revoke_uri, timeout=5).status_code == 405
+
+
+# -- client authentication methods -----------------------------------------------------------
+
+
+def basic_header(client_id: str, secret: str) -> dict[str, str]:
+    """RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined and base64ed."""
+    from urllib.parse import quote_plus
+
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+def test_basic_client_with_form_urlencoded_credentials(device_provider: Provider) -> None:
+    headers = basic_header("basic", "b&s:ecret")
+    r = requests.post(
+        device_provider.device_auth_uri, data={"scope": "x"}, headers=headers, timeout=5
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_basic_client_rejects_secret_in_body(device_provider: Provider) -> None:
+    r = device_start(device_provider, client_id="basic", client_secret="b&s:ecret")
+    assert_error(r, 401, "invalid_client")
+    code, verifier = get_code(device_provider, client_id="basic")
+    r = exchange(device_provider, code, verifier, client_id="basic", client_secret="b&s:ecret")
+    assert_error(r, 401, "invalid_client")
+
+
+def test_post_client_rejects_basic(device_provider: Provider) -> None:
+    r = requests.post(
+        device_provider.device_auth_uri,
+        data={"scope": "x"},
+        headers=basic_header("post", "p-secret"),
+        timeout=5,
+    )
+    assert_error(r, 401, "invalid_client")
+    assert device_start(device_provider, client_id="post", client_secret="p-secret").ok
+
+
+# -- metadata (RFC 8414, OpenID discovery) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["openid-configuration", "oauth-authorization-server"])
+def test_metadata_documents(device_provider: Provider, name: str) -> None:
+    r = requests.get(device_provider.issuer + "/.well-known/" + name, timeout=5)
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["issuer"] == device_provider.issuer == device_provider.base_url
+    assert doc["authorization_endpoint"] == device_provider.auth_uri
+    assert doc["token_endpoint"] == device_provider.token_uri
+    assert doc["device_authorization_endpoint"] == device_provider.device_auth_uri
+    assert doc["revocation_endpoint"] == device_provider.revoke_uri
+    assert device_provider.metadata_fetches == ["/.well-known/" + name]
+
+
+def test_metadata_switches(device_provider: Provider) -> None:
+    p = device_provider
+    oidc = p.issuer + "/.well-known/openid-configuration"
+    p.metadata_not_found.add("openid-configuration")
+    assert requests.get(oidc, timeout=5).status_code == 404
+    assert requests.get(p.issuer + "/.well-known/oauth-authorization-server", timeout=5).ok
+    p.metadata_not_found.clear()
+    p.metadata_issuer = "https://evil.example"
+    assert requests.get(oidc, timeout=5).json()["issuer"] == "https://evil.example"
+    p.metadata_issuer = None
+    p.metadata_drop.add("revocation_endpoint")
+    doc = requests.get(oidc, timeout=5).json()
+    assert "revocation_endpoint" not in doc and "token_endpoint" in doc
+    assert len(p.metadata_fetches) == 4
+
+
+def test_metadata_under_an_issuer_path_and_microsoft_style() -> None:
+    with Provider([Client("pub", None)], issuer_path="/common/v2.0") as p:
+        assert p.issuer == p.base_url + "/common/v2.0"
+        appended = p.issuer + "/.well-known/openid-configuration"
+        assert requests.get(appended, timeout=5).json()["issuer"] == p.issuer
+        inserted = p.base_url + "/.well-known/oauth-authorization-server/common/v2.0"
+        assert requests.get(inserted, timeout=5).json()["issuer"] == p.issuer
+        # Not this issuer's metadata.
+        assert (
+            requests.get(p.base_url + "/.well-known/openid-configuration", timeout=5).status_code
+            == 404
+        )
+        p.metadata_tenant_issuer = True
+        doc = requests.get(appended, timeout=5).json()
+        assert doc["issuer"] == p.base_url + "/{tenantid}/v2.0"
+        assert len(p.metadata_fetches) == 3  # the 404 for a foreign path is not counted
+    with pytest.raises(ValueError):
+        Provider([], issuer_path="common/")
+
+
+# -- revocation (RFC 7009) -------------------------------------------------------------------
+
+
+def revoke(p: Provider, tok: str, hint: str | None = None, **creds: str) -> requests.Response:
+    form = {"token": tok, **(creds or {"client_id": "app", "client_secret": "s3cret"})}
+    if hint is not None:
+        form["token_type_hint"] = hint
+    return requests.post(p.revoke_uri, data=form, timeout=5)
+
+
+def fresh_tokens(p: Provider) -> dict[str, Any]:
+    code, verifier = get_code(p)
+    r = exchange(p, code, verifier)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_revoking_a_refresh_token(device_provider: Provider) -> None:
+    p = device_provider
+    tokens = fresh_tokens(p)
+    rt, at = tokens["refresh_token"], tokens["access_token"]
+    assert p.is_active(rt) and p.is_active(at)
+    r = revoke(p, rt, "refresh_token")
+    assert r.status_code == 200
+    assert p.revocations == [
+        {
+            "token": rt,
+            "token_type_hint": "refresh_token",
+            "client_id": "app",
+            "kind": "refresh_token",
+        }
+    ]
+    assert not p.is_active(rt) and not p.is_active(at)
+    assert_error(refresh(p, rt), 400, "invalid_grant")
+
+
+def test_revoking_an_access_token_keeps_the_refresh_token(device_provider: Provider) -> None:
+    p = device_provider
+    tokens = fresh_tokens(p)
+    assert revoke(p, tokens["access_token"]).status_code == 200
+    assert p.revocations[0]["kind"] == "access_token"
+    assert p.revocations[0]["token_type_hint"] == ""
+    assert not p.is_active(tokens["access_token"])
+    assert p.is_active(tokens["refresh_token"])
+    assert refresh(p, tokens["refresh_token"]).status_code == 200
+
+
+def test_revoking_an_unknown_token_is_not_an_error(device_provider: Provider) -> None:
+    assert revoke(device_provider, "rt-nope", "refresh_token").status_code == 200
+    assert device_provider.revocations[0]["kind"] == "unknown"
+    assert device_provider.wait_for_revocations(1, timeout=0)
+
+
+def test_revocation_authenticates_the_client(device_provider: Provider) -> None:
+    p = device_provider
+    tokens = fresh_tokens(p)
+    rt = tokens["refresh_token"]
+    assert_error(revoke(p, rt, client_id="app", client_secret="wrong"), 401, "invalid_client")
+    assert_error(revoke(p, rt, client_id="app"), 401, "invalid_client")
+    assert_error(revoke(p, rt, client_id="pub"), 400, "unauthorized_client")
+    r = requests.post(p.revoke_uri, data={"client_id": "app", "client_secret": "s3cret"}, timeout=5)
+    assert_error(r, 400, "invalid_request")
+    assert p.revocations == [] and p.is_active(rt)
+
+
+def test_revocation_with_basic_client(device_provider: Provider) -> None:
+    p = device_provider
+    r = requests.post(
+        p.revoke_uri, data={"token": "x"}, headers=basic_header("basic", "b&s:ecret"), timeout=5
+    )
+    assert r.status_code == 200
+    r = requests.post(
+        p.revoke_uri,
+        data={"token": "x", "client_id": "basic", "client_secret": "b&s:ecret"},
+        timeout=5,
+    )
+    assert_error(r, 401, "invalid_client")
+    assert len(p.revocations) == 1

@@ -1,4 +1,5 @@
-"""The redirect listener's request reader, parser and responses (spec §5.4, Appendix A, gap 16)."""
+"""The redirect listener's request reader, parser and responses (pizauth 1.1's checks and
+messages; docs/compatibility.md "Redirect listener bounds")."""
 
 from __future__ import annotations
 

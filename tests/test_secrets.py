@@ -1,4 +1,4 @@
-"""Secrets that stay secret, measured from outside (DESIGN.md "Secrets in memory").
+"""Secrets that stay secret, measured from outside (docs/architecture.md "Secrets in memory").
 
 The system tests read the server's processes the way an attacker with root
 would: every readable mapping through /proc/PID/mem, plus /proc/PID/status,

@@ -1,4 +1,5 @@
-"""Token-endpoint calls and triage of replies (spec §6.1, §6.2; gaps 7, 8, 9, 10).
+"""Token-endpoint calls and triage of replies (pizauth 1.1's rules, and docs/compatibility.md
+"Optional expires_in", "Token type case", "Provider error messages", "Code exchange retries").
 
 The token endpoint is a scripted http.server on 127.0.0.1 in a thread.
 """
@@ -388,7 +389,7 @@ def test_exchange_connection_refused_retried(session, closed_port):
 
 
 def test_exchange_read_timeout_not_retried(endpoint, session, monkeypatch):
-    """gap 10: the code may have been used; sending it again could revoke the grant."""
+    """The code may have been used; sending it again could revoke the grant."""
     monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
     endpoint.answer(STALL, (200, body(GOOD)))
     sleeps = Sleeps()
@@ -408,7 +409,7 @@ def test_exchange_body_stall_not_retried(endpoint, session, monkeypatch):
     assert len(endpoint.requests) == 1
 
 
-# -- forms (§6.1, §6.2 field order) ----------------------------------------------------------
+# -- forms (pizauth 1.1's field order) ----------------------------------------------------------
 
 
 def test_exchange_form_order_with_secret():

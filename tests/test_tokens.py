@@ -1,7 +1,8 @@
 """Token table, generations, status text and the refresh/reminder schedules.
 
-Spec §3 (status), §5.1 (states, generations), §6.4 (refresh schedule), §7.1 (reminders),
-§8.3 (reload), §10.2 (`test_act_validation`), gaps 11, 23, 24, 37.
+Status lines, states and generations, the refresh schedule, reminders and reload, as
+pizauth 1.1 has them (with its `test_act_validation`), and docs/compatibility.md
+"Reminders keep logins", "Tokens without a refresh token", "Minimum intervals", "Status order".
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def is_zeroed(view: memoryview) -> bool:
     return len(view) > 0 and bytes(view) == bytes(len(view))
 
 
-# -- generations across reloads (§10.2 test_act_validation) ----------------------------------
+# -- generations across reloads (pizauth 1.1's test_act_validation) --------------------------
 
 
 def test_act_validation():
@@ -301,9 +302,9 @@ def test_pending_with_state():
     assert table.pending_with_state("s2") is None
 
 
-# -- status (§3) -----------------------------------------------------------------------------
+# -- status ----------------------------------------------------------------------------------
 
-T = 1699134731.0  # Sat, 4 Nov 2023 21:52:11 +0000 (the spec's example)
+T = 1699134731.0  # Sat, 4 Nov 2023 21:52:11 +0000 (the original's example)
 
 
 @pytest.fixture
@@ -378,7 +379,7 @@ def test_real_clock_format():
     ), text
 
 
-# -- refresh schedule (§6.4, gaps 23, 24) ----------------------------------------------------
+# -- refresh schedule ------------------------------------------------------------------------
 
 
 def entry(state, at_least: str = "1h", before: str = "90s", retry: str = "40s") -> Entry:
@@ -441,7 +442,7 @@ def test_refresher_due_and_next_wakeup():
     assert refresher.next_wakeup(table) is None
 
 
-# -- reminders (§7.1, gaps 12, 24) -----------------------------------------------------------
+# -- reminders -------------------------------------------------------------------------------
 
 
 def test_reminder_without_last_notification_is_due_immediately():

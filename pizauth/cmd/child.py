@@ -383,7 +383,7 @@ class CommandChild:
 
 def main(argv: list[str]) -> None:
     fds, _ = start_child("pizauth: command", argv)
-    sandbox.confine("command child")
+    sandbox.confine_command()
     channel = socket.socket(fileno=fds["channel"])
     CommandChild(channel, socket.socket(fileno=fds["socket"])).run()
     os._exit(0)

@@ -1,1 +1,1 @@
-"""The network child: redirect listeners and token requests; never imported by the parent."""
+"""The network child (docs/architecture.md "Network child"): never imported by the parent."""

@@ -195,7 +195,7 @@ class NetChild:
             cert = tls.make_certificate()
         self.tls = cert.context if cert else None
         # Before the first thread: the filter covers this thread and every one it starts.
-        sandbox.confine("network child")
+        sandbox.confine_network()
         self.launcher.watch()
         for scheme, listener in self.listeners.items():
             threading.Thread(target=self.accept_loop, args=(scheme, listener), daemon=True).start()

@@ -1,8 +1,8 @@
-"""The redirect listener: reading a browser's callback request (spec §5.4).
+"""The redirect listener: reading a browser's callback request.
 
 Parsing is deliberately strict and bounded: 16 KiB at most, a read timeout
 and an overall deadline per connection, so a slow or idle client holds only
-its own thread, never the listener (gap 16).
+its own thread, never the listener (docs/compatibility.md "Redirect listener bounds").
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def _header_end(buf: bytearray) -> int | None:
 
 
 def parse_request(raw: bytes, scheme: str) -> ipc.Callback:
-    """The callback a request carries, or BadRequest (spec §5.4 steps 1-4)."""
+    """The callback a request carries, or BadRequest: the checks pizauth 1.1 makes, plus
+    those of docs/compatibility.md "Redirect checks"."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

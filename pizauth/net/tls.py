@@ -1,4 +1,4 @@
-"""The HTTPS listener's certificate: new and self-signed at every start (spec §5.5).
+"""The HTTPS listener's certificate: new and self-signed at every start, as in pizauth 1.1.
 
 The private key is made here, in the network child, and never leaves it: the
 ssl module loads it from an anonymous in-memory file, not from disk.
@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 class Certificate:
     context: ssl.SSLContext
     public_key: str  # the raw P-256 point as the original's `info` shows it
-    fingerprint: str  # SHA-256 of the certificate, as browsers show it (gap 29)
+    fingerprint: str  # SHA-256 of the certificate (docs/compatibility.md "Certificate fingerprint")
 
 
 def colon_hex(data: bytes) -> str:

@@ -1,4 +1,4 @@
-"""Calls to the token endpoint and triage of what comes back (spec §6.1, §6.2).
+"""Calls to the token endpoint and triage of what comes back.
 
 The provider's reply is parsed and judged here, in the network child; the
 parent only ever sees a typed result.
@@ -6,21 +6,27 @@ parent only ever sees a typed result.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote_plus
 
 import requests
 
 from pizauth import ipc
 from pizauth.timeouts import CONNECT, TOKEN_REQUEST
 
-TIMEOUT = TOKEN_REQUEST  # seconds, per request overall
+TIMEOUT = TOKEN_REQUEST  # seconds, per request overall, as pizauth 1.1
 MAX_BODY = 1024 * 1024  # a token response is a few KiB; never buffer more than this
 EXCHANGE_ATTEMPTS = 10
 EXCHANGE_RETRY_DELAY = 6.0
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# How the client authenticates at the token, device and revocation endpoints.
+CLIENT_SECRET_POST = "client_secret_post"  # the secret in the form body
+CLIENT_SECRET_BASIC = "client_secret_basic"  # HTTP Basic, RFC 6749 §2.3.1
+AUTH_METHODS = (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC)
 
 
 @dataclass
@@ -56,14 +62,23 @@ class _NotSent(_Transient):
     """The request never reached the server, so it is safe to send again."""
 
 
-def _post(session: requests.Session, uri: str, form: list[tuple[str, str]]) -> tuple[int, bytes]:
-    """(status, body) of a form POST; body read to at most MAX_BODY within TIMEOUT."""
+def _post(
+    session: requests.Session,
+    uri: str,
+    form: list[tuple[str, str]],
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+    what: str = "token endpoint",
+) -> tuple[int, bytes]:
+    """(status, body) of a form POST (or a GET, with an empty form); body read to at most
+    MAX_BODY within TIMEOUT. `what` names the endpoint in messages."""
     deadline = time.monotonic() + TIMEOUT
     try:
-        resp = session.post(
+        resp = session.request(
+            method,
             uri,
             data=form,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", **(headers or {})},
             timeout=(CONNECT, TIMEOUT),
             stream=True,
             allow_redirects=False,
@@ -84,7 +99,7 @@ def _post(session: requests.Session, uri: str, form: list[tuple[str, str]]) -> t
             for chunk in resp.iter_content(16384):
                 body += chunk
                 if len(body) > MAX_BODY:
-                    raise _Permanent("response from token endpoint too large")
+                    raise _Permanent(f"response from {what} too large")
                 if time.monotonic() > deadline:
                     raise _Transient(f"timed out reading from {uri}")
         except requests.RequestException as e:
@@ -134,7 +149,8 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
         not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in < 0
     ):
         raise _Permanent(unexpected)
-    # gap 8: token types are case-insensitive (RFC 6749 §5.1); gap 7: expires_in is optional.
+    # Token types are case-insensitive (RFC 6749 §5.1), and expires_in is optional:
+    # docs/compatibility.md "Token type case", "Optional expires_in".
     if not isinstance(token, str) or not token or not isinstance(token_type, str):
         raise _Permanent(unexpected)
     if token_type.lower() != "bearer":
@@ -148,20 +164,64 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
     return TokenResult("ok", "", token, expires_in, kind, refresh)
 
 
+def basic_credentials(client_id: str, secret: str) -> str:
+    """The Authorization header value for client_secret_basic: RFC 6749 §2.3.1 has id and
+    secret form-urlencoded before they are joined, so a ':' in either survives."""
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
+
+
+def client_auth(
+    client_id: str, secret: str | None, auth_method: str
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(form fields, headers) that authenticate the client with `auth_method`.
+
+    With no secret the client is public and names itself by client_id in the form,
+    whatever the method. ValueError for a method not in AUTH_METHODS (the config
+    admits no other).
+    """
+    if auth_method not in AUTH_METHODS:
+        raise ValueError("unknown token_endpoint_auth_method")
+    if secret is None:
+        return [("client_id", client_id)], {}
+    if auth_method == CLIENT_SECRET_BASIC:
+        return [], {"Authorization": basic_credentials(client_id, secret)}
+    return [("client_id", client_id), ("client_secret", secret)], {}
+
+
+def authenticate_form(
+    form: list[tuple[str, str]], auth_method: str
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """`form` (which carries client_id, and client_secret for a confidential client, as
+    client_secret_post sends them) as `auth_method` sends it, with its headers."""
+    if auth_method not in AUTH_METHODS:
+        raise ValueError("unknown token_endpoint_auth_method")
+    names = dict(form)
+    if auth_method == CLIENT_SECRET_POST or "client_secret" not in names:
+        return form, {}
+    rest = [(k, v) for k, v in form if k not in ("client_id", "client_secret")]
+    return rest, {
+        "Authorization": basic_credentials(names.get("client_id", ""), names["client_secret"])
+    }
+
+
 def exchange_code(
     session: requests.Session,
     token_uri: str,
     form: list[tuple[str, str]],
     sleep: Callable[[float], None] = time.sleep,
+    auth_method: str = CLIENT_SECRET_POST,
 ) -> TokenResult:
     """The authorisation-code grant. A request is sent again only if it cannot have
-    reached the provider or the provider refused it as overloaded (gaps 9, 10)."""
+    reached the provider or the provider refused it as overloaded
+    (docs/compatibility.md "Code exchange retries")."""
+    form, headers = authenticate_form(form, auth_method)
     last = ""
     for attempt in range(EXCHANGE_ATTEMPTS):
         if attempt:
             sleep(EXCHANGE_RETRY_DELAY)
         try:
-            status, body = _post(session, token_uri, form)
+            status, body = _post(session, token_uri, form, headers)
             return _judge(status, body, "invalid response received")
         except _NotSent as e:
             last = str(e)
@@ -175,10 +235,16 @@ def exchange_code(
     return TokenResult("permanent", last)
 
 
-def refresh(session: requests.Session, token_uri: str, form: list[tuple[str, str]]) -> TokenResult:
+def refresh(
+    session: requests.Session,
+    token_uri: str,
+    form: list[tuple[str, str]],
+    auth_method: str = CLIENT_SECRET_POST,
+) -> TokenResult:
     """One refresh-token grant attempt; the parent schedules retries."""
+    form, headers = authenticate_form(form, auth_method)
     try:
-        status, body = _post(session, token_uri, form)
+        status, body = _post(session, token_uri, form, headers)
         return _judge(status, body, "Received JSON in unexpected format")
     except _Transient as e:
         return TokenResult("transient", str(e))
@@ -187,7 +253,7 @@ def refresh(session: requests.Session, token_uri: str, form: list[tuple[str, str
 
 
 def exchange_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, str]]]:
-    """token_uri and form of a NET_EXCHANGE (spec §6.1 field order)."""
+    """token_uri and form of a NET_EXCHANGE (fields in pizauth 1.1's order)."""
     uri, client_id, has_secret, secret, code, verifier, redirect_uri = (
         ipc.text(f) for f in fields
     )
@@ -204,7 +270,7 @@ def exchange_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, 
 
 
 def refresh_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, str]]]:
-    """token_uri and form of a NET_REFRESH (spec §6.2 field order)."""
+    """token_uri and form of a NET_REFRESH (fields in pizauth 1.1's order)."""
     uri, client_id, has_secret, secret, refresh_token = (ipc.text(f) for f in fields)
     form = [
         ("client_id", client_id),

@@ -129,7 +129,7 @@ def _launcher(sock: socket.socket, network_child: int) -> None:  # pragma: no co
         return  # the network child died before the death signal was armed
     set_title("pizauth: network launcher")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
-    sandbox.confine("network launcher", new_processes=True)
+    sandbox.confine_launcher()
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(sock, 16, MAX_WORKERS)
@@ -164,9 +164,7 @@ def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
     harden(parent_death_signal=signal.SIGKILL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     set_title("pizauth: network worker")
-    # On top of the launcher's filter: no new processes either. (If the launcher could not
-    # be confined, it has said so; one warning per token request would be noise.)
-    sandbox.confine("network worker", warn=False)
+    sandbox.confine_worker()  # on top of the launcher's confinement: no new processes
     conn.settimeout(WORKER_IO)
     request = _one_frame(conn)
     if request is None:

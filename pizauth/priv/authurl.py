@@ -1,4 +1,4 @@
-"""The authorisation URL, PKCE, and the redirect URI a callback must match (spec §5.2-5.4)."""
+"""The authorisation URL, PKCE, and the redirect URI a callback must match."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def b64url(data: bytes) -> str:
 
 
 def form_encode(value: str) -> str:
-    """application/x-www-form-urlencoded, byte for byte as the original (spec §5.2)."""
+    """application/x-www-form-urlencoded, byte for byte as the original."""
     out = []
     for byte in value.encode("utf-8"):
         if byte in _FORM_SAFE:
@@ -89,7 +89,8 @@ def parse_url(uri: str) -> Url:
 
 
 def effective_redirect_uri(account: Account, http_port: int | None, https_port: int | None) -> Url:
-    """The configured redirect URI with the listener's real port (spec §5.3)."""
+    """The configured redirect URI with the listener's real port
+    (docs/compatibility.md "Redirect port")."""
     url = parse_url(account.redirect_uri)
     if url.scheme == "https" and https_port is not None:
         port = https_port
@@ -109,7 +110,7 @@ class AuthRequest:
 def new_auth_request(
     account: Account, http_port: int | None, https_port: int | None
 ) -> AuthRequest:
-    """A fresh state, PKCE verifier and authorisation URL (spec §5.2, gap 1)."""
+    """A fresh state, PKCE verifier and authorisation URL (docs/compatibility.md "Login hint")."""
     state = b64url(os.urandom(32))
     # Made inside the secret arena: no bytes copy of the verifier is left behind.
     verifier = random_urlsafe(64)
@@ -137,7 +138,7 @@ def new_auth_request(
 
 
 def redirect_matches(expected: Url, got: Callback) -> bool:
-    """Same scheme, host, port, path; no fragment; every expected pair present (spec §5.4)."""
+    """Same scheme, host, port, path; no fragment; every expected pair present."""
     if got.has_fragment:
         return False
     if (expected.scheme, expected.host, expected.effective_port(), expected.path) != (

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from pizauth import ipc, runtime
 from pizauth.priv.clock import instant
+from pizauth.process import interrupts_ignored
 from pizauth.timeouts import CHILD_STOP
 
 log = logging.getLogger("pizauth")
@@ -58,12 +59,13 @@ class Child:
         for key, fd in self.fds.items():
             argv += [f"--{key}", str(fd)]
         argv += self.args
-        self.proc = subprocess.Popen(
-            argv,
-            pass_fds=[theirs.fileno(), *self.fds.values()],
-            stdin=subprocess.DEVNULL,
-            close_fds=True,
-        )
+        with interrupts_ignored():
+            self.proc = subprocess.Popen(
+                argv,
+                pass_fds=[theirs.fileno(), *self.fds.values()],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
         theirs.close()
         fd = ours.fileno()
         self.channel = runtime.Channel(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-# spec conventions: CLOCK_BOOTTIME where the platform has it, so a laptop that
+# As pizauth 1.1: CLOCK_BOOTTIME where the platform has it, so a laptop that
 # slept through an expiry notices it on waking.
 _CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
@@ -14,12 +14,12 @@ def instant() -> float:
 
 
 def wall_time(at: float) -> float:
-    """The wall-clock time of instant `at`, as now ± the instant difference (spec §3)."""
+    """The wall-clock time of instant `at`, as now ± the instant difference."""
     return time.time() + (at - instant())
 
 
 def format_instant(at: float) -> str:
-    """RFC 2822 local time with an unpadded day, as `status` shows it (spec §3)."""
+    """RFC 2822 local time with an unpadded day, as `status` shows it."""
     try:
         t = time.localtime(wall_time(at))
     except (OverflowError, OSError, ValueError):

@@ -1,11 +1,13 @@
-"""The `pizauth dump` format, and what `pizauth restore` does with one (spec §8.1, §8.2).
+"""The `pizauth dump` format (pizauth 1.1's, byte for byte), and what `pizauth restore`
+does with one.
 
 A dump is NONCE(12) || ChaCha20-Poly1305(plaintext) under a fixed, published key, so
 it is byte-compatible with the Rust pizauth 1.1 both ways. The plaintext is bincode-1:
 little-endian fixed-width integers, u64 length prefixes, Option = u8 0/1 + value,
 enum = u32 variant index + fields, Time = u64 seconds + u32 nanoseconds since 1970.
 
-The key is public: this only keeps tokens away from `grep` and `strings` (gap 30).
+The key is public: this only keeps tokens away from `grep` and `strings`
+(docs/compatibility.md "Dump key").
 Users who keep dumps on disk must encrypt them themselves (e.g. with age).
 
 Secrets: the plaintext and the output are bytearrays of their final size (a growing
@@ -32,7 +34,7 @@ from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, Empty, Pending, TokenTable
 
-# spec §8.1: the original's key. Published, so this is obfuscation, not encryption.
+# The original's key. Published, so this is obfuscation, not encryption.
 KEY = bytes.fromhex("66a247a85e48cfecaaed9b36eba97d5350d4286375097a44eeffb9c4546b65a3")
 NONCE_LEN = 12
 TAG_LEN = 16
@@ -42,7 +44,7 @@ VERSION = 1
 # dump is refused when it is made rather than when it is needed.
 MAX_DUMP = ipc.MAX_MESSAGE - 1024 - len(b"restore:")
 
-# bincode enum variants of TokenStateDump (spec §8.1).
+# bincode enum variants of TokenStateDump.
 _EMPTY, _ACTIVE = 0, 1
 _U8, _U32, _U64 = struct.Struct("<B"), struct.Struct("<I"), struct.Struct("<Q")
 _U64_MAX = 2**64 - 1
@@ -50,7 +52,7 @@ _NANOS = 1_000_000_000
 
 
 class DumpError(Exception):
-    """A dump that cannot be restored; str(err) is the reply text (spec §8.2)."""
+    """A dump that cannot be restored; str(err) is the reply text."""
 
 
 class Now(NamedTuple):
@@ -79,7 +81,7 @@ class AccountDump:
     auth_uri_fields: tuple[tuple[str, str], ...]
     client_id: str
     client_secret: str | None
-    redirect_uri: str  # as written in the config, not the effective one (spec §8.2)
+    redirect_uri: str  # as written in the config, not the effective one
     scopes: tuple[str, ...]
     token_uri: str
 
@@ -109,7 +111,7 @@ class ActiveDump:
             self.refresh_token.wipe()
 
 
-# None is the Empty variant; Pending is dumped as Empty (spec §8.1).
+# None is the Empty variant; Pending is dumped as Empty, as pizauth 1.1 does.
 TokenDump = ActiveDump | None
 
 
@@ -128,7 +130,7 @@ class Dump:
 
 
 def to_time(at: float, clock: Now) -> Time:
-    """Instant `at` as wall-clock time: now ± (at − instant now) (spec §8.1)."""
+    """Instant `at` as wall-clock time: now ± (at − instant now)."""
     wall = clock.wall + (at - clock.instant)
     if not (math.isfinite(wall) and 0 <= wall <= _U64_MAX):
         # Not representable (before 1970, or absurdly far ahead): "now", as the original
@@ -215,7 +217,7 @@ def _account(p: _Pieces, a: AccountDump) -> None:
 
 
 def encode(table: TokenTable, clock: Now) -> bytearray:
-    """The bincode plaintext of every configured account (spec §8.1). Wipe it after use."""
+    """The bincode plaintext of every configured account. Wipe it after use."""
     p = _Pieces()
     p.u64(VERSION)
     p.u64(len(table.entries))
@@ -256,7 +258,7 @@ def seal(plaintext: Buffer, nonce: Buffer) -> bytearray:
 
 
 def dump(table: TokenTable, clock: Now | None = None, nonce: Buffer | None = None) -> bytearray:
-    """The `dump:` reply for `table`: raw bytes, no prefix (spec §3, §8.1)."""
+    """The `dump:` reply for `table`: raw bytes, no prefix."""
     plaintext = encode(table, clock or now())
     try:
         return seal(plaintext, os.urandom(NONCE_LEN) if nonce is None else nonce)
@@ -268,13 +270,13 @@ def dump(table: TokenTable, clock: Now | None = None, nonce: Buffer | None = Non
 
 
 def open_sealed(data: Buffer) -> bytearray:
-    """Check and decrypt a dump; the plaintext, which the caller must wipe (spec §8.2)."""
+    """Check and decrypt a dump; the plaintext, which the caller must wipe."""
     view = memoryview(data).cast("B")
     if view.nbytes < NONCE_LEN:
-        raise DumpError("Input too short")
+        raise DumpError(f"Input too short: not a pizauth dump ({view.nbytes} bytes)")
     nonce, sealed = bytes(view[:NONCE_LEN]), view[NONCE_LEN:]
     if sealed.nbytes < TAG_LEN:
-        raise DumpError("Restoring dump failed")
+        raise DumpError(f"Restoring dump failed: not a pizauth dump ({view.nbytes} bytes)")
     cipher = ChaCha20Poly1305(KEY)
     plain = bytearray(sealed.nbytes - TAG_LEN)
     try:
@@ -286,7 +288,9 @@ def open_sealed(data: Buffer) -> bytearray:
             plain[:] = cipher.decrypt(nonce, sealed, None)
     except InvalidTag:
         ipc.wipe(plain)  # decrypt_into may have written unauthenticated plaintext
-        raise DumpError("Restoring dump failed") from None
+        raise DumpError(
+            "Restoring dump failed: not a pizauth dump, or damaged (authentication failed)"
+        ) from None
     return plain
 
 
@@ -422,7 +426,10 @@ def decode(plaintext: Buffer) -> Dump:
     version = r.u64()
     if version != VERSION:
         # Checked before the rest, whose layout a later version may change.
-        raise DumpError("Unknown dump version")
+        raise DumpError(
+            f"Unknown dump version: made by an incompatible version of pizauth "
+            f"(dump version {version}, this pizauth reads version {VERSION})"
+        )
     result = Dump(version, {})
     try:
         for _ in range(r.count()):
@@ -446,7 +453,7 @@ def decode(plaintext: Buffer) -> Dump:
 
 
 def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[str]:
-    """Merge a dump into `table` (spec §8.2); the accounts that received a token.
+    """Merge a dump into `table`, by pizauth 1.1's rule; the accounts that received a token.
 
     Everything is decoded before anything changes, so an error leaves `table` as it was.
     """

@@ -1,9 +1,10 @@
-"""Running the user's shell commands without blocking the parent (spec §7.3).
+"""Running the user's shell commands without blocking the parent
+(docs/compatibility.md "Hooks never block").
 
 Each command runs as `$SHELL -c CMD` in a session of its own, stdin from
 /dev/null, with no descriptor of the server. A timeout kills the whole process
-group, so grandchildren die too (gap 26). The parent's event loop learns of a
-command's exit through a pidfd.
+group, so grandchildren die too (docs/compatibility.md "Hook timeouts"). The parent's event
+loop learns of a command's exit through a pidfd.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class HookRunner:
                 _kill_group(job.proc.pid)
 
     def kill_all(self) -> None:
-        """At shutdown: end every command and its children, and reap them (gap 17)."""
+        """At shutdown: end every command and its children, and reap them
+        (docs/compatibility.md "Clean shutdown")."""
         for job in list(self.running.values()):
             _kill_group(job.proc.pid)
             job.proc.wait()

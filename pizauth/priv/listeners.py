@@ -1,4 +1,5 @@
-"""Binding the redirect listeners' TCP sockets, at start and when a reload changes them."""
+"""Binding the redirect listeners' TCP sockets, at start and on reload
+(docs/compatibility.md "Listeners on reload")."""
 
 from __future__ import annotations
 

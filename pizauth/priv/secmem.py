@@ -1,4 +1,5 @@
-"""Secrets in the parent: bytes in locked, unswappable, undumpable memory (DESIGN.md).
+"""Secrets in the parent: bytes in locked, unswappable, undumpable memory
+(docs/architecture.md "Secrets in memory").
 
 Every access token, refresh token, PKCE verifier and client secret the parent
 holds is a Secret whose bytes live in an arena: a private anonymous mapping
@@ -224,8 +225,9 @@ def _zero(arena: _Arena, offset: int, size: int) -> None:
 def random_urlsafe(nbytes: int) -> Secret:
     """`nbytes` random bytes, base64url-encoded without padding, made inside the arena.
 
-    The PKCE verifier (spec §5.2: 64 bytes -> 86 characters). Unlike secrets.token_urlsafe,
-    no copy of the randomness or of its encoding is left behind as bytes or str.
+    The PKCE verifier: 64 random bytes -> 86 characters, as in pizauth 1.1. Unlike
+    secrets.token_urlsafe, no copy of the randomness or of its encoding is left behind
+    as bytes or str.
     """
     raw = Secret.zeros(nbytes)
     try:

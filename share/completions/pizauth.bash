@@ -84,7 +84,7 @@ _pizauth()
             mapfile -t COMPREPLY < <(compgen -W '-V --version -h --help' -- "$cur")
         else
             mapfile -t COMPREPLY < <(compgen -W 'dump info refresh reload restore revoke
-                server show shutdown status' -- "$cur")
+                server show shutdown status systemd-unit' -- "$cur")
         fi
         return 0
     fi
@@ -95,7 +95,7 @@ _pizauth()
         revoke) account=1 ;;
         info) flags="-j -c --config=" config=1 ;;
         server) flags="-c --config= -d -v --verbose" config=1 ;;
-        dump | reload | restore | shutdown | status) ;;
+        dump | reload | restore | shutdown | status | systemd-unit) ;;
         *) return 0 ;;
     esac
     flags+=" -h --help"

@@ -41,7 +41,7 @@ function __pizauth_wants_account --description 'True if no account has been give
     return 0
 end
 
-set -l __pizauth_cmds dump info refresh reload restore revoke server show shutdown status
+set -l __pizauth_cmds dump info refresh reload restore revoke server show shutdown status systemd-unit
 
 complete -c pizauth -f
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -s V -l version -d 'Print the version'
@@ -55,6 +55,7 @@ complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a serv
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a show -d 'Print the access token of an account'
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a shutdown -d 'Stop the server'
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a status -d 'Print the state of every account'
+complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a systemd-unit -d 'Print a systemd user unit for this pizauth'
 
 # Every command accepts -h and -v.
 complete -c pizauth -n "__fish_seen_subcommand_from $__pizauth_cmds" -s h -l help -d 'Print usage'

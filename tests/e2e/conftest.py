@@ -273,3 +273,5 @@ def pizauth_e2e(tmp_path: Path, oidc_provider: OIDCProvider, browser: str) -> It
     server = Pizauth(tmp_path, oidc_provider, browser)
     yield server
     server.stop()
+    problems = server.log_problems()
+    assert not problems, "the server logged an internal error:\n" + "\n".join(problems)

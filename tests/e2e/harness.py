@@ -10,17 +10,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from server_harness import PIZAUTH, Server, wait_for
 
 E2E = Path(__file__).resolve().parent
-PIZAUTH = str(Path(sys.executable).with_name("pizauth"))
+__all__ = ["wait_for"]  # the shared one, re-exported for the tests
 ACCOUNT = "mail"  # pizauth's account name
 USER = "alice"  # the provider's account, the SMTP and IMAP user
 PIZAUTH_CLIENT = ("pizauth-e2e", "pizauth-e2e-secret-9d2a")
@@ -66,19 +65,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env.update(extra)
     return env
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, details=None):
-    """Poll `condition` until it is truthy; fail the test (with `details()`) after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\n{details()}" if details else ""
-            pytest.fail(f"timed out after {timeout} s waiting for {what}{extra}")
-        time.sleep(0.05)
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -264,23 +250,20 @@ def imap_greets(port: int) -> bool:
         return False
 
 
-class Pizauth:
-    """One `pizauth server` whose `auth_notify_cmd` is headless Chromium, with msmtp and
-    mbsync configured to take their tokens from it."""
+class Pizauth(Server):
+    """The shared test server (tests/server_harness.py) whose `auth_notify_cmd` is headless
+    Chromium, with msmtp and mbsync configured to take their tokens from it."""
 
     def __init__(self, tmp: Path, provider: OIDCProvider, chromium: str) -> None:
-        self.tmp = tmp
-        self.provider = provider
-        self.chromium = chromium
-        self.conf = tmp / "pizauth.conf"
-        self.env = clean_env(
+        env = clean_env(
             XDG_RUNTIME_DIR=str(tmp / "runtime"),
             XDG_CONFIG_HOME=str(tmp / "config"),
             HOME=str(tmp),
             SHELL="/bin/sh",
             PATH=os.pathsep.join([str(Path(PIZAUTH).parent), os.environ.get("PATH", "")]),
         )
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(tmp, provider, env)  # type: ignore[arg-type]
+        self.chromium = chromium
 
     # -- configuration --------------------------------------------------------------
 
@@ -326,51 +309,19 @@ class Pizauth:
 
     # -- the server -----------------------------------------------------------------
 
-    def start(self) -> None:
-        self.write_config()
-        ready = self.tmp / "ready"
-        with open(self.tmp / "server.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [PIZAUTH, "server", "-d", "-vvvv", "-c", str(self.conf)],
-                env=self.env,
-                cwd=self.tmp,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,
-            )
-        wait_for(
-            lambda: ready.exists() or self.proc.poll() is not None,
-            15,
-            "pizauth server start",
-            self.diagnostics,
-        )
-        assert self.proc.poll() is None, f"pizauth server exited\n{self.diagnostics()}"
+    def start(self) -> None:  # type: ignore[override]
+        self.write_config()  # type: ignore[call-arg]
+        super().start("-vvvv", timeout=15)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                self.run("shutdown", timeout=15)
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        kill_group(self.proc)
-        kill_marked(f"{self.tmp}/")
-        self.proc = None
+        super().stop()
+        kill_marked(f"{self.tmp}/")  # a browser that outlived its hook
 
-    def run(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [PIZAUTH, *args], env=self.env, cwd=self.tmp, capture_output=True, timeout=timeout
-        )
-
-    def show(self) -> subprocess.CompletedProcess[bytes]:
+    def show(self) -> subprocess.CompletedProcess[bytes]:  # type: ignore[override]
         return self.run("show", ACCOUNT)
 
-    def token(self) -> str | None:
-        result = self.show()
-        return result.stdout.decode().rstrip("\n") if result.returncode == 0 else None
+    def token(self) -> str | None:  # type: ignore[override]
+        return self._token(ACCOUNT)
 
     # -- what the hooks saw ---------------------------------------------------------
 

@@ -1,0 +1,115 @@
+"""Judging the pieces of a provider's reply: JSON, text, numbers and URIs.
+
+Everything here takes what a stranger wrote and returns either a bounded, clean
+value or None; nothing raises on bad input. The device, metadata and revocation
+calls share it so that each refuses the same things in the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from urllib.parse import urlsplit
+
+from pizauth import limits
+
+REPLACEMENT = "\ufffd"
+# Besides control characters: line and paragraph separators, and the bidirectional
+# overrides that make a terminal show text in an order other than the one it has.
+_INVISIBLE = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e") | frozenset(
+    "\u2066\u2067\u2068\u2069"
+)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+# Digits in a string-valued number (some providers quote expires_in); more than
+# this is clamped anyway, so there is no need to convert it.
+_MAX_DIGITS = 20
+
+
+def load_json(body: bytes) -> object | None:
+    """The JSON value of `body`, or None if it is not JSON we can hold."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested arrays; ValueError also covers integers with
+        # more digits than Python will convert.
+        return None
+
+
+def provider_text(value: str, limit: int = limits.MAX_PROVIDER_TEXT) -> str:
+    """`value` with control, surrogate and direction-changing characters replaced, cut so
+    that its UTF-8 encoding is at most `limit` bytes."""
+    clean = "".join(
+        REPLACEMENT if c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c
+        for c in value[:limit]  # a character is at least one byte: cut before the scan
+    )
+    encoded = clean.encode("utf-8")
+    if len(encoded) <= limit:
+        return clean
+    return encoded[:limit].decode("utf-8", errors="ignore")
+
+
+def oauth_error(doc: object) -> tuple[str, str]:
+    """(error, error_description) of an RFC 6749 §5.2 error object, both cleaned; ("", "")
+    if `doc` is not one."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), str):
+        return "", ""
+    desc = doc.get("error_description")
+    return (
+        provider_text(doc["error"]),
+        provider_text(desc) if isinstance(desc, str) else "",
+    )
+
+
+def error_text(error: str, description: str) -> str:
+    return f"{error}: {description}" if description else error
+
+
+def seconds(value: object) -> int | None:
+    """A non-negative number of seconds, clamped to limits.MAX_SECONDS; None if `value`
+    is not one. Integers, integral or huge floats and digit strings are accepted."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value >= limits.MAX_SECONDS:  # also +inf, which JSON's 1e400 becomes
+            return limits.MAX_SECONDS
+        n = math.floor(value)
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        digits = value.lstrip("0") or "0"
+        n = limits.MAX_SECONDS if len(digits) > _MAX_DIGITS else int(digits)
+    else:
+        return None
+    if n < 0:
+        return None
+    return min(n, limits.MAX_SECONDS)
+
+
+def http_uri(value: object, *, https_only: bool) -> str | None:
+    """`value` if it is an absolute http(s) URI we are willing to use or show, else None.
+
+    Printable ASCII only, so it can neither hide text in a terminal nor break the
+    "URL up to the first space" that scripts read from `pizauth show`; no userinfo
+    (it makes hosts easy to misread) and no fragment (RFC 6749 §3.1, §3.2). With
+    `https_only`, plain http is allowed for 127.0.0.1 and localhost only.
+    """
+    if not isinstance(value, str) or not value or len(value) > limits.MAX_URI:
+        return None
+    if not all("\x21" <= c <= "\x7e" for c in value):
+        return None
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return None
+    if not host or "@" in parts.netloc or parts.fragment or "#" in value:
+        return None
+    if parts.scheme == "https":
+        return value
+    if parts.scheme == "http" and (not https_only or host in LOOPBACK_HOSTS):
+        return value
+    return None

@@ -1,0 +1,366 @@
+"""Running a user command whose stdout is secret material, without blocking the parent.
+
+`client_secret_cmd` and `token_store_key_cmd` run as `$SHELL -c COMMAND` (/bin/sh
+when SHELL is unset), stdin from /dev/null, in a session of their own, with no
+descriptor of the server. A timeout kills the whole process group, so a
+grandchild cannot keep a pipe open forever.
+
+The output goes from the pipe into a bytearray of fixed size (a growing one would
+leave copies behind when reallocated), from there into a Secret, and the bytearray
+is wiped: it never becomes a str or bytes. stderr is read only for its first line,
+which goes, made printable and short, into the error message.
+
+The parent's loop drives it like priv/hooks.HookRunner: `watch(fd, callback)` and
+`unwatch(fd)` register descriptors with its selector, `next_deadline()` and
+`enforce_timeouts(now)` fit its timer, and `on_done` receives a Secret (which the
+receiver owns and must wipe) or a CommandError. `run_blocking` does the same with
+a selector of its own, for start-up.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from pizauth import ipc, limits
+from pizauth.priv.clock import instant
+from pizauth.priv.secmem import Secret
+
+# How long a command may take: long enough for a person to unlock a password store.
+TIMEOUT = 180.0
+# Store key material: enough for any key file or passphrase; less than 32 bytes is
+# too little entropy to be worth sealing tokens with.
+MIN_KEY = 32
+MAX_KEY = 4 * 1024
+# After a client secret's first line, the rest of stdout is read and thrown away (a
+# `pass show` entry has more lines), up to this much.
+MAX_DISCARDED = 64 * 1024
+# The part of stderr kept for the error message.
+MAX_STDERR_LINE = 200
+_READ_CHUNK = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What a command must print, and what the error messages call it."""
+
+    name: str  # the config option, e.g. "client_secret_cmd"
+    first_line: bool  # the first line less "\n"; else all of it less one trailing "\n"
+    min_bytes: int
+    max_bytes: int
+
+
+CLIENT_SECRET = Output("client_secret_cmd", True, 1, limits.MAX_CLIENT_SECRET)
+STORE_KEY = Output("token_store_key_cmd", False, MIN_KEY, MAX_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandError:
+    """Why a command gave no secret; `message` is for the user (log, error_notify_cmd)."""
+
+    message: str
+
+
+Result = Secret | CommandError
+Done = Callable[[Result], None]
+
+
+@dataclass(eq=False)
+class _Job:
+    output: Output
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    stdout: int | None
+    stderr: int | None
+    deadline: float
+    on_done: Done
+    timeout: float
+    # Sized once: the secret plus its newline, plus one byte to notice too much.
+    buf: bytearray = field(default_factory=bytearray)
+    have: int = 0
+    line_end: int | None = None  # first-line mode: where the first "\n" is
+    discarded: int = 0
+    err: bytearray = field(default_factory=lambda: bytearray(MAX_STDERR_LINE * 4))
+    err_have: int = 0
+    exited: bool = False
+    too_much: str | None = None
+    timed_out: bool = False
+
+
+class SecretCommands:
+    """Runs secret commands and reports each result once through its `on_done`."""
+
+    def __init__(
+        self,
+        watch: Callable[[int, Callable[[], None]], None],
+        unwatch: Callable[[int], None],
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self._watch = watch
+        self._unwatch = unwatch
+        self.timeout = timeout
+        self.running: list[_Job] = []
+
+    def start(self, cmd: str, output: Output, env: Mapping[str, str], on_done: Done) -> None:
+        """Start `cmd`; `env` is added to the server's environment (e.g. PIZAUTH_ACCOUNT).
+
+        Never raises for a command that cannot be started: on_done gets a CommandError,
+        possibly before start returns.
+        """
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [shell, "-c", cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                env={**os.environ, **env},
+                close_fds=True,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as e:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            on_done(CommandError(f"{output.name}: cannot run {shell}: {reason}"))
+            return
+        os.close(out_w)
+        os.close(err_w)
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        pidfd = os.pidfd_open(proc.pid)
+        job = _Job(
+            output,
+            proc,
+            pidfd,
+            out_r,
+            err_r,
+            instant() + self.timeout,
+            on_done,
+            self.timeout,
+            bytearray(output.max_bytes + (1 if output.first_line else 2)),
+        )
+        self.running.append(job)
+        self._watch(out_r, lambda: self._read_stdout(job))
+        self._watch(err_r, lambda: self._read_stderr(job))
+        self._watch(pidfd, lambda: self._exited(job))
+
+    # -- events -----------------------------------------------------------------------
+
+    def _read_stdout(self, job: _Job) -> None:
+        while job.stdout is not None:
+            if job.line_end is None and job.have < len(job.buf):
+                target = memoryview(job.buf)[job.have :]
+                n = _read_into(job.stdout, target)
+                target.release()
+                if n is None:
+                    return
+                if n == 0:
+                    self._close_stdout(job)
+                    break
+                start, job.have = job.have, job.have + n
+                if job.output.first_line:
+                    end = job.buf.find(b"\n", start, job.have)
+                    if end >= 0:
+                        # Keep the line; what followed it in this read is not the secret.
+                        job.line_end = end
+                        job.discarded = job.have - end - 1
+                        ipc.wipe(memoryview(job.buf)[end:])
+                        job.have = end
+                continue
+            if job.line_end is None:
+                # The buffer is full and no line ended (or the key is too long).
+                self._overflow(job)
+                break
+            scratch = bytearray(_READ_CHUNK)
+            n = _read_into(job.stdout, memoryview(scratch))
+            ipc.wipe(scratch)
+            if n is None:
+                return
+            if n == 0:
+                self._close_stdout(job)
+                break
+            job.discarded += n
+            if job.discarded > MAX_DISCARDED:
+                self._overflow(job)
+                break
+        self._maybe_done(job)
+
+    def _read_stderr(self, job: _Job) -> None:
+        while job.stderr is not None:
+            if job.err_have < len(job.err):
+                target = memoryview(job.err)[job.err_have :]
+                n = _read_into(job.stderr, target)
+                target.release()
+                if n:
+                    job.err_have += n
+            else:
+                scratch = bytearray(_READ_CHUNK)
+                n = _read_into(job.stderr, memoryview(scratch))
+            if n is None:
+                return
+            if n == 0:
+                self._unwatch(job.stderr)
+                os.close(job.stderr)
+                job.stderr = None
+
+    def _exited(self, job: _Job) -> None:
+        self._unwatch(job.pidfd)
+        os.close(job.pidfd)
+        job.pidfd = -1
+        job.proc.wait()
+        job.exited = True
+        self._maybe_done(job)
+
+    def _overflow(self, job: _Job) -> None:
+        limit = job.output.max_bytes
+        if job.line_end is None and job.output.first_line:
+            job.too_much = f"{job.output.name} printed a first line longer than {limit} bytes"
+        elif job.line_end is None:
+            job.too_much = f"{job.output.name} printed more than {limit} bytes"
+        else:
+            job.too_much = f"{job.output.name} printed more than {MAX_DISCARDED} bytes"
+        self._close_stdout(job)
+        _kill_group(job.proc.pid)
+
+    def _close_stdout(self, job: _Job) -> None:
+        if job.stdout is not None:
+            self._unwatch(job.stdout)
+            os.close(job.stdout)
+            job.stdout = None
+
+    def _maybe_done(self, job: _Job) -> None:
+        # Done when the command has exited and stdout is at its end, or when it was
+        # killed (a grandchild that left the group could hold stdout open forever).
+        if job.exited and (job.stdout is None or job.timed_out or job.too_much):
+            self._finish(job)
+
+    def next_deadline(self) -> float | None:
+        return min((j.deadline for j in self.running if not j.timed_out), default=None)
+
+    def enforce_timeouts(self, now: float) -> None:
+        for job in list(self.running):
+            if not job.timed_out and job.deadline <= now:
+                job.timed_out = True
+                _kill_group(job.proc.pid)
+                self._maybe_done(job)
+
+    def kill_all(self) -> None:
+        """At shutdown: end every command and its group, reap them; no on_done is called."""
+        for job in list(self.running):
+            _kill_group(job.proc.pid)
+            job.proc.wait()
+            self._release(job)
+
+    # -- the end ----------------------------------------------------------------------
+
+    def _finish(self, job: _Job) -> None:
+        if job.stderr is not None:
+            self._read_stderr(job)  # what the command wrote before it exited
+        result = self._result(job)
+        self._release(job)
+        job.on_done(result)
+
+    def _result(self, job: _Job) -> Result:
+        name = job.output.name
+        code = job.proc.returncode
+        if job.too_much is not None:
+            return CommandError(job.too_much)
+        if job.timed_out:
+            return CommandError(f"{name} timed out after {job.timeout:g} s")
+        if code != 0:
+            if code < 0:
+                text = f"{name} was killed by signal {-code}"
+            else:
+                text = f"{name} exited with status {code}"
+            line = first_line(job.err, job.err_have)
+            return CommandError(f"{text}: {line}" if line else text)
+        n = job.have
+        if not job.output.first_line and n and job.buf[n - 1] == 0x0A:
+            n -= 1  # one trailing newline, as `echo` and most tools print
+        if n == 0:
+            return CommandError(f"{name} printed nothing")
+        if n > job.output.max_bytes:
+            return CommandError(f"{name} printed more than {job.output.max_bytes} bytes")
+        if n < job.output.min_bytes:
+            return CommandError(
+                f"{name} printed {n} bytes: the key must be at least {job.output.min_bytes} bytes"
+            )
+        return Secret(memoryview(job.buf)[:n])
+
+    def _release(self, job: _Job) -> None:
+        self._close_stdout(job)
+        if job.stderr is not None:
+            self._unwatch(job.stderr)
+            os.close(job.stderr)
+            job.stderr = None
+        if job.pidfd >= 0:
+            self._unwatch(job.pidfd)
+            os.close(job.pidfd)
+            job.pidfd = -1
+        ipc.wipe(job.buf)
+        ipc.wipe(job.err)
+        self.running.remove(job)
+
+
+def first_line(data: bytearray, length: int) -> str:
+    """The first line of `data[:length]`, printable and at most MAX_STDERR_LINE long."""
+    end = data.find(b"\n", 0, length)
+    text = bytes(data[: length if end < 0 else end]).decode("utf-8", "replace").rstrip("\r")
+    # No control characters: the line ends up in logs and notifications.
+    text = "".join(c if c.isprintable() else "?" for c in text).strip()
+    if len(text) > MAX_STDERR_LINE:
+        text = text[: MAX_STDERR_LINE - 3] + "..."
+    return text
+
+
+def _read_into(fd: int, target: memoryview) -> int | None:
+    """Bytes read into `target` (0 at end of file), or None if nothing is there yet."""
+    try:
+        return os.readv(fd, [target])
+    except BlockingIOError:
+        return None
+    except OSError as e:
+        if e.errno == errno.EINTR:
+            return None
+        raise
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_blocking(
+    cmd: str, output: Output, env: Mapping[str, str], timeout: float = TIMEOUT
+) -> Result:
+    """Run `cmd` to its end (or its timeout) with a selector of its own: for start-up."""
+    sel = selectors.DefaultSelector()
+    results: list[Result] = []
+    runner = SecretCommands(
+        lambda fd, callback: sel.register(fd, selectors.EVENT_READ, callback),
+        sel.unregister,
+        timeout,
+    )
+    try:
+        runner.start(cmd, output, env, results.append)
+        while not results:
+            deadline = runner.next_deadline()
+            wait = None if deadline is None else max(0.0, deadline - instant())
+            for key, _ in sel.select(wait):
+                if key.fileobj in sel.get_map():
+                    key.data()
+            runner.enforce_timeouts(instant())
+    finally:
+        runner.kill_all()
+        sel.close()
+    return results[0]

@@ -1,0 +1,433 @@
+"""The sealed token store: a file that lets tokens survive a restart (docs/token-store.md).
+
+Only the parent reads and writes it: the parent alone holds the tokens, and needs
+no network to seal them, so no child gains file access or sees a token for it.
+
+File layout (all of it authenticated; the header is the associated data):
+
+    offset  size  field
+    0       4     magic b"PZST"
+    4       1     version (1)
+    5       32    salt, fresh on every write
+    37      12    nonce, fresh on every write
+    49      n+16  ChaCha20-Poly1305(plaintext) and its tag
+
+The key is HKDF-SHA256(key material, salt, INFO), so every write uses a key of
+its own. The plaintext is the caller's (the parent uses the `pizauth dump`
+encoding, before that format's obfuscation).
+
+A file is replaced atomically: a new file in the same directory, written, fsynced,
+renamed over the old one, and the directory fsynced. A store that could not be
+opened is never overwritten: it is moved aside first (Store.save).
+
+The parent's use: at start, if Store.exists(), run the key command
+(secretcmd.run_blocking with STORE_KEY), then Store.load(key) (or
+Store.key_failed(message)), then dump.decode the plaintext and merge it, calling
+Store.not_opened(message) if it does not decode. On every change of token state,
+WriteSchedule.changed(now); when WriteSchedule.take(now) says so, get the key
+(cached, or by running the key command again without blocking) and call
+Store.save(dump.encode(table, ...), key), wiping the plaintext afterwards.
+
+cryptography is imported only when something is sealed or opened, so that a
+parent with no store configured does not load it.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from pizauth import ipc
+from pizauth.ipc import Buffer
+from pizauth.priv.secmem import Secret
+
+MAGIC = b"PZST"
+VERSION = 1
+SALT_LEN = 32
+NONCE_LEN = 12
+TAG_LEN = 16
+HEADER_LEN = len(MAGIC) + 1 + SALT_LEN + NONCE_LEN
+INFO = b"pizauth token store v1"
+# A store holds what a dump holds, and a dump fits in one message.
+MAX_PLAINTEXT = ipc.MAX_MESSAGE
+MAX_STORE = HEADER_LEN + MAX_PLAINTEXT + TAG_LEN
+# Test-only: seconds to sleep between writing a new store and renaming it into
+# place, so that a test can kill the server in the middle. Read once, at import.
+_TEST_DELAY_ENV = "PIZAUTH_TEST_STORE_WRITE_DELAY"
+
+
+def _test_delay() -> float:
+    try:
+        delay = float(os.environ.get(_TEST_DELAY_ENV, "0"))
+    except ValueError:
+        return 0.0
+    return delay if 0 < delay < 60 else 0.0
+
+
+_WRITE_DELAY = _test_delay()
+
+
+class StoreError(Exception):
+    """A store that cannot be read, opened or written; str(err) is for the user."""
+
+
+# -- sealing ------------------------------------------------------------------------------
+
+
+def _derive(key: Secret, salt: Buffer) -> bytearray:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes(salt), info=INFO)
+    out = bytearray(32)
+    derive_into = getattr(hkdf, "derive_into", None)
+    if derive_into is not None:
+        derive_into(key.view(), out)
+    else:
+        # cryptography < 47 only returns an immutable `bytes`: dropped at once.
+        out[:] = hkdf.derive(key.view())
+    return out
+
+
+def _cipher(key: Secret, salt: Buffer) -> object:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    derived = _derive(key, salt)
+    try:
+        return ChaCha20Poly1305(derived)
+    finally:
+        ipc.wipe(derived)
+
+
+def seal(plaintext: Buffer, key: Secret) -> bytearray:
+    """The store file's bytes for `plaintext` under `key`, with a fresh salt and nonce."""
+    plain = memoryview(plaintext).cast("B")
+    if plain.nbytes > MAX_PLAINTEXT:
+        raise StoreError(f"token store content too large ({plain.nbytes} bytes)")
+    out = bytearray(HEADER_LEN + plain.nbytes + TAG_LEN)
+    salt_at = len(MAGIC) + 1
+    out[: len(MAGIC)] = MAGIC
+    out[len(MAGIC)] = VERSION
+    out[salt_at:HEADER_LEN] = os.urandom(SALT_LEN + NONCE_LEN)
+    salt = bytes(out[salt_at : salt_at + SALT_LEN])
+    nonce = bytes(out[salt_at + SALT_LEN : HEADER_LEN])
+    header = bytes(out[:HEADER_LEN])
+    cipher = _cipher(key, salt)
+    encrypt_into = getattr(cipher, "encrypt_into", None)
+    if encrypt_into is not None:
+        encrypt_into(nonce, plain, header, memoryview(out)[HEADER_LEN:])
+    else:
+        # cryptography < 44 returns `bytes`; it is ciphertext, so nothing is exposed.
+        out[HEADER_LEN:] = cipher.encrypt(nonce, plain, header)  # type: ignore[attr-defined]
+    return out
+
+
+def open_sealed(data: Buffer, key: Secret) -> bytearray:
+    """The plaintext of a store file, which the caller must wipe; or StoreError."""
+    from cryptography.exceptions import InvalidTag
+
+    view = memoryview(data).cast("B")
+    if view.nbytes < len(MAGIC) + 1 or view[: len(MAGIC)] != MAGIC:
+        raise StoreError("not a pizauth token store")
+    if view[len(MAGIC)] != VERSION:
+        raise StoreError(
+            f"token store format version {view[len(MAGIC)]} was made by an "
+            f"incompatible version of pizauth (this one reads version {VERSION})"
+        )
+    if view.nbytes < HEADER_LEN + TAG_LEN:
+        raise StoreError("token store is damaged (truncated)")
+    salt_at = len(MAGIC) + 1
+    salt = bytes(view[salt_at : salt_at + SALT_LEN])
+    nonce = bytes(view[salt_at + SALT_LEN : HEADER_LEN])
+    header = bytes(view[:HEADER_LEN])
+    sealed = view[HEADER_LEN:]
+    cipher = _cipher(key, salt)
+    plain = bytearray(sealed.nbytes - TAG_LEN)
+    try:
+        decrypt_into = getattr(cipher, "decrypt_into", None)
+        if decrypt_into is not None:
+            decrypt_into(nonce, sealed, header, plain)
+        else:
+            plain[:] = cipher.decrypt(nonce, sealed, header)  # type: ignore[attr-defined]
+    except InvalidTag:
+        ipc.wipe(plain)
+        raise StoreError(
+            "token store does not open with this key (wrong key, or the file is damaged)"
+        ) from None
+    return plain
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+def read(path: str) -> bytearray | None:
+    """The store file's bytes, or None if there is none; StoreError if it is unreadable.
+
+    A symbolic link, a FIFO or anything but a regular file is refused, as is one
+    larger than MAX_STORE.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StoreError(f"token store {path} is a symbolic link") from None
+        raise StoreError(f"cannot read token store {path}: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"token store {path} is not a regular file")
+        if info.st_size > MAX_STORE:
+            raise StoreError(f"token store {path} is too large ({info.st_size} bytes)")
+        buf = bytearray(info.st_size + 1)  # one more, to notice a file that grew
+        have = 0
+        view = memoryview(buf)
+        while have < len(buf):
+            n = os.readv(fd, [view[have:]])
+            if n == 0:
+                break
+            have += n
+        view.release()
+        if have > info.st_size:
+            raise StoreError(f"token store {path} changed while it was read")
+        del buf[have:]
+        return buf
+    except OSError as e:
+        raise StoreError(f"cannot read token store {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def make_dirs(directory: str) -> None:
+    """Create `directory` and its missing parents with mode 0700; existing ones are kept."""
+    missing = []
+    d = os.path.abspath(directory)
+    while not os.path.isdir(d):
+        missing.append(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)  # whatever the umask took away
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_name(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.tmp-{os.getpid()}-{os.urandom(6).hex()}")
+
+
+def write_atomic(path: str, data: Buffer) -> None:
+    """Replace `path` by a file holding `data`, mode 0600, so that a crash at any point
+    leaves either the old file or the new one. OSError on failure (the old file stays)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    make_dirs(directory)
+    temp = _temp_name(os.path.abspath(path))
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data).cast("B")
+            done = 0
+            while done < view.nbytes:
+                done += os.write(fd, view[done:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if _WRITE_DELAY:
+            time.sleep(_WRITE_DELAY)
+        os.rename(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def move_aside(path: str, now: float | None = None) -> str:
+    """Rename `path` to PATH.unreadable-TIMESTAMP, never over an existing file; the new
+    path. OSError on failure (then `path` is where it was)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    base = f"{path}.unreadable-{stamp}"
+    for i in range(1000):
+        aside = base if i == 0 else f"{base}-{i}"
+        try:
+            # link() fails if `aside` exists: no race can make us overwrite a file.
+            os.link(path, aside, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            # A file system without hard links: rename, checking first.
+            if os.path.lexists(aside):
+                continue
+            os.rename(path, aside)
+        else:
+            os.unlink(path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        return aside
+    raise OSError(errno.EEXIST, f"too many files named {base}*")
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Delete temporary files a killed server left next to `path`; their names."""
+    directory, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}.tmp-"
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # a write in progress in another process
+        try:
+            os.unlink(os.path.join(directory, entry))
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own writes are never in progress while we look
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+# -- the rule: never overwrite what could not be opened -----------------------------------
+
+
+class Status(enum.Enum):
+    ABSENT = "absent"  # no store file: nothing to protect
+    OPENED = "opened"  # the file opened with our key: ours to replace
+    KEY_FAILED = "key failed"  # the key command failed, so the file was not tried
+    UNOPENED = "unopened"  # the file was unreadable, damaged, or not for this key
+
+
+class Store:
+    """One store file and what is known about it.
+
+    The parent calls load() at start (or key_failed() if the key command failed),
+    then save() for each write. A file that exists and was never opened is moved
+    aside by the first save(), never overwritten.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.status = Status.ABSENT
+        self.error: str | None = None  # why the file was not opened, for info and logs
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.path)
+
+    def load(self, key: Secret) -> bytearray | None:
+        """The plaintext (the caller wipes it), None if there is no store; StoreError if
+        the file cannot be read or opened, and then it will be moved aside, not
+        overwritten."""
+        remove_stale_temps(self.path)
+        try:
+            data = read(self.path)
+            if data is None:
+                self.status, self.error = Status.ABSENT, None
+                return None
+            try:
+                plaintext = open_sealed(data, key)
+            finally:
+                ipc.wipe(data)
+        except StoreError as e:
+            self.status, self.error = Status.UNOPENED, str(e)
+            raise
+        self.status, self.error = Status.OPENED, None
+        return plaintext
+
+    def key_failed(self, error: str) -> None:
+        """The key command failed before the store could be opened."""
+        if self.status is not Status.OPENED and self.exists():
+            self.status, self.error = Status.KEY_FAILED, error
+
+    def not_opened(self, error: str) -> None:
+        """The file opened but its content could not be used (the caller's decoding
+        failed): keep it, as if it had not opened."""
+        self.status, self.error = Status.UNOPENED, error
+
+    def save(self, plaintext: Buffer, key: Secret) -> str | None:
+        """Seal and write `plaintext`; the path the old file was moved to, if it was.
+
+        StoreError (the old file untouched, or aside) if it cannot be written."""
+        moved = None
+        if self.status in (Status.KEY_FAILED, Status.UNOPENED) and self.exists():
+            try:
+                moved = move_aside(self.path)
+            except OSError as e:
+                raise StoreError(
+                    f"cannot move the unopened token store {self.path} aside: {e.strerror}"
+                ) from None
+        self.status, self.error = Status.ABSENT, None
+        data = seal(plaintext, key)
+        try:
+            write_atomic(self.path, data)
+        except OSError as e:
+            raise StoreError(f"cannot write token store {self.path}: {e.strerror}") from None
+        finally:
+            ipc.wipe(data)
+        self.status = Status.OPENED
+        return moved
+
+
+# -- when to write ------------------------------------------------------------------------
+
+
+@dataclass
+class WriteSchedule:
+    """Changes within `delay` seconds of the first one are written together.
+
+    The first change after a write sets the due time; later changes do not move it,
+    so no change waits longer than `delay` to be written.
+    """
+
+    delay: float = 1.0
+    due: float | None = None
+
+    def changed(self, now: float) -> None:
+        if self.due is None:
+            self.due = now + self.delay
+
+    def next_write_due(self) -> float | None:
+        """The instant at which the loop should write, or None if nothing is pending."""
+        return self.due
+
+    def take(self, now: float) -> bool:
+        """True (once) if a write is due at `now`: the caller writes the current state."""
+        if self.due is not None and self.due <= now:
+            self.due = None
+            return True
+        return False

@@ -30,7 +30,7 @@ CONFIG = """account "a" {
 ROLES = {
     "parent": "import pizauth.cli, pizauth.server, pizauth.priv.parent, setproctitle, "
     "pizauth.config; pizauth.config.load({path!r})",
-    "command": "import pizauth.command, setproctitle",
+    "command": "import pizauth.cmd.child, setproctitle",
     "network": "import pizauth.net.child, setproctitle",
 }
 

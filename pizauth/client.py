@@ -16,13 +16,14 @@ import os
 import time
 
 from pizauth.paths import os_error_text
+from pizauth.timeouts import CLIENT_REPLY
 
 # How long to wait for the server at each step (connect, write, each read). The server
 # answers every request from memory, so a healthy one replies in milliseconds; 60 s
 # leaves ample room for a loaded machine, while a wedged server (or something else
 # listening on our socket) cannot hang the mail client that called `pizauth show`
 # forever.
-REPLY_TIMEOUT = 60.0
+REPLY_TIMEOUT = CLIENT_REPLY
 
 NOT_RUNNING = "pizauth authenticator not running or not responding"
 NOT_WRITEABLE = "Socket not writeable"

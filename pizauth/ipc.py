@@ -1,23 +1,27 @@
-"""Framed messages between pizauth's processes (DESIGN.md, after OpenBSD's imsg).
+"""Messages between pizauth's processes: framing, and one type per message.
 
 A frame is a 16-byte header -- type, total length, request id, sender pid, all
 u32 in network byte order -- followed by the payload: a sequence of fields,
-each a u32 length and that many bytes. Every message type has an exact field
-count; anything else is a ProtocolError, which ends the peer channel and never
-the process that received it.
+each a u32 length and that many bytes (the layout of OpenBSD's imsg).
+
+Each message type is a frozen dataclass below with `encode(request_id)` and
+`decode(msg)`; both the sender and the receiver use it. Every field has a
+size limit, checked on both sides: a field over it, a wrong field count or a
+malformed value is a ProtocolError, which ends the peer's channel and never
+the process that received it. docs/protocol.md lists every message.
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
-import logging
 import os
 import socket
 import struct
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+from pizauth import limits
 
 Buffer = bytes | bytearray | memoryview
 
@@ -58,31 +62,6 @@ class MsgType(enum.IntEnum):
     NET_CALLBACK_VERDICT = 40
     NET_EXCHANGE = 41
     NET_REFRESH = 42
-
-
-# Exact field count of each message type (IMSG_SIZE_CHECK).
-FIELD_COUNTS: dict[MsgType, int] = {
-    MsgType.CMD_READY: 0,
-    MsgType.CMD_SHOW: 2,  # withurl (b"1"/b"0"), account name
-    MsgType.CMD_REFRESH: 2,  # withurl, account name
-    MsgType.CMD_REVOKE: 1,  # account name
-    MsgType.CMD_STATUS: 0,
-    MsgType.CMD_INFO: 0,
-    MsgType.CMD_RELOAD: 0,
-    MsgType.CMD_SHUTDOWN: 0,
-    MsgType.CMD_DUMP: 0,
-    MsgType.CMD_RESTORE: 1,  # the dump bytes
-    MsgType.CMD_REPLY: 1,  # the reply exactly as written to the client
-    MsgType.NET_READY: 2,  # HTTPS public key, certificate SHA-256 (both empty without HTTPS)
-    # scheme, host, port, path, has_fragment, query pairs (pack_list of k, v, k, v...)
-    MsgType.NET_CALLBACK: 6,
-    MsgType.NET_TOKEN_RESULT: 6,  # see TokenResult in this module
-    MsgType.NET_CALLBACK_VERDICT: 2,  # HTTP status (ASCII digits), page text
-    # token_uri, client_id, has_secret, client_secret, code, code_verifier, redirect_uri
-    MsgType.NET_EXCHANGE: 7,
-    # token_uri, client_id, has_secret, client_secret, refresh_token
-    MsgType.NET_REFRESH: 5,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,88 +141,6 @@ def decode(frame: Buffer) -> Message:
     return Message(msg_type, request_id, pid, fields)
 
 
-def pack_list(items: Sequence[Buffer]) -> bytearray:
-    """Several values as one field, in the same length-prefixed form."""
-    out = bytearray()
-    for item in items:
-        out += FIELD_LEN.pack(memoryview(item).nbytes)
-        out += item
-    return out
-
-
-def unpack_list(field: memoryview) -> list[memoryview]:
-    return list(split_fields(field))
-
-
-def flag(value: bool) -> bytes:
-    return b"1" if value else b"0"
-
-
-def read_flag(field: memoryview) -> bool:
-    if field == b"1":
-        return True
-    if field == b"0":
-        return False
-    raise ProtocolError("bad flag field")
-
-
-def text(field: memoryview) -> str:
-    """A field that is never secret (names, URLs, messages) as str."""
-    try:
-        return str(field, "utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("field is not UTF-8") from None
-
-
-@dataclass(frozen=True, slots=True)
-class Callback:
-    """A browser's redirect request as the network child parsed it (NET_CALLBACK)."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-    has_fragment: bool
-    pairs: tuple[tuple[str, str], ...]  # the query, form-decoded, in order
-
-    def get(self, key: str) -> str | None:
-        """The first value of `key` (spec §5.4)."""
-        for k, v in self.pairs:
-            if k == key:
-                return v
-        return None
-
-    def fields(self) -> list[Buffer]:
-        flat = [s.encode() for pair in self.pairs for s in pair]
-        return [
-            self.scheme.encode(),
-            self.host.encode(),
-            str(self.port).encode(),
-            self.path.encode(),
-            flag(self.has_fragment),
-            pack_list(flat),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> Callback:
-        scheme, host, port, path, has_fragment, packed = fields
-        flat = [text(v) for v in unpack_list(packed)]
-        if len(flat) % 2:
-            raise ProtocolError("odd number of query fields")
-        try:
-            port_number = int(text(port))
-        except ValueError:
-            raise ProtocolError("bad port") from None
-        return cls(
-            scheme=text(scheme),
-            host=text(host),
-            port=port_number,
-            path=text(path),
-            has_fragment=read_flag(has_fragment),
-            pairs=tuple(zip(flat[::2], flat[1::2], strict=True)),
-        )
-
-
 class FrameReader:
     """Collects whole frames from a stream socket.
 
@@ -257,15 +154,18 @@ class FrameReader:
         self._frame: bytearray | None = None
         self._have_frame = 0
 
-    def read_from(self, sock: socket.socket) -> list[bytearray] | None:
+    def read_from(self, sock: socket.socket, max_frames: int = 0) -> list[bytearray] | None:
         """Read what is available; complete frames, or None on end-of-file.
+
+        With `max_frames`, stop once that many are whole: the rest stays in the
+        socket, so one busy peer cannot keep its reader from everything else.
 
         If reading fails (a protocol or socket error) every byte read so far is
         wiped before the error propagates: the channel is about to be dropped.
         """
         frames: list[bytearray] = []
         try:
-            return self._read(sock, frames)
+            return self._read(sock, frames, max_frames)
         except BaseException:
             for frame in frames:
                 wipe(frame)
@@ -280,7 +180,9 @@ class FrameReader:
         wipe(self._header)
         self._have_header = self._have_frame = 0
 
-    def _read(self, sock: socket.socket, frames: list[bytearray]) -> list[bytearray] | None:
+    def _read(
+        self, sock: socket.socket, frames: list[bytearray], max_frames: int
+    ) -> list[bytearray] | None:
         while True:
             try:
                 if self._frame is None:
@@ -304,7 +206,7 @@ class FrameReader:
                 if self._frame is not None and self._have_frame == len(self._frame):
                     frames.append(self._frame)
                     self._frame = None
-                    if sock.gettimeout() is None:
+                    if sock.gettimeout() is None or len(frames) == max_frames:
                         # Blocking socket: hand back each frame as soon as it is whole.
                         return frames
             except (BlockingIOError, InterruptedError):
@@ -328,73 +230,521 @@ def wipe(buf: bytearray | memoryview) -> None:
     view[:] = bytes(view.nbytes)
 
 
-@dataclass(slots=True)
-class _Waiter:
-    done: threading.Event
-    reply: Message | None = None
+# -- field values -----------------------------------------------------------------------------
 
 
-class Channel:
-    """A child's end of its channel to the parent: thread-safe sends, and calls
-    that wait for the reply with the same request id."""
+def flag(value: bool) -> bytes:
+    return b"1" if value else b"0"
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, _Waiter] = {}
 
-    def send(self, msg_type: MsgType, request_id: int, fields: Sequence[Buffer] = ()) -> None:
-        frame = encode(msg_type, request_id, fields)
-        try:
-            with self._lock:
-                self.sock.sendall(frame)
-        finally:
-            wipe(frame)
-
-    def call(self, msg_type: MsgType, fields: Sequence[Buffer], timeout: float) -> Message | None:
-        """Send a request and wait for the parent's reply (None on timeout)."""
-        with self._lock:
-            request_id = next(self._ids) % 0xFFFFFFFF + 1
-            waiter = self._waiting[request_id] = _Waiter(threading.Event())
-        try:
-            self.send(msg_type, request_id, fields)
-            waiter.done.wait(timeout)
-            return waiter.reply
-        finally:
-            with self._lock:
-                self._waiting.pop(request_id, None)
-
-    def deliver(self, msg: Message) -> bool:
-        """Hand a reply to the call waiting for it; False if none is waiting."""
-        with self._lock:
-            waiter = self._waiting.get(msg.request_id)
-        if waiter is None:
-            return False
-        waiter.reply = msg
-        waiter.done.set()
+def read_flag(field: memoryview) -> bool:
+    if field == b"1":
         return True
+    if field == b"0":
+        return False
+    raise ProtocolError("bad flag field")
 
 
-def serve_parent(
-    channel: Channel, handlers: Mapping[MsgType, Callable[[Message], None]], child: str
-) -> None:
-    """A child's main loop: dispatch the parent's messages until the parent is gone
-    or breaks the protocol; either way the child then exits."""
-    log = logging.getLogger("pizauth")
-    reader = FrameReader()
-    while True:
-        try:
-            frame = recv_frame(channel.sock, reader)
-            if frame is None:
-                return
-            msg = decode(frame)
-            handler = handlers.get(msg.type)
-            if handler is None:
-                raise ProtocolError(f"{msg.type.name} is not for the {child} child")
-            handler(msg)
-        except ProtocolError as e:
-            log.error("protocol error from parent: %s", e)
-            return
-        except OSError:
-            return
+def text(field: memoryview) -> str:
+    """A field that is never secret (names, URLs, messages) as str."""
+    try:
+        return str(field, "utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("field is not UTF-8") from None
+
+
+def number(field: memoryview, low: int, high: int) -> int:
+    """ASCII digits of a value in [low, high]; the field's limit keeps int() cheap."""
+    raw = bytes(field)
+    if not raw.isdigit() or not raw.isascii():
+        raise ProtocolError("bad number field")
+    value = int(raw)
+    if not low <= value <= high:
+        raise ProtocolError("number field out of range")
+    return value
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def choice(field: memoryview, kind: type[E]) -> E:
+    try:
+        return kind(text(field))
+    except ValueError:
+        raise ProtocolError(f"bad {kind.__name__}") from None
+
+
+def pack_list(items: Sequence[Buffer]) -> bytearray:
+    """Several values as one field, in the same length-prefixed form."""
+    out = bytearray()
+    for item in items:
+        out += FIELD_LEN.pack(memoryview(item).nbytes)
+        out += item
+    return out
+
+
+def unpack_list(field: memoryview) -> list[memoryview]:
+    return list(split_fields(field))
+
+
+def cut(message: str, limit: int) -> str:
+    """`message` shortened to at most `limit` UTF-8 bytes, never mid-character."""
+    raw = message.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return message
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+# -- what travels as words ----------------------------------------------------------------------
+
+
+class TokenOutcome(str, enum.Enum):
+    """How a token request ended. A transient failure of a refresh is retried later;
+    a permanent one (and every failed code exchange) needs the user to log in again."""
+
+    OK = "ok"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+class RefreshKind(str, enum.Enum):
+    """What a successful token reply said about the refresh token."""
+
+    ABSENT = "absent"  # no refresh_token: keep the one we have
+    STRING = "string"  # a new refresh token
+    INVALID = "invalid"  # present but not a string: drop the one we have
+
+
+class TokenEvent(str, enum.Enum):
+    """What token_event_cmd is told in $PIZAUTH_EVENT."""
+
+    NEW = "token_new"
+    REFRESHED = "token_refreshed"
+    REVOKED = "token_revoked"
+    INVALIDATED = "token_invalidated"
+
+
+# -- the messages -------------------------------------------------------------------------------
+
+W = TypeVar("W", bound="Wire")
+
+
+class Wire:
+    """One message type: its fields, each with a size limit in bytes (LIMITS, in
+    field order). Subclasses give `fields()` and `from_fields()`."""
+
+    __slots__ = ()
+    TYPE: ClassVar[MsgType]
+    LIMITS: ClassVar[tuple[int, ...]] = ()
+
+    def fields(self) -> Sequence[Buffer]:
+        return ()
+
+    @classmethod
+    def from_fields(cls: type[W], fields: tuple[memoryview, ...]) -> W:
+        return cls()
+
+    def encode(self, request_id: int) -> bytearray:
+        """The frame; a bytearray, so a sender of secrets can wipe it once sent."""
+        fields = self.fields()
+        _check_sizes(self.TYPE, self.LIMITS, fields)
+        return encode(self.TYPE, request_id, fields)
+
+    @classmethod
+    def decode(cls: type[W], msg: Message) -> W:
+        """The message `msg` carries; secret fields stay views into its frame."""
+        if msg.type is not cls.TYPE:
+            raise ProtocolError(f"{msg.type.name} is not {cls.TYPE.name}")
+        _check_sizes(cls.TYPE, cls.LIMITS, msg.fields)
+        return cls.from_fields(msg.fields)
+
+
+def _check_sizes(msg_type: MsgType, sizes: tuple[int, ...], fields: Sequence[Buffer]) -> None:
+    if len(fields) != len(sizes):
+        raise ProtocolError(f"{msg_type.name} takes {len(sizes)} fields")
+    for i, (field, limit) in enumerate(zip(fields, sizes, strict=True)):
+        if memoryview(field).nbytes > limit:
+            raise ProtocolError(f"{msg_type.name} field {i} over its limit of {limit} bytes")
+
+
+def _name(field: memoryview) -> str:
+    return text(field)
+
+
+# command child -> parent: one message per client request, answered by CMD_REPLY.
+
+
+@dataclass(frozen=True, slots=True)
+class CmdReady(Wire):
+    """The command child serves the control socket."""
+
+    TYPE = MsgType.CMD_READY
+
+
+@dataclass(frozen=True, slots=True)
+class CmdShow(Wire):
+    TYPE = MsgType.CMD_SHOW
+    LIMITS = (1, limits.MAX_ACCOUNT_NAME)
+    withurl: bool
+    account: str
+
+    def fields(self) -> Sequence[Buffer]:
+        return [flag(self.withurl), self.account.encode()]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdShow:
+        return cls(read_flag(fields[0]), _name(fields[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class CmdRefresh(Wire):
+    TYPE = MsgType.CMD_REFRESH
+    LIMITS = (1, limits.MAX_ACCOUNT_NAME)
+    withurl: bool
+    account: str
+
+    def fields(self) -> Sequence[Buffer]:
+        return [flag(self.withurl), self.account.encode()]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdRefresh:
+        return cls(read_flag(fields[0]), _name(fields[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class CmdRevoke(Wire):
+    TYPE = MsgType.CMD_REVOKE
+    LIMITS = (limits.MAX_ACCOUNT_NAME,)
+    account: str
+
+    def fields(self) -> Sequence[Buffer]:
+        return [self.account.encode()]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdRevoke:
+        return cls(_name(fields[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class CmdStatus(Wire):
+    TYPE = MsgType.CMD_STATUS
+
+
+@dataclass(frozen=True, slots=True)
+class CmdInfo(Wire):
+    TYPE = MsgType.CMD_INFO
+
+
+@dataclass(frozen=True, slots=True)
+class CmdReload(Wire):
+    TYPE = MsgType.CMD_RELOAD
+
+
+@dataclass(frozen=True, slots=True)
+class CmdShutdown(Wire):
+    TYPE = MsgType.CMD_SHUTDOWN
+
+
+@dataclass(frozen=True, slots=True)
+class CmdDump(Wire):
+    TYPE = MsgType.CMD_DUMP
+
+
+# A request's frame is at most MAX_MESSAGE: header, field length and the dump.
+MAX_RESTORE = MAX_MESSAGE - 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CmdRestore(Wire):
+    """A dump to restore: secret, a view of the frame, never copied."""
+
+    TYPE = MsgType.CMD_RESTORE
+    LIMITS = (MAX_RESTORE,)
+    dump: Buffer
+
+    def fields(self) -> Sequence[Buffer]:
+        return [self.dump]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdRestore:
+        return cls(fields[0])
+
+
+# parent -> command child
+
+
+@dataclass(frozen=True, slots=True)
+class CmdReply(Wire):
+    """The reply exactly as the client is to read it; it may hold a token or a dump."""
+
+    TYPE = MsgType.CMD_REPLY
+    LIMITS = (MAX_MESSAGE - HEADER_SIZE - FIELD_LEN.size,)
+    text: Buffer
+
+    def fields(self) -> Sequence[Buffer]:
+        return [self.text]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdReply:
+        return cls(fields[0])
+
+
+# network child -> parent
+
+
+@dataclass(frozen=True, slots=True)
+class NetReady(Wire):
+    """The network child serves; with HTTPS, the certificate `info` shows."""
+
+    TYPE = MsgType.NET_READY
+    LIMITS = (limits.MAX_PUBLIC_KEY, limits.MAX_FINGERPRINT)
+    public_key: str  # PEM, empty without HTTPS
+    fingerprint: str  # SHA-256 of the certificate, empty without HTTPS
+
+    def fields(self) -> Sequence[Buffer]:
+        return [self.public_key.encode(), self.fingerprint.encode()]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetReady:
+        return cls(text(fields[0]), text(fields[1]))
+
+
+# A query is at most the redirect request, but each value gains a length prefix.
+MAX_QUERY = 5 * limits.MAX_REDIRECT_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class NetCallback(Wire):
+    """A browser's redirect request as the network child parsed it."""
+
+    TYPE = MsgType.NET_CALLBACK
+    LIMITS = (
+        len("https"),
+        limits.MAX_REDIRECT_REQUEST,
+        len("65535"),
+        limits.MAX_REDIRECT_REQUEST,
+        1,
+        MAX_QUERY,
+    )
+    scheme: str
+    host: str
+    port: int
+    path: str
+    has_fragment: bool
+    pairs: tuple[tuple[str, str], ...]  # the query, form-decoded, in order
+
+    def get(self, key: str) -> str | None:
+        """The first value of `key`: a repeated parameter counts once, as the original does."""
+        for k, v in self.pairs:
+            if k == key:
+                return v
+        return None
+
+    def fields(self) -> Sequence[Buffer]:
+        flat = [s.encode() for pair in self.pairs for s in pair]
+        return [
+            self.scheme.encode(),
+            self.host.encode(),
+            str(self.port).encode(),
+            self.path.encode(),
+            flag(self.has_fragment),
+            pack_list(flat),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetCallback:
+        scheme, host, port, path, has_fragment, packed = fields
+        flat = [text(v) for v in unpack_list(packed)]
+        if len(flat) % 2:
+            raise ProtocolError("odd number of query fields")
+        return cls(
+            scheme=text(scheme),
+            host=text(host),
+            port=number(port, 0, 65535),
+            path=text(path),
+            has_fragment=read_flag(has_fragment),
+            pairs=tuple(zip(flat[::2], flat[1::2], strict=True)),
+        )
+
+
+Callback = NetCallback  # the name the redirect parser and the URL checks know it by
+
+
+@dataclass(frozen=True, slots=True)
+class NetTokenResult(Wire):
+    """How a NET_EXCHANGE or NET_REFRESH with the same request id ended. The tokens are
+    secret: views of the frame, copied by the parent into its own memory."""
+
+    TYPE = MsgType.NET_TOKEN_RESULT
+    LIMITS = (
+        len("permanent"),
+        limits.MAX_RESULT_MESSAGE,
+        limits.MAX_TOKEN,
+        len(str(limits.MAX_SECONDS)),
+        len("invalid"),
+        limits.MAX_TOKEN,
+    )
+    outcome: TokenOutcome
+    message: str = ""  # why it failed
+    access_token: Buffer = b""
+    expires_in: int | None = None  # seconds; None when the provider gave none
+    refresh_kind: RefreshKind = RefreshKind.ABSENT
+    refresh_token: Buffer = b""
+
+    def fields(self) -> Sequence[Buffer]:
+        return [
+            self.outcome.value.encode(),
+            self.message.encode(),
+            self.access_token,
+            b"" if self.expires_in is None else str(self.expires_in).encode(),
+            self.refresh_kind.value.encode(),
+            self.refresh_token,
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetTokenResult:
+        outcome, message, access, expires, kind, refresh = fields
+        result = cls(
+            outcome=choice(outcome, TokenOutcome),
+            message=text(message),
+            access_token=access,
+            expires_in=number(expires, 0, limits.MAX_SECONDS) if expires.nbytes else None,
+            refresh_kind=choice(kind, RefreshKind),
+            refresh_token=refresh,
+        )
+        if result.outcome is TokenOutcome.OK and not access.nbytes:
+            raise ProtocolError("empty access token")
+        return result
+
+
+# parent -> network child
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackVerdict(Wire):
+    """The parent's answer to a NET_CALLBACK: the HTTP status and page for the browser."""
+
+    TYPE = MsgType.NET_CALLBACK_VERDICT
+    LIMITS = (3, limits.MAX_PAGE)
+    status: int
+    page: str = ""
+
+    def fields(self) -> Sequence[Buffer]:
+        return [b"%d" % self.status, self.page.encode()]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> CallbackVerdict:
+        return cls(number(fields[0], 100, 599), text(fields[1]))
+
+
+_CLIENT_LIMITS = (limits.MAX_URI, limits.MAX_CLIENT_ID, 1, limits.MAX_CLIENT_SECRET)
+
+
+@dataclass(frozen=True, slots=True)
+class NetExchange(Wire):
+    """Exchange an authorisation code for tokens. Secrets (client secret, code
+    verifier) are buffers, never str, so that every copy can be wiped."""
+
+    TYPE = MsgType.NET_EXCHANGE
+    LIMITS = (
+        *_CLIENT_LIMITS,
+        limits.MAX_AUTH_CODE,
+        limits.MAX_CODE_VERIFIER,
+        limits.MAX_URI,
+    )
+    token_uri: str
+    client_id: str
+    client_secret: Buffer | None
+    code: str
+    code_verifier: Buffer
+    redirect_uri: str
+
+    def fields(self) -> Sequence[Buffer]:
+        return [
+            self.token_uri.encode(),
+            self.client_id.encode(),
+            flag(self.client_secret is not None),
+            b"" if self.client_secret is None else self.client_secret,
+            self.code.encode(),
+            self.code_verifier,
+            self.redirect_uri.encode(),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetExchange:
+        uri, client_id, has_secret, secret, code, verifier, redirect_uri = fields
+        return cls(
+            text(uri),
+            text(client_id),
+            secret if read_flag(has_secret) else None,
+            text(code),
+            verifier,
+            text(redirect_uri),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NetRefresh(Wire):
+    """Refresh an access token (secrets as buffers, as in NetExchange)."""
+
+    TYPE = MsgType.NET_REFRESH
+    LIMITS = (*_CLIENT_LIMITS, limits.MAX_TOKEN)
+    token_uri: str
+    client_id: str
+    client_secret: Buffer | None
+    refresh_token: Buffer
+
+    def fields(self) -> Sequence[Buffer]:
+        return [
+            self.token_uri.encode(),
+            self.client_id.encode(),
+            flag(self.client_secret is not None),
+            b"" if self.client_secret is None else self.client_secret,
+            self.refresh_token,
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRefresh:
+        uri, client_id, has_secret, secret, refresh_token = fields
+        return cls(
+            text(uri), text(client_id), secret if read_flag(has_secret) else None, refresh_token
+        )
+
+
+MESSAGES: dict[MsgType, type[Wire]] = {
+    cls.TYPE: cls
+    for cls in (
+        CmdReady,
+        CmdShow,
+        CmdRefresh,
+        CmdRevoke,
+        CmdStatus,
+        CmdInfo,
+        CmdReload,
+        CmdShutdown,
+        CmdDump,
+        CmdRestore,
+        CmdReply,
+        NetReady,
+        NetCallback,
+        NetTokenResult,
+        CallbackVerdict,
+        NetExchange,
+        NetRefresh,
+    )
+}
+
+# Exact field count of each message type, checked by the framing layer.
+FIELD_COUNTS: dict[MsgType, int] = {t: len(cls.LIMITS) for t, cls in MESSAGES.items()}
+
+
+def decode_as(msg: Message) -> Wire:
+    """The typed message `msg` carries, by its type."""
+    return MESSAGES[msg.type].decode(msg)
+
+
+# Every message the parent builds fits in a frame, given the limits above.
+assert all(
+    HEADER_SIZE + sum(FIELD_LEN.size + n for n in cls.LIMITS) <= MAX_MESSAGE
+    for cls in MESSAGES.values()
+)

@@ -30,3 +30,32 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 
 # A provider reply body (token, device, metadata, revocation endpoints).
 MAX_REPLY_BODY = 1024 * 1024
+
+# An account name. Names come from the config; a request naming a longer one is
+# answered "No account" by the command child without asking the parent.
+MAX_ACCOUNT_NAME = 64 * 1024
+
+# A client id, from the config.
+MAX_CLIENT_ID = 4 * 1024
+
+# An authorisation code from a redirect (the whole redirect request is smaller).
+MAX_AUTH_CODE = 16 * 1024
+
+# A PKCE code verifier: RFC 7636 allows 43 to 128 characters.
+MAX_CODE_VERIFIER = 128
+
+# A browser's redirect request is read up to this many bytes, so every part of
+# the callback it carries is smaller.
+MAX_REDIRECT_REQUEST = 16 * 1024
+
+# The text of a failed token request as the parent shows it: provider text,
+# plus a URI when the endpoint could not be reached, plus our own words.
+MAX_RESULT_MESSAGE = MAX_URI + MAX_PROVIDER_TEXT + 256
+
+# The page text of a callback verdict: it may quote the callback's error and
+# error_description and name the account twice.
+MAX_PAGE = 2 * MAX_REDIRECT_REQUEST + 2 * MAX_ACCOUNT_NAME + 256
+
+# The HTTPS certificate's public key (PEM) and its fingerprint, as `info` shows them.
+MAX_PUBLIC_KEY = 4 * 1024
+MAX_FINGERPRINT = 256

@@ -20,11 +20,12 @@ from pizauth import config as configuration
 from pizauth import paths, sandbox
 from pizauth.priv.listeners import ListenError, bind_listener
 from pizauth.process import child_args, harden, set_title, setup_logging
+from pizauth.timeouts import SERVER_READY
 
 log = logging.getLogger("pizauth")
 
 READY = b"R"
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = SERVER_READY
 
 
 class StartError(Exception):

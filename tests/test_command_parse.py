@@ -10,9 +10,16 @@ import time
 
 import pytest
 
-from pizauth import command, ipc
-from pizauth.command import CommandChild, Reply, RequestBuffer, parse_request
+from pizauth import ipc
+from pizauth.cmd import child as command
+from pizauth.cmd.child import CommandChild, Reply, RequestBuffer, parse_request
 from pizauth.ipc import MsgType
+
+
+def parsed(raw: bytes) -> tuple[MsgType, list[bytes]]:
+    """The type and wire fields of the message a request becomes."""
+    message = parse_request(raw)
+    return message.TYPE, [bytes(f) for f in message.fields()]
 
 
 def reply_text(raw: bytes) -> str | None:
@@ -35,7 +42,7 @@ def reply_text(raw: bytes) -> str | None:
     ],
 )
 def test_commands_without_arguments(raw, msg_type):
-    assert parse_request(raw) == (msg_type, [])
+    assert parsed(raw) == (msg_type, [])
 
 
 @pytest.mark.parametrize("name", ["dump", "info", "reload", "shutdown", "status"])
@@ -61,7 +68,7 @@ def test_commands_without_arguments_reject_arguments(name):
     ],
 )
 def test_showtoken_and_refresh(raw, msg_type, withurl, name):
-    assert parse_request(raw) == (msg_type, [withurl, name])
+    assert parsed(raw) == (msg_type, [withurl, name])
 
 
 @pytest.mark.parametrize("raw", [b"showtoken:withurl", b"showtoken:", b"refresh:withouturl"])
@@ -76,15 +83,15 @@ def test_showtoken_without_space_gets_an_error_reply(raw):
     [(b"revoke:acct", b"acct"), (b"revoke:a b:c", b"a b:c"), (b"revoke:", b"")],
 )
 def test_revoke_takes_whole_args_as_name(raw, name):
-    assert parse_request(raw) == (MsgType.CMD_REVOKE, [name])
+    assert parsed(raw) == (MsgType.CMD_REVOKE, [name])
 
 
 def test_restore_passes_binary_through():
     blob = bytes(range(256)) + b":\x00:\xff"
-    msg_type, fields = parse_request(b"restore:" + blob)
+    msg_type, fields = parsed(b"restore:" + blob)
     assert msg_type == MsgType.CMD_RESTORE
     assert [bytes(f) for f in fields] == [blob]
-    assert parse_request(b"restore:") == (MsgType.CMD_RESTORE, [b""])
+    assert parsed(b"restore:") == (MsgType.CMD_RESTORE, [b""])
 
 
 def test_empty_request_gets_no_reply(caplog):
@@ -130,7 +137,7 @@ def test_unknown_commands(raw, cmd):
 
 def test_only_first_colon_splits_command():
     assert reply_text(b"dump::") == "error:Unknown command 'dump'"
-    assert parse_request(b"revoke::x") == (MsgType.CMD_REVOKE, [b":x"])
+    assert parsed(b"revoke::x") == (MsgType.CMD_REVOKE, [b":x"])
 
 
 # -- RequestBuffer ---------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pizauth import command, config, ipc
+from pizauth import config, ipc
+from pizauth.cmd import child as command
 from pizauth.ipc import MsgType
 from pizauth.priv import dump
 from pizauth.priv.authurl import AuthRequest
@@ -660,8 +661,7 @@ def test_fifty_accounts_with_4k_tokens_fit_in_one_frame() -> None:
     ipc.encode(MsgType.CMD_REPLY, 1, [data])  # the reply frame
     request = b"restore:" + bytes(data)
     assert len(request) <= command.MAX_REQUEST
-    _, fields = command.parse_request(request)
-    ipc.encode(MsgType.CMD_RESTORE, 1, fields)  # the request frame
+    command.parse_request(request).encode(1)  # the request frame
 
     target = table(text)
     assert dump.restore(target, data, NOW) == list(target.entries)
@@ -732,18 +732,21 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness
         h.sent.append((bytes(ipc.decode(frame).fields[0]), secret))
 
     monkeypatch.setattr(parent.cmd, "send", send)
-    monkeypatch.setattr(parent, "event", lambda name, event: h.events.append((name, event)))
+    monkeypatch.setattr(
+        parent.notifier, "event", lambda name, event: h.events.append((name, event))
+    )
     yield h
     control.close()
 
 
-def request(msg_type: MsgType, *fields: bytes) -> ipc.Message:
-    return ipc.decode(ipc.encode(msg_type, 7, list(fields)))
+def request(message: ipc.Wire) -> ipc.Wire:
+    """`message` as the parent's dispatcher hands it over: decoded from its frame."""
+    return ipc.decode_as(ipc.decode(message.encode(7)))
 
 
 def test_parent_dump_reply_is_raw_and_secret(harness: Harness) -> None:
     harness.parent.table.replace("w\u00f6rk", active(expiry=1e12))
-    harness.parent.handle_dump(request(MsgType.CMD_DUMP))
+    harness.parent.commands.dump(7, request(ipc.CmdDump()))
     [(reply, secret)] = harness.sent
     assert secret
     token = dump.decode(dump.open_sealed(reply)).accounts["w\u00f6rk"][1]
@@ -754,12 +757,12 @@ def test_parent_refuses_a_dump_restore_could_not_take(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dump, "MAX_DUMP", 100)
-    harness.parent.handle_dump(request(MsgType.CMD_DUMP))
+    harness.parent.commands.dump(7, request(ipc.CmdDump()))
     assert harness.sent == [(b"error:Dump too large to be restored", False)]
 
 
 def test_parent_restore_raises_token_new(harness: Harness) -> None:
-    harness.parent.handle_restore(request(MsgType.CMD_RESTORE, GOLDEN))
+    harness.parent.commands.restore(7, request(ipc.CmdRestore(GOLDEN)))
     assert harness.sent == [(b"ok:", False)]
     # docs/compatibility.md "Events on restore": the original emits no event, so token_event_cmd
     # never saw restored tokens.
@@ -768,7 +771,7 @@ def test_parent_restore_raises_token_new(harness: Harness) -> None:
 
 
 def test_parent_restore_error_reply(harness: Harness) -> None:
-    harness.parent.handle_restore(request(MsgType.CMD_RESTORE, GOLDEN[:-1]))
+    harness.parent.commands.restore(7, request(ipc.CmdRestore(GOLDEN[:-1])))
     assert harness.sent == [(b"error:" + DAMAGED.encode(), False)]
     assert harness.events == []
     assert isinstance(harness.parent.table.entries["w\u00f6rk"].state, Empty)

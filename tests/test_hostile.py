@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -38,9 +39,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from server_harness import INTERNAL_ERROR
 
-from pizauth import config, ipc
+from pizauth import config, ipc, limits
 from pizauth.ipc import MsgType
-from pizauth.priv.parent import NetRequest, Parent, Sockets
+from pizauth.priv.parent import Parent, Sockets
+from pizauth.priv.refresher import NetRequest
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -513,11 +515,13 @@ SYS_PIDFD_GETFD = 438  # the same number on every architecture
 
 def channel_of(pid: int) -> int:
     """Our own descriptor for `pid`'s end of its channel to the parent: the one unix
-    socket it holds that has no address (the control socket has its path)."""
+    stream socket it holds that has no address (the control socket has its path; the
+    network child's socket to its launcher is a seqpacket one)."""
     named = {}
     for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
         fields = line.split()
-        named[fields[6]] = len(fields) > 7
+        stream = int(fields[4], 16) == socket.SOCK_STREAM
+        named[fields[6]] = len(fields) > 7 or not stream
     candidates = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         target = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -556,6 +560,93 @@ def test_malformed_frame_from_a_child_drops_only_that_child(pizauth: Pizauth) ->
         still_serves(pizauth, token)
     assert pizauth.log().count("protocol error from command child") == len(frames)
     assert pizauth.proc.poll() is None
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])
+
+
+class Flood:
+    """Writes frames into a child's channel, as that child, until told to stop or the
+    parent closes the channel."""
+
+    def __init__(self, fd: int, frame: bytes) -> None:
+        self.sock = socket.socket(fileno=fd)
+        self.blob = frame * max(1, 65536 // len(frame))
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.sock.sendall(self.blob)
+                self.sent += len(self.blob)
+        except OSError:
+            pass  # the parent dropped the channel
+
+    def end(self) -> None:
+        self.stop.set()
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(10)
+        self.sock.close()
+
+
+def unknown_state_callback() -> bytes:
+    """A callback for no pending login: the parent answers it with a verdict each time."""
+    return bytes(
+        ipc.NetCallback("http", "localhost", 1, "/", False, (("state", "nope"),)).encode(1)
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="taking a child's descriptor needs root")
+def test_show_answers_while_the_network_child_floods_callbacks(pizauth: Pizauth) -> None:
+    pizauth.start()
+    net = wait_for(lambda: child_pid(pizauth, "network"), 5, "a network child")
+    flood = Flood(channel_of(net), unknown_state_callback())
+    try:
+        wait_for(lambda: flood.sent > 1024 * 1024, 10, "the flood to start")
+        for _ in range(5):
+            started = time.monotonic()
+            result = pizauth.run("show", "acct", timeout=20)
+            assert result.stderr.startswith(URL_PREFIX.encode()), result
+            # One channel's frames never keep the parent from the other's.
+            assert time.monotonic() - started < 5
+        assert not flood.stop.is_set() and flood.thread.is_alive(), "the flood ended early"
+    finally:
+        flood.end()
+    still_serves(pizauth)
+    assert "internal error" not in pizauth.log()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="taking a child's descriptor needs root")
+def test_a_child_that_never_reads_is_restarted_in_bounded_memory(pizauth: Pizauth) -> None:
+    pizauth.start()
+    parent = pizauth.proc.pid
+    net = wait_for(lambda: child_pid(pizauth, "network"), 5, "a network child")
+    before = rss_kib(parent)
+    os.kill(net, signal.SIGSTOP)  # it reads nothing more; the parent's verdicts pile up
+    flood = Flood(channel_of(net), unknown_state_callback())
+    peak = before
+    deadline = time.monotonic() + 60
+    try:
+        while "network child does not read its messages" not in pizauth.log():
+            assert time.monotonic() < deadline, "the silent child was never dropped"
+            peak = max(peak, rss_kib(parent))
+            # Commands are served all along.
+            assert pizauth.run("status", timeout=20).returncode == 0
+    finally:
+        flood.end()
+    # The parent's memory stayed bounded: a few outboxes' worth, not the whole flood.
+    assert peak - before < 48 * 1024, f"the parent grew by {peak - before} KiB"
+    assert flood.sent > 1024 * 1024, "the flood was too small to prove anything"
+    wait_for(
+        lambda: (pid := child_pid(pizauth, "network")) and pid != net, 10, "a new network child"
+    )
+    still_serves(pizauth)
+    assert "internal error" not in pizauth.log()
 
 
 # The parent's dispatcher itself, fed what a subverted child could write: whatever
@@ -665,16 +756,25 @@ def test_parent_drops_a_network_child_that_lies_about_tokens(parent) -> None:  #
             MsgType.NET_CALLBACK, [b"http", b"localhost", b"p", b"/", b"0", ipc.pack_list([])]
         ),
         "command's message": frame(MsgType.CMD_SHOW, [b"1", b"x"]),
+        # A public key no `info` reply could carry.
+        "huge public key": frame(
+            MsgType.NET_READY, [b"k" * (limits.MAX_PUBLIC_KEY + 1), b"fingerprint"]
+        ),
     }
     for name, bad in lies.items():
         dropped.clear()
         p.net.on_frame(bad)
         assert dropped == ["network"], name
         assert not any(bad), f"{name}: frame not wiped"
+    # `info` still answers, in a frame of ordinary size.
+    sent.clear()
+    p.cmd.on_frame(frame(MsgType.CMD_INFO, []))
+    [reply] = sent
+    assert len(reply) < 1024 and b'"http_port"' in reply
     # A result for a request the parent did make, but malformed: dropped, state untouched.
     entry = p.table.get("x")
     assert entry is not None
-    p.net_requests[99] = NetRequest("exchange", "x", entry.generation)
+    p.refresher.requests[99] = NetRequest("exchange", "x", entry.generation)
     for fields in (
         [b"maybe", b"", b"", b"", b"absent", b""],
         [b"ok", b"", b"", b"60", b"absent", b""],  # no access token
@@ -682,7 +782,7 @@ def test_parent_drops_a_network_child_that_lies_about_tokens(parent) -> None:  #
         [b"ok", b"", b"at-2", b"60", b"sometimes", b"rt-2"],
     ):
         dropped.clear()
-        p.net_requests[99] = NetRequest("exchange", "x", entry.generation)
+        p.refresher.requests[99] = NetRequest("exchange", "x", entry.generation)
         p.net.on_frame(frame(MsgType.NET_TOKEN_RESULT, fields, request_id=99))
         assert dropped == ["network"], fields
         assert type(p.table.get("x").state).__name__ == "Pending"  # type: ignore[union-attr]

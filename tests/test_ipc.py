@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pizauth import ipc
+from pizauth import ipc, limits, runtime
 from pizauth.ipc import MsgType
 
 
@@ -155,26 +155,28 @@ def test_wipe_zeroes_the_buffer() -> None:
 
 def test_channel_call_pairs_reply_with_request() -> None:
     child, parent = socket.socketpair()
-    channel = ipc.Channel(child)
+    channel = runtime.CallChannel(child)
 
     def answer_in_reverse_order() -> None:
         reader = ipc.FrameReader()
         requests = [ipc.decode(ipc.recv_frame(parent, reader)) for _ in range(2)]
         for req in reversed(requests):
-            reply = ipc.encode(MsgType.CMD_REPLY, req.request_id, [b"for " + bytes(req.fields[0])])
-            parent.sendall(reply)
+            name = ipc.CmdRevoke.decode(req).account
+            parent.sendall(ipc.CmdReply(b"for " + name.encode()).encode(req.request_id))
 
     def pump() -> None:
-        ipc.serve_parent(channel, {MsgType.CMD_REPLY: channel.deliver}, "test")
+        # The frame is wiped once handled: what the caller keeps is a copy.
+        handlers = {MsgType.CMD_REPLY: lambda rid, reply: channel.deliver(rid, bytes(reply.text))}
+        channel.serve(handlers, "test")
 
     threading.Thread(target=answer_in_reverse_order, daemon=True).start()
     threading.Thread(target=pump, daemon=True).start()
     results: dict[str, bytes] = {}
 
     def call(name: str) -> None:
-        reply = channel.call(MsgType.CMD_REVOKE, [name.encode()], timeout=5)
+        reply = channel.call(ipc.CmdRevoke(name), timeout=5)
         assert reply is not None
-        results[name] = bytes(reply.fields[0])
+        results[name] = reply
 
     threads = [threading.Thread(target=call, args=(n,)) for n in ("a", "b")]
     for t in threads:
@@ -186,12 +188,165 @@ def test_channel_call_pairs_reply_with_request() -> None:
     child.close()
 
 
-def test_serve_parent_stops_on_protocol_error() -> None:
+def test_serve_stops_on_a_message_not_for_this_process() -> None:
     child, parent = socket.socketpair()
-    channel = ipc.Channel(child)
+    channel = runtime.CallChannel(child)
     parent.sendall(ipc.encode(MsgType.NET_EXCHANGE, 1, [b""] * 7))  # not for this child
-    handled: list[ipc.Message] = []
-    ipc.serve_parent(channel, {MsgType.CMD_REPLY: handled.append}, "command")
+    handled: list[object] = []
+    channel.serve({MsgType.CMD_REPLY: lambda rid, msg: handled.append(msg)}, "command child")
     assert handled == []
     parent.close()
     child.close()
+
+
+# -- typed messages ----------------------------------------------------------------------------
+
+EXAMPLES: list[ipc.Wire] = [
+    ipc.CmdReady(),
+    ipc.CmdShow(True, "naïve account"),
+    ipc.CmdRefresh(False, "x"),
+    ipc.CmdRevoke("a b:c"),
+    ipc.CmdStatus(),
+    ipc.CmdInfo(),
+    ipc.CmdReload(),
+    ipc.CmdShutdown(),
+    ipc.CmdDump(),
+    ipc.CmdRestore(b"\0dump\xff"),
+    ipc.CmdReply(b"access_token:abc"),
+    ipc.NetReady("-----BEGIN PUBLIC KEY-----", "ab:cd"),
+    ipc.NetCallback("http", "localhost", 8080, "/", False, (("state", "s"), ("code", ""))),
+    ipc.NetTokenResult(ipc.TokenOutcome.TRANSIENT, "HTTP code 503"),
+    ipc.NetTokenResult(ipc.TokenOutcome.OK, "", b"at", 3600, ipc.RefreshKind.STRING, b"rt"),
+    ipc.CallbackVerdict(200, "page"),
+    ipc.NetExchange("https://t/", "cid", b"secret", "code", b"verifier", "http://localhost/"),
+    ipc.NetRefresh("https://t/", "cid", None, b"rt"),
+]
+
+
+def test_every_message_type_has_a_class_and_an_example() -> None:
+    assert set(ipc.MESSAGES) == set(MsgType)
+    assert {type(m) for m in EXAMPLES} == set(ipc.MESSAGES.values())
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_typed_messages_round_trip(message: ipc.Wire) -> None:
+    msg = ipc.decode(message.encode(9))
+    assert (msg.type, msg.request_id) == (message.TYPE, 9)
+    back = ipc.decode_as(msg)
+    assert type(back) is type(message)
+    assert [bytes(f) for f in back.fields()] == [bytes(f) for f in message.fields()]
+
+
+def test_secret_fields_are_views_of_the_frame_never_str() -> None:
+    frame = ipc.NetRefresh("u", "c", b"s3cret", b"rt-1").encode(1)
+    refresh = ipc.NetRefresh.decode(ipc.decode(frame))
+    assert isinstance(refresh.refresh_token, memoryview)
+    assert isinstance(refresh.client_secret, memoryview)
+    ipc.wipe(frame)
+    assert bytes(refresh.refresh_token) == bytes(4)  # wiping the frame wipes the secret
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_field_over_its_limit_is_a_protocol_error(message: ipc.Wire) -> None:
+    fields = [bytes(f) for f in message.fields()]
+    for i, limit in enumerate(message.LIMITS):
+        fat = list(fields)
+        fat[i] = b"1" * (limit + 1)
+        if ipc.HEADER_SIZE + sum(4 + len(f) for f in fat) > ipc.MAX_MESSAGE:
+            continue  # the framing refuses it already
+        msg = ipc.decode(ipc.encode(message.TYPE, 1, fat))
+        with pytest.raises(ipc.ProtocolError, match="over its limit"):
+            ipc.decode_as(msg)
+
+
+def test_sender_refuses_a_field_over_its_limit() -> None:
+    token = b"t" * (limits.MAX_TOKEN + 1)
+    with pytest.raises(ipc.ProtocolError):
+        ipc.NetRefresh("u", "c", None, token).encode(1)
+    with pytest.raises(ipc.ProtocolError):
+        ipc.NetTokenResult(ipc.TokenOutcome.OK, "", token).encode(1)
+
+
+def test_oversized_net_ready_public_key_is_refused() -> None:
+    huge = "k" * (limits.MAX_PUBLIC_KEY + 1)
+    frame = ipc.encode(MsgType.NET_READY, 0, [huge.encode(), b"fp"])
+    with pytest.raises(ipc.ProtocolError):
+        ipc.NetReady.decode(ipc.decode(frame))
+
+
+def test_every_message_fits_a_frame_at_its_limits() -> None:
+    for cls in ipc.MESSAGES.values():
+        size = ipc.HEADER_SIZE + sum(4 + n for n in cls.LIMITS)
+        assert size <= ipc.MAX_MESSAGE, cls.__name__
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ([b"maybe", b"", b"", b"", b"absent", b""], "bad outcome"),
+        ([b"ok", b"", b"", b"60", b"absent", b""], "ok without a token"),
+        ([b"ok", b"", b"at", b"soon", b"absent", b""], "expires_in not digits"),
+        ([b"ok", b"", b"at", b"-1", b"absent", b""], "negative expires_in"),
+        ([b"ok", b"", b"at", b"9" * 12, b"absent", b""], "expires_in over its limit"),
+        ([b"ok", b"", b"at", b"60", b"sometimes", b""], "bad refresh kind"),
+    ],
+)
+def test_bad_token_results_are_protocol_errors(fields: list[bytes], why: str) -> None:
+    msg = ipc.decode(ipc.encode(MsgType.NET_TOKEN_RESULT, 1, fields))
+    with pytest.raises(ipc.ProtocolError):
+        ipc.NetTokenResult.decode(msg)
+
+
+def test_enums_travel_as_their_words() -> None:
+    assert ipc.TokenEvent.NEW == "token_new"
+    assert [e.value for e in ipc.TokenOutcome] == ["ok", "transient", "permanent"]
+    assert [k.value for k in ipc.RefreshKind] == ["absent", "string", "invalid"]
+
+
+def test_cut_keeps_text_within_its_limit_on_character_boundaries() -> None:
+    assert ipc.cut("short", 10) == "short"
+    cut = ipc.cut("é" * 100, 51)
+    assert len(cut.encode()) <= 51 and cut.endswith("...")
+
+
+# -- the runtime -------------------------------------------------------------------------------
+
+
+def test_request_ids_wrap_and_skip_ids_in_use() -> None:
+    ids = runtime.RequestIds()
+    ids._next = 0xFFFFFFFE
+    assert [ids.allocate() for _ in range(3)] == [0xFFFFFFFE, 0xFFFFFFFF, 1]
+    assert ids.allocate(in_use={2, 3}) == 4
+
+
+def test_unknown_type_for_a_receiver_is_a_protocol_error() -> None:
+    with pytest.raises(ipc.ProtocolError, match="not for the parent"):
+        runtime.dispatch({}, ipc.CmdStatus().encode(1), "parent")
+
+
+def test_channel_outbox_is_bounded_and_wipes_secrets() -> None:
+    ours, theirs = socket.socketpair()
+    pending: list[bool] = []
+    channel = runtime.Channel(ours, pending.append, max_outbox=256 * 1024)
+    secret = bytearray(b"s" * 65536)
+    with pytest.raises(runtime.OutboxFull):
+        while True:  # the peer never reads
+            channel.send(bytearray(b"x" * 65536))
+    assert channel.queued <= 256 * 1024 and pending[-1] is True
+    with pytest.raises(runtime.OutboxFull):
+        channel.send(secret, secret=True)
+    assert not any(secret)  # refused, yet wiped
+    channel.close()
+    theirs.close()
+
+
+def test_channel_reads_a_bounded_number_of_frames_per_turn() -> None:
+    ours, theirs = socket.socketpair()
+    channel = runtime.Channel(ours, lambda pending: None)
+    theirs.sendall(b"".join(ipc.CmdStatus().encode(i) for i in range(1, 101)))
+    frames = channel.read(max_frames=10)
+    assert frames is not None and len(frames) == 10
+    rest = channel.read(max_frames=1000)
+    assert rest is not None and len(rest) == 90
+    channel.close()
+    theirs.close()

@@ -248,9 +248,10 @@ def test_pizauth_1_documents_the_environment() -> None:
 
 
 def hook_variables() -> set[str]:
-    from pizauth.priv import parent
+    from pizauth.priv import notifier, refresher
 
-    return set(re.findall(r'"(PIZAUTH_[A-Z_]+)"', inspect.getsource(parent)))
+    sources = inspect.getsource(notifier) + inspect.getsource(refresher)
+    return set(re.findall(r'"(PIZAUTH_[A-Z_]+)"', sources))
 
 
 def test_hook_variables_are_those_the_server_sets() -> None:
@@ -263,21 +264,21 @@ def test_hook_variables_are_those_the_server_sets() -> None:
 
 
 def test_token_events_are_those_the_server_raises() -> None:
-    from pizauth.priv import parent
+    from pizauth.ipc import TokenEvent
 
-    raised = set(re.findall(r'"(token_[a-z]+)"', inspect.getsource(parent)))
+    raised = {event.value for event in TokenEvent}
     assert raised == {"token_new", "token_refreshed", "token_invalidated", "token_revoked"}
     entry = item(MAN5.read_text(), ".It Ic token_event_cmd No = Ar string ;")
     assert set(re.findall(r"^\.It Li (token_\w+)$", entry, re.M)) == raised
 
 
 def test_pizauth_1_documents_every_info_json_key(user: dict[str, str]) -> None:
-    from pizauth.priv.parent import Parent
+    from pizauth.priv.commands import Commands
 
     keys = set(json.loads(run([PIZAUTH, "info", "-j"], user).stdout))
     assert "server_info" not in keys  # no server: add it and what the server answers
     keys.add("server_info")
-    keys |= set(re.findall(r'"(\w+)"', inspect.getsource(Parent.handle_info)))
+    keys |= set(re.findall(r'"(\w+)"', inspect.getsource(Commands.info)))
     keys -= {"none"}
     assert {"http_port", "https_port", "https_pub_key", "https_cert_sha256"} <= keys
     entry = item(section(MAN1.read_text(), "DESCRIPTION"), ".It Cm info")

@@ -158,7 +158,22 @@ def test_nothing_holds_a_token_after_revoke(pizauth: Pizauth, session: dict[str,
     assert pizauth.show().returncode == 1  # and the server still answers
 
 
-def test_parent_arena_is_locked_and_not_dumped(pizauth: Pizauth, session: dict[str, bytes]) -> None:
+def test_command_child_keeps_no_copy_of_a_restored_dump(
+    pizauth: Pizauth, session: dict[str, bytes]
+) -> None:
+    dump = pizauth.run("dump").stdout
+    assert len(dump) > 100
+    restored = pizauth.run("restore", input=dump)
+    assert restored.returncode == 0, restored
+    # The dump is ciphertext: any 24 bytes of it are found only where a copy is.
+    pieces = {f"dump[{i}:]": dump[i : i + 24] for i in (0, len(dump) // 2, len(dump) - 24)}
+    for pid in roles(pizauth)["command"]:
+        assert found(pid, pieces) == {}, f"command child ({title(pid)}, pid {pid})"
+
+
+def test_parent_arena_is_locked_and_not_dumped(
+    pizauth: Pizauth, session: dict[str, bytes]
+) -> None:
     pid = pizauth.proc.pid
     locked_kb = int(status_field(pid, "VmLck").split()[0])
     assert locked_kb > 0, "no locked memory in the parent"

@@ -17,20 +17,20 @@ import sys
 import threading
 import time
 
-from pizauth import ipc, sandbox
-from pizauth.ipc import MsgType
-from pizauth.net import redirect, tokenclient
+from pizauth import ipc, runtime, sandbox
+from pizauth.ipc import MsgType, NetTokenResult, TokenOutcome
+from pizauth.net import redirect
 from pizauth.net.worker import Launcher
 from pizauth.process import start_child
+from pizauth.timeouts import VERDICT as VERDICT_TIMEOUT
 
 log = logging.getLogger("pizauth")
 
 MAX_CONNECTIONS = 64  # callback connections served at once (see Connections)
-VERDICT_TIMEOUT = 10.0
 
 
 class Connections:
-    """The open callback connections (gap 16).
+    """The open callback connections, bounded so that idle clients cannot lock out a login.
 
     At most MAX_CONNECTIONS are served at once. When all are taken, a new
     connection closes the oldest one that is still sending its request: a
@@ -82,7 +82,10 @@ class Connections:
 
 class NetChild:
     def __init__(
-        self, channel: ipc.Channel, listeners: dict[str, socket.socket], launcher: Launcher
+        self,
+        channel: runtime.CallChannel,
+        listeners: dict[str, socket.socket],
+        launcher: Launcher,
     ) -> None:
         self.channel = channel
         self.listeners = listeners
@@ -112,9 +115,7 @@ class NetChild:
             conn.settimeout(redirect.READ_TIMEOUT)
             if scheme == "https":
                 assert self.tls is not None
-                conn = self.tls.wrap_socket(
-                    conn, server_side=True, do_handshake_on_connect=False
-                )
+                conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
                 self.connections.wrapped(key, conn)
                 conn.do_handshake()
             with conn:
@@ -136,27 +137,33 @@ class NetChild:
             log.warning("%s", e)
             return 400, ""
         if callback.get("state") is None:
-            return 404, ""  # spec §5.4 step 5, e.g. /favicon.ico
-        reply = self.channel.call(MsgType.NET_CALLBACK, callback.fields(), VERDICT_TIMEOUT)
-        if reply is None:
+            return 404, ""  # not a login (a browser's /favicon.ico): the parent need not know
+        try:
+            verdict = self.channel.call(callback, VERDICT_TIMEOUT)
+        except ipc.ProtocolError as e:  # a part over its limit (the request's bounds forbid it)
+            log.warning("callback not passed on: %s", e)
+            return 400, ""
+        if verdict is None:
             return 503, ""
-        return int(ipc.text(reply.fields[0])), ipc.text(reply.fields[1])
+        return verdict.status, verdict.page
 
     # -- messages from the parent -------------------------------------------------------------
 
-    def handle_verdict(self, msg: ipc.Message) -> None:
-        if not self.channel.deliver(msg):
+    def handle_verdict(self, request_id: int, verdict: ipc.CallbackVerdict) -> None:
+        if not self.channel.deliver(request_id, verdict):
             log.debug("verdict for a callback that gave up waiting")
 
-    def handle_token_request(self, msg: ipc.Message) -> None:
+    def handle_token_request(
+        self, request_id: int, message: ipc.NetExchange | ipc.NetRefresh
+    ) -> None:
         """NET_EXCHANGE or NET_REFRESH: run it in a worker process (net/worker.py)."""
-        request = ipc.encode(msg.type, msg.request_id, msg.fields)
-        for field in msg.fields:
-            ipc.wipe(field)  # the parent's frame; the worker gets `request`, wiped once sent
-        threading.Thread(target=self._relay, args=(msg.type, request), daemon=True).start()
+        # The worker's copy, wiped once sent; the parent's frame is wiped on return.
+        request = message.encode(request_id)
+        threading.Thread(
+            target=self._relay, args=(message.TYPE, request_id, request), daemon=True
+        ).start()
 
-    def _relay(self, msg_type: MsgType, request: bytearray) -> None:
-        request_id = ipc.HEADER.unpack_from(request)[2]
+    def _relay(self, msg_type: MsgType, request_id: int, request: bytearray) -> None:
         try:
             result = self.launcher.call(request, msg_type)
         finally:
@@ -164,9 +171,10 @@ class NetChild:
         try:
             if result is not None:
                 reply = ipc.decode(result)
-                if reply.type == MsgType.NET_TOKEN_RESULT and reply.request_id == request_id:
-                    self.channel.send(MsgType.NET_TOKEN_RESULT, request_id, reply.fields)
+                if reply.request_id == request_id:
+                    self.channel.send(NetTokenResult.decode(reply), request_id)
                     return
+                log.warning("token request worker answered another request")
         except ipc.ProtocolError as e:
             log.warning("token request worker: %s", e)
         finally:
@@ -174,11 +182,10 @@ class NetChild:
                 ipc.wipe(result)
         # No answer (the worker crashed or overran its deadline). A code may have been
         # used, so an exchange fails; a refresh is tried again later.
-        failed = tokenclient.TokenResult(
-            "permanent" if msg_type == MsgType.NET_EXCHANGE else "transient",
-            "token request failed",
+        outcome = (
+            TokenOutcome.PERMANENT if msg_type == MsgType.NET_EXCHANGE else TokenOutcome.TRANSIENT
         )
-        self.channel.send(MsgType.NET_TOKEN_RESULT, request_id, failed.fields())
+        self.channel.send(NetTokenResult(outcome, "token request failed"), request_id)
 
     def run(self) -> None:
         cert = None
@@ -192,14 +199,14 @@ class NetChild:
         self.launcher.watch()
         for scheme, listener in self.listeners.items():
             threading.Thread(target=self.accept_loop, args=(scheme, listener), daemon=True).start()
-        ready = [cert.public_key.encode(), cert.fingerprint.encode()] if cert else [b"", b""]
-        self.channel.send(MsgType.NET_READY, 0, ready)
-        handlers = {
+        ready = ipc.NetReady(cert.public_key, cert.fingerprint) if cert else ipc.NetReady("", "")
+        self.channel.send(ready)
+        handlers: runtime.Handlers = {
             MsgType.NET_CALLBACK_VERDICT: self.handle_verdict,
             MsgType.NET_EXCHANGE: self.handle_token_request,
             MsgType.NET_REFRESH: self.handle_token_request,
         }
-        ipc.serve_parent(self.channel, handlers, "network")
+        self.channel.serve(handlers, "network child")
 
 
 def main(argv: list[str]) -> None:
@@ -207,7 +214,7 @@ def main(argv: list[str]) -> None:
     sandbox.prepare()  # find libseccomp while ldconfig may still be run
     # Forked first: while this process has one thread, no secret and no TLS key.
     launcher = Launcher(close_in_launcher=list(fds.values()))
-    channel = ipc.Channel(socket.socket(fileno=fds.pop("channel")))
+    channel = runtime.CallChannel(socket.socket(fileno=fds.pop("channel")))
     listeners = {scheme: socket.socket(fileno=fd) for scheme, fd in fds.items()}
     NetChild(channel, listeners, launcher).run()
     os._exit(0)

@@ -14,10 +14,11 @@ import time
 import urllib.parse
 
 from pizauth import ipc
+from pizauth.timeouts import REDIRECT_READ, REDIRECT_REQUEST
 
 MAX_REQUEST = 16384
-READ_TIMEOUT = 10.0
-DEADLINE = 30.0
+READ_TIMEOUT = REDIRECT_READ
+DEADLINE = REDIRECT_REQUEST
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
 # A reg-name, IPv4 address or bracketed IPv6 literal, with an optional port (RFC 3986).

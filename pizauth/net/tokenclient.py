@@ -17,8 +17,9 @@ import requests
 
 from pizauth import ipc, limits
 from pizauth.safetext import safe_text
+from pizauth.timeouts import CONNECT, TOKEN_REQUEST
 
-TIMEOUT = 30.0  # seconds, per request overall, as pizauth 1.1
+TIMEOUT = TOKEN_REQUEST  # seconds, per request overall, as pizauth 1.1
 MAX_BODY = limits.MAX_REPLY_BODY  # a token response is a few KiB; never buffer more
 # An integer of more digits than this is not parsed (int() of a long digit string is
 # quadratic) but read as "huge": larger than any bound below either way.
@@ -90,7 +91,7 @@ def _post(
                 "Accept-Encoding": "identity",
                 **(headers or {}),
             },
-            timeout=(10.0, TIMEOUT),
+            timeout=(CONNECT, TIMEOUT),
             stream=True,
             allow_redirects=False,
         )

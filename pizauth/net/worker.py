@@ -24,17 +24,18 @@ import threading
 
 import requests
 
-from pizauth import ipc, sandbox
-from pizauth.ipc import MsgType
+from pizauth import ipc, limits, sandbox
+from pizauth.ipc import MsgType, NetTokenResult, RefreshKind, TokenOutcome
 from pizauth.net import tokenclient
 from pizauth.process import harden, set_title
+from pizauth.timeouts import CONNECT, WORKER_IO
 
 log = logging.getLogger("pizauth")
 
 MAX_WORKERS = 16  # calls at once; more wait for a free slot
 # The longest a worker may take, after which it is killed: a code exchange makes up to
 # EXCHANGE_ATTEMPTS attempts of (connect + read) plus the delay between them.
-_ATTEMPT = 10.0 + 2 * tokenclient.TIMEOUT
+_ATTEMPT = CONNECT + 2 * tokenclient.TIMEOUT
 DEADLINES = {
     MsgType.NET_EXCHANGE: int(
         tokenclient.EXCHANGE_ATTEMPTS * (_ATTEMPT + tokenclient.EXCHANGE_RETRY_DELAY)
@@ -164,7 +165,7 @@ def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     set_title("pizauth: network worker")
     sandbox.confine_worker()  # on top of the launcher's confinement: no new processes
-    conn.settimeout(10.0)
+    conn.settimeout(WORKER_IO)
     request = _one_frame(conn)
     if request is None:
         return
@@ -175,14 +176,31 @@ def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
     signal.alarm(DEADLINES[msg.type])
     with requests.Session() as session:
         try:
+            # tokenclient builds the form from the wire fields, in their declared order.
             if msg.type == MsgType.NET_EXCHANGE:
-                uri, form = tokenclient.exchange_form(msg.fields)
-                result = tokenclient.exchange_code(session, uri, form)
+                uri, form = tokenclient.exchange_form(tuple(ipc.NetExchange.decode(msg).fields()))
+                result = to_wire(tokenclient.exchange_code(session, uri, form))
             else:
-                uri, form = tokenclient.refresh_form(msg.fields)
-                result = tokenclient.refresh(session, uri, form)
+                uri, form = tokenclient.refresh_form(tuple(ipc.NetRefresh.decode(msg).fields()))
+                result = to_wire(tokenclient.refresh(session, uri, form))
         except Exception as e:  # noqa: BLE001 - every request gets an answer
             log.warning("token request failed: %s", type(e).__name__)
-            result = tokenclient.TokenResult("permanent", "invalid response received")
-    conn.settimeout(10.0)
-    conn.sendall(ipc.encode(MsgType.NET_TOKEN_RESULT, msg.request_id, result.fields()))
+            result = NetTokenResult(TokenOutcome.PERMANENT, "invalid response received")
+    conn.settimeout(WORKER_IO)
+    conn.sendall(result.encode(msg.request_id))
+
+
+def to_wire(result: tokenclient.TokenResult) -> NetTokenResult:
+    """The NET_TOKEN_RESULT for what the token client made of a reply. Nothing over its
+    limit is sent: the parent would refuse it as a protocol error and restart us."""
+    outcome = TokenOutcome(result.outcome)
+    message = ipc.cut(result.message, limits.MAX_RESULT_MESSAGE)
+    if outcome is not TokenOutcome.OK:
+        return NetTokenResult(outcome, message)
+    access, refresh = result.access_token.encode(), result.refresh_token.encode()
+    if len(access) > limits.MAX_TOKEN or len(refresh) > limits.MAX_TOKEN:
+        return NetTokenResult(TokenOutcome.PERMANENT, "token from token endpoint too large")
+    expires_in = None if result.expires_in is None else min(result.expires_in, limits.MAX_SECONDS)
+    return NetTokenResult(
+        outcome, "", access, expires_in, RefreshKind(result.refresh_kind), refresh
+    )

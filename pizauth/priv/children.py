@@ -1,6 +1,6 @@
 """The parent's handle on a child process: start by fork+exec, channel, restart.
 
-A child is `python -m MODULE` so that it inherits no memory of the parent; the
+A child is `python -m PACKAGE` so that it inherits no memory of the parent; the
 descriptors it needs (its channel and any listening socket) are passed
 explicitly and named on its command line.
 """
@@ -12,17 +12,20 @@ import os
 import socket
 import subprocess
 import sys
-from collections import deque
 from collections.abc import Callable
 
-from pizauth import ipc
+from pizauth import ipc, runtime
 from pizauth.priv.clock import instant
 from pizauth.process import CHILD_PROLOGUE, interrupts_ignored
+from pizauth.timeouts import CHILD_STOP
 
 log = logging.getLogger("pizauth")
 
 # A child that keeps dying straight after start is restarted at most this often.
 RESTART_DELAY = 0.5
+# Bytes queued for a child that does not read them, after which it is dropped (and
+# restarted): enough for several of the largest replies, little for the parent's memory.
+MAX_OUTBOX = 4 * ipc.MAX_MESSAGE
 
 
 class Child:
@@ -44,10 +47,8 @@ class Child:
         self._unwatch = unwatch
         self._set_writing = set_writing
         self.proc: subprocess.Popen[bytes] | None = None
-        self.channel: socket.socket | None = None
+        self.channel: runtime.Channel | None = None
         self.pidfd: int | None = None
-        self.reader = ipc.FrameReader()
-        self.outbox: deque[tuple[memoryview, bytearray, bool]] = deque()
         self.started_at = 0.0
         self.on_frame: Callable[[bytearray], None] = lambda frame: None
         self.on_exit: Callable[[], None] = lambda: None
@@ -67,13 +68,15 @@ class Child:
                 close_fds=True,
             )
         theirs.close()
-        ours.setblocking(False)
-        self.channel = ours
-        self.reader = ipc.FrameReader()
-        self.outbox.clear()
+        fd = ours.fileno()
+        self.channel = runtime.Channel(
+            ours,
+            lambda pending: self._set_writing(fd, self.writable if pending else None),
+            MAX_OUTBOX,
+        )
         self.started_at = instant()
         self.pidfd = os.pidfd_open(self.proc.pid)
-        self._watch(ours.fileno(), self._readable)
+        self._watch(fd, self._readable)
         self._watch(self.pidfd, self._exited)
         log.debug("started %s child, pid %d", self.name, self.proc.pid)
 
@@ -87,51 +90,33 @@ class Child:
             if secret:
                 ipc.wipe(frame)
             return
-        self.outbox.append((memoryview(frame), frame, secret))
-        self._flush()
+        try:
+            self.channel.send(frame, secret)
+        except runtime.OutboxFull as e:
+            log.error("%s child does not read its messages (%s): restarting it", self.name, e)
+            self.drop()
+        except OSError as e:
+            log.warning("%s child channel: %s", self.name, e)
+            self.drop()
 
-    def _flush(self) -> None:
-        assert self.channel is not None
-        while self.outbox:
-            view, frame, secret = self.outbox[0]
-            try:
-                n = self.channel.send(view)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:
-                log.warning("%s child channel: %s", self.name, e)
-                self.drop()
-                return
-            if n < view.nbytes:
-                self.outbox[0] = (view[n:], frame, secret)
-                break
-            self.outbox.popleft()
-            if secret:
-                ipc.wipe(frame)
-        self._set_writing(self.channel.fileno(), self.writable if self.outbox else None)
+    def writable(self) -> None:
+        if self.channel is None:
+            return
+        try:
+            self.channel.flush()
+        except OSError as e:
+            log.warning("%s child channel: %s", self.name, e)
+            self.drop()
 
     def flush(self, timeout: float) -> None:
         """Write what is queued, waiting up to `timeout` (at shutdown)."""
-        if self.channel is None or not self.outbox:
-            return
-        self.channel.settimeout(timeout)
-        try:
-            while self.outbox:
-                view, frame, secret = self.outbox.popleft()
-                self.channel.sendall(view)
-                if secret:
-                    ipc.wipe(frame)
-        except OSError:
-            pass
-
-    def writable(self) -> None:
         if self.channel is not None:
-            self._flush()
+            self.channel.flush_blocking(timeout)
 
     def _readable(self) -> None:
         assert self.channel is not None
         try:
-            frames = self.reader.read_from(self.channel)
+            frames = self.channel.read()
         except ipc.ProtocolError as e:
             log.error("protocol error from %s child: %s", self.name, e)
             self.drop()
@@ -153,11 +138,6 @@ class Child:
         """Close the channel and end the child; its exit then starts a new one."""
         if self.channel is not None:
             self._unwatch(self.channel.fileno())
-            for _, frame, secret in self.outbox:
-                if secret:
-                    ipc.wipe(frame)
-            self.outbox.clear()
-            self.reader.wipe()  # a frame cut short may hold half a token
             self.channel.close()
             self.channel = None
         if self.proc is not None and self.proc.poll() is None:
@@ -179,7 +159,7 @@ class Child:
         self.drop()
         if self.proc is not None:
             try:
-                self.proc.wait(timeout=2)
+                self.proc.wait(timeout=CHILD_STOP)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 
 from pizauth.priv.clock import instant
 from pizauth.safetext import safe_text
+from pizauth.timeouts import HOOK, TRANSIENT_ERROR_IF
 
 log = logging.getLogger("pizauth")
 
-NOTIFY_TIMEOUT = 10.0
-TRANSIENT_ERROR_IF_TIMEOUT = 180.0
+NOTIFY_TIMEOUT = HOOK
+TRANSIENT_ERROR_IF_TIMEOUT = TRANSIENT_ERROR_IF
 # An environment value: a login URL built from a long config fits; the kernel refuses
 # a single string over 128 KiB (MAX_ARG_STRLEN) and the command would not start.
 MAX_ENV_VALUE = 64 * 1024

@@ -1,14 +1,38 @@
-"""When each Active token is refreshed (spec §6.4)."""
+"""Getting tokens: code exchanges, refreshes, and what their results do.
+
+The parent asks the network child for each token request (NET_EXCHANGE,
+NET_REFRESH) and remembers it by request id with the account's generation, so
+that a result for an account whose state has since changed is dropped.
+When each Active token is due for refresh is decided here too.
+"""
 
 from __future__ import annotations
 
-from pizauth.priv.tokens import Active, Entry, TokenTable
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
-# No timer sleeps longer than this, so a machine waking from suspend (or a
-# clock oddity) is noticed within 37 s (spec §6.4).
+from pizauth import ipc, runtime
+from pizauth.config import Config
+from pizauth.ipc import NetTokenResult, RefreshKind, TokenOutcome
+from pizauth.priv.authurl import new_auth_request
+from pizauth.priv.clock import instant
+from pizauth.priv.hooks import HookRunner
+from pizauth.priv.notifier import Notifier
+from pizauth.priv.secmem import Secret
+from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenTable
+from pizauth.timeouts import TRANSIENT_ERROR_IF
+
+log = logging.getLogger("pizauth")
+
+# No timer sleeps longer than this, so a machine waking from suspend (or a clock
+# oddity) notices a token that expired while it slept within 37 s, as pizauth 1.1 does.
 MAX_SLEEP = 37.0
-# Zero intervals would busy-loop (gap 24): never retry faster than this.
+# Zero intervals would busy-loop: never retry faster than this.
 MIN_RETRY = 1.0
+# Every 6th consecutive transient failure asks transient_error_if_cmd whether to give up.
+TRANSIENT_ARBITRATION_EVERY = 6
 
 
 def refresh_time(entry: Entry) -> float | None:
@@ -17,7 +41,7 @@ def refresh_time(entry: Entry) -> float | None:
     if not isinstance(state, Active) or state.ongoing_refresh:
         return None
     if state.refresh_token is None:
-        # Nothing to refresh with: keep the token until it really expires (gap 23).
+        # Nothing to refresh with: keep the token until it really expires.
         return state.expiry
     account = entry.account
     if state.last_refresh_attempt is not None:
@@ -40,3 +64,205 @@ def due(table: TokenTable, now: float) -> list[Entry]:
 def next_wakeup(table: TokenTable) -> float | None:
     times = [t for e in table.entries.values() if (t := refresh_time(e)) is not None]
     return min(times, default=None)
+
+
+class RequestKind(str, enum.Enum):
+    EXCHANGE = "exchange"
+    REFRESH = "refresh"
+
+
+@dataclass(frozen=True, slots=True)
+class NetRequest:
+    kind: RequestKind
+    account: str
+    generation: int
+
+
+class Refresher:
+    """Token requests in flight, and every state change their results make.
+
+    `send(frame)` queues a secret frame for the network child; `config()` is the
+    configuration in force; ports() the redirect listeners' (http, https) ports.
+    """
+
+    def __init__(
+        self,
+        table: TokenTable,
+        config: Callable[[], Config],
+        ports: Callable[[], tuple[int | None, int | None]],
+        notifier: Notifier,
+        hooks: HookRunner,
+        send: Callable[[bytearray], None],
+    ) -> None:
+        self.table = table
+        self._config = config
+        self._ports = ports
+        self.notifier = notifier
+        self.hooks = hooks
+        self._send = send
+        self.requests: dict[int, NetRequest] = {}
+        self._ids = runtime.RequestIds()
+
+    # -- starting -------------------------------------------------------------------------------
+
+    def start_auth(self, entry: Entry) -> Pending:
+        """A new authorisation request; the notifier reminds of it at once."""
+        request = new_auth_request(entry.account, *self._ports())
+        pending = Pending(request)
+        self.change(entry, pending)
+        return pending
+
+    def refresh_due(self, now: float) -> None:
+        for entry in due(self.table, now):
+            self.start_refresh(entry, now)
+
+    def start_refresh(self, entry: Entry, now: float) -> None:
+        active = entry.state
+        if not isinstance(active, Active) or active.ongoing_refresh:
+            return
+        if active.refresh_token is None:
+            if active.expiry <= now:
+                self.change(entry, Empty())  # kept while it lasted, now gone
+            return
+        log.info("starting inner refresh")
+        active.ongoing_refresh = True
+        active.last_refresh_attempt = now
+        account = entry.account
+        self._request(
+            entry,
+            RequestKind.REFRESH,
+            ipc.NetRefresh(
+                account.token_uri,
+                account.client_id,
+                self._client_secret(entry),
+                active.refresh_token.view(),
+            ),
+        )
+
+    def exchange(self, entry: Entry, code: str) -> None:
+        """Exchange the code a callback brought, unless an exchange is already under way."""
+        pending = entry.state
+        assert isinstance(pending, Pending)
+        if pending.exchanging:
+            return  # a second callback with the same state: the first one's code is in use
+        pending.exchanging = True
+        account = entry.account
+        self._request(
+            entry,
+            RequestKind.EXCHANGE,
+            ipc.NetExchange(
+                account.token_uri,
+                account.client_id,
+                self._client_secret(entry),
+                code,
+                pending.request.code_verifier.view(),
+                pending.request.redirect_uri,
+            ),
+        )
+
+    def _client_secret(self, entry: Entry) -> memoryview | None:
+        secret = self.table.client_secret(entry.account.name)  # a Secret: no str or bytes copy
+        return None if secret is None else secret.view()
+
+    def _request(self, entry: Entry, kind: RequestKind, message: ipc.Wire) -> None:
+        request_id = self._ids.allocate(self.requests)
+        try:
+            frame = message.encode(request_id)
+        except ipc.ProtocolError as e:
+            # A configured value over its limit: fail this request, not the server.
+            self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation)
+            self.result(request_id, NetTokenResult(TokenOutcome.PERMANENT, str(e)))
+            return
+        self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation)
+        self._send(frame)
+
+    # -- results --------------------------------------------------------------------------------
+
+    def result(self, request_id: int, result: NetTokenResult) -> None:
+        """NET_TOKEN_RESULT: a result for a request never made is a protocol error."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            raise ipc.ProtocolError(f"token result for unknown request {request_id}")
+        entry = self.table.get(request.account)
+        if entry is None or entry.generation != request.generation:
+            return  # the account changed meanwhile: the result is stale
+        name = entry.account.name
+        now = instant()
+        if result.outcome is TokenOutcome.OK:
+            self._token_received(entry, result, now)
+        elif request.kind == RequestKind.EXCHANGE:
+            self.change(entry, Empty())
+            self.notifier.error(name, f"Authentication for {name} failed: {result.message}")
+        elif result.outcome is TokenOutcome.TRANSIENT:
+            self.transient_failure(entry, result.message, now)
+        else:
+            log.info("Permanent refresh error for %s: %s", name, result.message)
+            self.change(entry, Empty())
+            # A token that can no longer be refreshed is news the user needs.
+            self.notifier.error(name, f"Refreshing {name} failed permanently: {result.message}")
+
+    def _token_received(self, entry: Entry, result: NetTokenResult, now: float) -> None:
+        # expires_in is only recommended (RFC 6749): without it, refresh_at_least decides.
+        expires_in = result.expires_in
+        if expires_in is None:
+            expires_in = entry.account.refresh_at_least
+        old = entry.state
+        refresh_token: Secret | None = None
+        if result.refresh_kind is RefreshKind.STRING:
+            refresh_token = Secret(result.refresh_token)
+        elif (
+            result.refresh_kind is RefreshKind.ABSENT
+            and isinstance(old, Active)
+            and old.refresh_token is not None
+        ):
+            refresh_token = Secret(old.refresh_token.view())  # RFC 6749 §6: keep the old one
+        self.change(
+            entry, Active(Secret(result.access_token), now, now + expires_in, refresh_token)
+        )
+
+    def transient_failure(self, entry: Entry, message: str, now: float) -> None:
+        """A refresh that may work later: retried after refresh_retry, and every so often
+        transient_error_if_cmd is asked whether to give up instead."""
+        active = entry.state
+        assert isinstance(active, Active)
+        active.last_refresh_attempt = now
+        active.consecutive_refresh_fails += 1
+        name = entry.account.name
+        cmd = self._config().transient_error_if_cmd
+        if cmd and active.consecutive_refresh_fails % TRANSIENT_ARBITRATION_EVERY == 0:
+            generation = entry.generation
+
+            def judged(error: str | None) -> None:
+                if not self.table.is_current(name, generation):
+                    return
+                current = self.table.entries[name]
+                if error is None:
+                    assert isinstance(current.state, Active)
+                    current.state.ongoing_refresh = False
+                else:
+                    log.error("Permanent refresh error for %s: %s", name, error)
+                    self.change(current, Empty())
+
+            active.ongoing_refresh = True
+            self.hooks.start(cmd, {"PIZAUTH_ACCOUNT": name}, TRANSIENT_ERROR_IF, judged)
+            return
+        active.ongoing_refresh = False
+        log.info("Transitory refresh error for %s: %s", name, message)
+
+    def network_lost(self) -> None:
+        """The network child went away with requests in flight."""
+        for request in self.requests.values():
+            entry = self.table.get(request.account)
+            if entry is None or entry.generation != request.generation:
+                continue
+            if request.kind == RequestKind.EXCHANGE and isinstance(entry.state, Pending):
+                # The code may or may not have been used: the user can simply log in again.
+                entry.state.exchanging = False
+            elif request.kind == RequestKind.REFRESH and isinstance(entry.state, Active):
+                self.transient_failure(entry, "network process restarted", instant())
+        self.requests.clear()
+
+    def change(self, entry: Entry, state: Empty | Pending | Active, revoked: bool = False) -> None:
+        """Every state change of a token: the table moves it, the notifier tells of it."""
+        name = entry.account.name
+        self.notifier.event(name, self.table.transition(name, state, revoked))

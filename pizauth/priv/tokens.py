@@ -1,11 +1,14 @@
-"""Token state per account: Empty -> Pending -> Active (spec §5.1).
+"""Token state per account: Empty -> Pending -> Active, and back to Empty.
+
+Every change of state goes through TokenTable.transition, which also says
+which event (if any) token_event_cmd is told of.
 
 Each account has a generation that changes whenever its token state is
 replaced or a reload changes the account. Work that takes time (a code
 exchange, a refresh) remembers the generation it started from; a result for
 an older generation is discarded. Bookkeeping (reminder times, the
 "refreshing" flag) is updated in place and does not change the generation, so
-a reminder can never throw away a completed login (gap 11).
+a reminder sent while a login completes can never throw that login away.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pizauth.config import Account
+from pizauth.ipc import TokenEvent
 from pizauth.priv.authurl import AuthRequest
 from pizauth.priv.clock import format_instant
 from pizauth.priv.secmem import Secret
@@ -30,7 +34,9 @@ class Empty:
 class Pending:
     request: AuthRequest
     last_notification: float | None = None
-    exchanging: bool = False  # a code exchange is under way (gap 12)
+    # A code exchange is under way: a second callback (a reload of the page) must not
+    # send the code again, which some providers punish by revoking the grant.
+    exchanging: bool = False
 
     def wipe(self) -> None:
         self.request.code_verifier.wipe()
@@ -84,8 +90,24 @@ class TokenTable:
         entry = self.entries.get(name)
         return entry is not None and entry.generation == generation
 
+    def transition(self, name: str, state: TokenState, revoked: bool = False) -> TokenEvent | None:
+        """Move `name` to `state` (see replace); the event this raises, if any.
+
+        A token obtained is new, unless it replaces an active one (a refresh); an
+        active token that goes is revoked if the user asked (`revoked`), else
+        invalidated. Nothing else raises an event.
+        """
+        had_token = isinstance(self.entries[name].state, Active)
+        self.replace(name, state)
+        if isinstance(state, Active):
+            return TokenEvent.REFRESHED if had_token else TokenEvent.NEW
+        if had_token:
+            return TokenEvent.REVOKED if revoked else TokenEvent.INVALIDATED
+        return None
+
     def replace(self, name: str, state: TokenState) -> Entry:
-        """Give `name` a new token state and generation, wiping the old state."""
+        """Give `name` a new token state and generation, wiping the old state.
+        Handlers use transition(); this is for restoring a dump."""
         entry = self.entries[name]
         if entry.state is not state:
             entry.state.wipe()
@@ -100,7 +122,8 @@ class TokenTable:
         return None
 
     def reload(self, accounts: Iterable[Account]) -> list[str]:
-        """Apply a new configuration (spec §8.3). Returns accounts whose token was dropped."""
+        """Apply a new configuration: an account whose endpoints or client changed starts
+        afresh. Returns the accounts whose token was dropped (each is invalidated)."""
         accounts = list(accounts)
         _wipe_secrets(self.client_secrets)
         self.client_secrets = _client_secrets(accounts)
@@ -133,12 +156,12 @@ class TokenTable:
 
     def status(self, now: float) -> str:
         lines = [f"{name}: {describe(entry.state, now)}" for name, entry in self.entries.items()]
-        # The original sorts whole lines, byte order (spec §3).
+        # Whole lines in byte order, as pizauth 1.1 sorts them.
         return "\n".join(sorted(lines, key=lambda s: s.encode("utf-8")))
 
 
 def _client_secrets(accounts: Iterable[Account]) -> dict[str, Secret]:
-    # The config's str copy cannot be wiped (SECURITY.md); this one is what requests use,
+    # The config's str copy cannot be wiped; this one is what requests use,
     # so no further str or bytes copy is made per request.
     return {
         a.name: Secret(a.client_secret.encode()) for a in accounts if a.client_secret is not None

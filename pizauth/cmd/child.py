@@ -1,11 +1,11 @@
 """The command child: serves `pizauth` clients on the control socket.
 
 One thread and one selector serve every client, each with a bounded request
-and a deadline, so a client that connects and never writes delays nobody else
-(gap 15), and a burst of mail clients costs no thread start-ups. Peers whose
-uid is not ours are refused. The child parses each request and forwards it to the
-parent as a typed message; it never sees a refresh token or client secret, and
-wipes the buffer an access token was relayed through.
+and a deadline, so a client that connects and never writes delays nobody else,
+and a burst of mail clients costs no thread start-ups. Peers whose uid is not
+ours are refused. The child parses each request and forwards it to the parent
+as a typed message; it never sees a refresh token or client secret, and wipes
+the buffer an access token or a dump was relayed through.
 """
 
 from __future__ import annotations
@@ -19,29 +19,28 @@ import socket
 import struct
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
-from pizauth import ipc, sandbox
+from pizauth import ipc, limits, runtime, sandbox
 from pizauth.ipc import Buffer, MsgType
 from pizauth.process import start_child
+from pizauth.timeouts import COMMAND_READ as READ_DEADLINE
+from pizauth.timeouts import COMMAND_REPLY as REPLY_TIMEOUT
 
 log = logging.getLogger("pizauth")
 
 # A restore request carries a dump; nothing else comes near this.
-MAX_REQUEST = ipc.MAX_MESSAGE - 1024
-READ_DEADLINE = 10.0  # to send a whole request; clients half-close at once
-REPLY_TIMEOUT = 30.0
+MAX_REQUEST = ipc.MAX_RESTORE
 MAX_CLIENTS = 512  # open at once; well inside the usual 1024 descriptors
 UCRED = struct.Struct("3i")
 
-# Requests whose arguments must be empty (spec §3).
-NO_ARGS = {
-    "dump": MsgType.CMD_DUMP,
-    "info": MsgType.CMD_INFO,
-    "reload": MsgType.CMD_RELOAD,
-    "shutdown": MsgType.CMD_SHUTDOWN,
-    "status": MsgType.CMD_STATUS,
+# Requests whose arguments must be empty.
+NO_ARGS: dict[str, ipc.Wire] = {
+    "dump": ipc.CmdDump(),
+    "info": ipc.CmdInfo(),
+    "reload": ipc.CmdReload(),
+    "shutdown": ipc.CmdShutdown(),
+    "status": ipc.CmdStatus(),
 }
 
 
@@ -62,8 +61,8 @@ def printable(raw: bytes | bytearray, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def parse_request(raw: bytes | bytearray) -> tuple[MsgType, list[ipc.Buffer]]:
-    """The message for a client request, or Reply with the answer (spec §3).
+def parse_request(raw: bytes | bytearray) -> ipc.Wire:
+    """The message for a client request, or Reply with the answer.
 
     A restore request's dump is passed on as a view of `raw`, not copied, so
     that wiping `raw` afterwards leaves no copy of it in this process.
@@ -71,7 +70,7 @@ def parse_request(raw: bytes | bytearray) -> tuple[MsgType, list[ipc.Buffer]]:
     colon = raw.find(b":")
     if colon < 0:
         log.warning("Syntactically invalid request '%s'", printable(raw))
-        # An empty request is the "already running" probe: it gets no reply (spec §2.3).
+        # An empty request is the "already running" probe: it gets no reply.
         raise Reply(f"error:Syntactically invalid request '{printable(raw)}'" if raw else None)
     command, args = bytes(raw[:colon]), memoryview(raw)[colon + 1 :]
     try:
@@ -82,24 +81,32 @@ def parse_request(raw: bytes | bytearray) -> tuple[MsgType, list[ipc.Buffer]]:
     if name in NO_ARGS:
         if args.nbytes:
             raise Reply(f"error:Unknown command '{name}'")
-        return NO_ARGS[name], []
+        return NO_ARGS[name]
     if name == "restore":
-        return MsgType.CMD_RESTORE, [args]
+        return ipc.CmdRestore(args)
     try:
         text = str(args, "utf-8")
     except UnicodeDecodeError:
         raise Reply("error:Account names must be UTF-8") from None
     if name == "revoke":
-        return MsgType.CMD_REVOKE, [text.encode()]
+        return ipc.CmdRevoke(_account(text))
     if name in ("showtoken", "refresh"):
         word, space, account = text.partition(" ")
         if not space:
-            # gap 14: the original answers nothing, leaving the client puzzled.
+            # pizauth 1.1 answers nothing here, leaving the client puzzled.
             raise Reply(f"error:Syntactically invalid request '{printable(raw)}'")
-        msg_type = MsgType.CMD_SHOW if name == "showtoken" else MsgType.CMD_REFRESH
-        return msg_type, [ipc.flag(word == "withurl"), account.encode()]
+        kind = ipc.CmdShow if name == "showtoken" else ipc.CmdRefresh
+        return kind(word == "withurl", _account(account))
     log.warning("Invalid command")
     raise Reply(f"error:Unknown command '{name}'")
+
+
+def _account(name: str) -> str:
+    """A name no account can have (longer than any message may carry) is answered here,
+    as the parent would answer it."""
+    if len(name.encode()) > limits.MAX_ACCOUNT_NAME:
+        raise Reply(f"error:No account '{name}'")
+    return name
 
 
 class RequestBuffer:
@@ -124,7 +131,7 @@ class RequestBuffer:
                     self.n = 0  # draining: reuse the buffer
                 else:
                     bigger = bytearray(min(2 * self.n, MAX_REQUEST + 1))
-                    bigger[: self.n] = self.buf
+                    memoryview(bigger)[: self.n] = memoryview(self.buf)[: self.n]
                     ipc.wipe(self.buf)
                     self.buf = bigger
             try:
@@ -135,7 +142,9 @@ class RequestBuffer:
                 if self.too_large:
                     raise Reply("error:Request too large")
                 request = bytearray(self.n)
-                request[:] = memoryview(self.buf)[: self.n]
+                # View to view: a bytearray slice assigned from a memoryview would make a
+                # temporary copy of the request (a dump, perhaps) and free it unwiped.
+                memoryview(request)[:] = memoryview(self.buf)[: self.n]
                 return request
             self.n += got
             if self.n > MAX_REQUEST:
@@ -160,14 +169,13 @@ class Client:
 
 class CommandChild:
     def __init__(self, channel: socket.socket, listener: socket.socket) -> None:
-        self.channel = channel
+        self.channel = runtime.Channel(channel, self._parent_pending)
         self.listener = listener
         self.uid = os.getuid()
         self.sel = selectors.DefaultSelector()
-        self.reader = ipc.FrameReader()
-        self.outbox: deque[tuple[memoryview, bytearray]] = deque()
         self.waiting: dict[int, Client] = {}  # request id -> client awaiting the parent
-        self.ids = itertools.count(1)
+        self.ids = runtime.RequestIds()
+        self.handlers: runtime.Handlers = {MsgType.CMD_REPLY: self.handle_reply}
         self.deadlines: list[tuple[float, int, Client]] = []
         self.tiebreak = itertools.count()
         self.clients = 0
@@ -220,15 +228,15 @@ class CommandChild:
             return
         self.sel.unregister(client.sock)
         try:
-            msg_type, fields = parse_request(raw)
-            request_id = next(self.ids) % 0xFFFFFFFF + 1
-            self.to_parent(ipc.encode(msg_type, request_id, fields))
+            message = parse_request(raw)
+            request_id = self.ids.allocate(self.waiting)
+            self.channel.send(message.encode(request_id), secret=True)  # it may carry a dump
         except Reply as r:
             self.answer(client, (r.text or "").encode())
             return
         finally:
             ipc.wipe(raw)  # it may have been a dump
-        client.hold = msg_type == MsgType.CMD_SHUTDOWN
+        client.hold = isinstance(message, ipc.CmdShutdown)
         client.deadline = time.monotonic() + REPLY_TIMEOUT
         client.request_id = request_id
         self.expire_at(client)
@@ -315,68 +323,57 @@ class CommandChild:
 
     # -- the parent ---------------------------------------------------------------------------
 
-    def to_parent(self, frame: bytearray) -> None:
-        self.outbox.append((memoryview(frame), frame))
-        self.flush()
-
-    def flush(self) -> None:
-        while self.outbox:
-            view, frame = self.outbox[0]
-            try:
-                sent = self.channel.send(view)
-            except (BlockingIOError, InterruptedError):
-                break
-            if sent < view.nbytes:
-                self.outbox[0] = (view[sent:], frame)
-                break
-            self.outbox.popleft()
-            ipc.wipe(frame)  # it may have carried a dump
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
-        if self.sel.get_key(self.channel).events != events:
-            self.sel.modify(self.channel, events, self.from_parent)
+    def _parent_pending(self, pending: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0)
+        if self.sel.get_key(self.channel.sock).events != events:
+            self.sel.modify(self.channel.sock, events)
 
     def from_parent(self, mask: int = selectors.EVENT_READ) -> bool:
         """Handle the parent's frames; False once the parent is gone or breaks the protocol."""
-        if mask & selectors.EVENT_WRITE:
-            self.flush()
-        if not mask & selectors.EVENT_READ:
-            return True
         try:
-            frames = self.reader.read_from(self.channel)
+            if mask & selectors.EVENT_WRITE:
+                self.channel.flush()
+            if not mask & selectors.EVENT_READ:
+                return True
+            frames = self.channel.read()
         except (ipc.ProtocolError, OSError) as e:
             log.error("channel to parent: %s", e)
             return False
         if frames is None:
             return False
-        for frame in frames:
+        for i, frame in enumerate(frames):
             try:
-                msg = ipc.decode(frame)
-                if msg.type != MsgType.CMD_REPLY:
-                    raise ipc.ProtocolError(f"{msg.type.name} is not for the command child")
+                runtime.dispatch(self.handlers, frame, "command child")
             except ipc.ProtocolError as e:
-                ipc.wipe(frame)
+                for unread in frames[i:]:
+                    ipc.wipe(unread)
                 log.error("protocol error from parent: %s", e)
                 return False
-            client = self.waiting.pop(msg.request_id, None)
-            if client is None:
-                ipc.wipe(frame)
-                log.debug("reply for a client that gave up waiting")
-                continue
-            client.request_id = None
-            self.answer(client, msg.fields[0], frame)
         return True
+
+    def handle_reply(self, request_id: int, reply: ipc.CmdReply) -> None:
+        """The parent's answer: written to the client from the frame it came in, which is
+        wiped once written (it may hold a token or a dump)."""
+        frame = memoryview(reply.text).obj  # decoded fields are views of their frame
+        assert isinstance(frame, bytearray)
+        client = self.waiting.pop(request_id, None)
+        if client is None:
+            ipc.wipe(frame)
+            log.debug("reply for a client that gave up waiting")
+            return
+        client.request_id = None
+        self.answer(client, reply.text, frame)
 
     def run(self) -> None:
         self.listener.setblocking(False)
-        self.channel.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self.accept)
-        self.sel.register(self.channel, selectors.EVENT_READ, self.from_parent)
-        self.to_parent(ipc.encode(MsgType.CMD_READY, 0))
+        self.sel.register(self.channel.sock, selectors.EVENT_READ, self.from_parent)
+        self.channel.send(ipc.CmdReady().encode(0))
         while True:
             deadline = self.next_deadline()
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
             for key, mask in self.sel.select(timeout):
-                if key.fileobj is self.channel:
+                if key.fileobj is self.channel.sock:
                     if not self.from_parent(mask):
                         return
                 else:

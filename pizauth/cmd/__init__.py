@@ -1,0 +1,1 @@
+"""The command child: serves `pizauth` clients on the control socket."""

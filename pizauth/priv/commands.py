@@ -1,0 +1,145 @@
+"""What the parent does for each request of a `pizauth` client.
+
+The command child parsed the request; these answer it from the token table,
+with the replies pizauth 1.1 gives, and start logins and refreshes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from pizauth import ipc
+from pizauth.ipc import TokenEvent
+from pizauth.priv.clock import instant
+from pizauth.priv.refresher import refresh_time
+from pizauth.priv.tokens import Active, Empty, Entry, Pending
+
+if TYPE_CHECKING:
+    from pizauth.priv.parent import Parent
+
+
+class Commands:
+    def __init__(self, parent: Parent) -> None:
+        self.parent = parent
+
+    def reply(self, request_id: int, text: str) -> None:
+        self.parent.cmd.send(ipc.CmdReply(text.encode("utf-8")).encode(request_id))
+
+    def reply_secret(self, request_id: int, payload: bytearray) -> None:
+        """A reply carrying a token or a dump: every copy we made is wiped once sent."""
+        frame = ipc.CmdReply(payload).encode(request_id)
+        ipc.wipe(payload)
+        self.parent.cmd.send(frame, secret=True)
+
+    def _entry_or_reply(self, request_id: int, name: str) -> Entry | None:
+        entry = self.parent.table.get(name)
+        if entry is None:
+            self.reply(request_id, f"error:No account '{name}'")
+        return entry
+
+    def show(self, request_id: int, msg: ipc.CmdShow) -> None:
+        entry = self._entry_or_reply(request_id, msg.account)
+        if entry is None:
+            return
+        now = instant()
+        match entry.state:
+            case Empty():
+                pending = self.parent.refresher.start_auth(entry)
+                self.reply_pending(request_id, pending, msg.withurl)
+            case Pending() as pending:
+                self.reply_pending(request_id, pending, msg.withurl)
+            case Active() as active:
+                self._show_active(request_id, entry, active, msg.withurl, now)
+
+    def _show_active(
+        self, request_id: int, entry: Entry, active: Active, withurl: bool, now: float
+    ) -> None:
+        if active.expiry > now:
+            reply = bytearray(b"access_token:")
+            reply += active.access_token.view()
+            self.reply_secret(request_id, reply)
+        elif active.refresh_token is None:
+            # Expired and nothing to refresh it with: the user must log in again.
+            self.parent.refresher.change(entry, Empty())
+            self.reply_pending(request_id, self.parent.refresher.start_auth(entry), withurl)
+        elif active.ongoing_refresh or (refresh_time(entry) or now) > now:
+            # A refresh is running, or failed and is retried after refresh_retry.
+            self.reply(
+                request_id,
+                "error:Access token has expired. "
+                "Refreshing is in progress but has not yet succeeded",
+            )
+        else:
+            self.parent.refresher.start_refresh(entry, now)
+            self.reply(request_id, "error:Access token has expired. Refreshing initiated")
+
+    def reply_pending(self, request_id: int, pending: Pending, withurl: bool) -> None:
+        self.reply(request_id, "pending:" + (pending.request.url if withurl else ""))
+
+    def refresh(self, request_id: int, msg: ipc.CmdRefresh) -> None:
+        entry = self._entry_or_reply(request_id, msg.account)
+        if entry is None:
+            return
+        match entry.state:
+            case Empty() | Pending():
+                pending = self.parent.refresher.start_auth(entry)
+                self.reply_pending(request_id, pending, msg.withurl)
+            case Active():
+                self.parent.refresher.start_refresh(entry, instant())
+                self.reply(request_id, "scheduled:")
+
+    def revoke(self, request_id: int, msg: ipc.CmdRevoke) -> None:
+        entry = self._entry_or_reply(request_id, msg.account)
+        if entry is None:
+            return
+        if not isinstance(entry.state, Empty):
+            self.parent.refresher.change(entry, Empty(), revoked=True)
+        self.reply(request_id, "ok:")
+
+    def status(self, request_id: int, msg: ipc.CmdStatus) -> None:
+        self.reply(request_id, "ok:" + self.parent.table.status(instant()))
+
+    def info(self, request_id: int, msg: ipc.CmdInfo) -> None:
+        info = {
+            "http_port": "none" if self.parent.http_port is None else str(self.parent.http_port),
+            "https_port": "none" if self.parent.https_port is None else str(self.parent.https_port),
+        }
+        if self.parent.https_pub_key:
+            info["https_pub_key"] = self.parent.https_pub_key
+            info["https_cert_sha256"] = self.parent.https_fingerprint  # an addition to pizauth 1.1
+        self.reply(request_id, json.dumps(info, separators=(",", ":")))
+
+    def reload(self, request_id: int, msg: ipc.CmdReload) -> None:
+        error = self.parent.reload()
+        self.reply(request_id, "ok:" if error is None else "error:" + error)
+
+    def shutdown(self, request_id: int, msg: ipc.CmdShutdown) -> None:
+        # Wipe first: whatever happens next, no token outlives the request.
+        self.parent.table.wipe_all()
+        self.reply(request_id, "ok:")
+        self.parent.stopping = True
+
+    def dump(self, request_id: int, msg: ipc.CmdDump) -> None:
+        from pizauth.priv import dump  # cryptography is ~7 MiB: loaded only when asked for
+
+        data = dump.dump(self.parent.table)
+        if len(data) > dump.MAX_DUMP:
+            ipc.wipe(data)
+            # A dump that restore could not take back would be a silent loss later.
+            self.reply(request_id, "error:Dump too large to be restored")
+            return
+        self.reply_secret(request_id, data)  # raw bytes, no prefix; wiped once sent
+
+    def restore(self, request_id: int, msg: ipc.CmdRestore) -> None:
+        from pizauth.priv import dump
+
+        try:
+            restored = dump.restore(self.parent.table, msg.dump)
+        except dump.DumpError as e:
+            self.reply(request_id, f"error:{e}")  # nothing has changed
+            return
+        for name in restored:
+            self.parent.notifier.event(name, TokenEvent.NEW)  # pizauth 1.1 emits none
+        self.reply(request_id, "ok:")
+        # Nothing to wake: the loop recomputes refresh and reminder times every iteration.

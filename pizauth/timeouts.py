@@ -1,0 +1,43 @@
+"""Every timeout of pizauth, in seconds, named once.
+
+Imported by the lean `pizauth show` path, so it holds numbers only.
+"""
+
+# A `pizauth` client waits this long for the server's reply. Longer than
+# COMMAND_REPLY, so a client hears the command child's "did not answer in time"
+# rather than timing out first.
+CLIENT_REPLY = 60.0
+
+# The command child gives a client this long to send its whole request...
+COMMAND_READ = 10.0
+# ...and the parent this long to answer it (then tells the client so); a client
+# then has as long again to read the reply.
+COMMAND_REPLY = 30.0
+
+# The network child waits this long for the parent's verdict on a callback.
+VERDICT = 10.0
+
+# A browser's redirect request: each read, and the whole request.
+REDIRECT_READ = 10.0
+REDIRECT_REQUEST = 30.0
+
+# A token endpoint: to connect, and then for the whole reply.
+CONNECT = 10.0
+TOKEN_REQUEST = 30.0
+
+# A network worker reads its request from, and writes its result to, the network
+# child within this time.
+WORKER_IO = 10.0
+
+# auth_notify_cmd, error_notify_cmd and token_event_cmd are killed after this...
+HOOK = 10.0
+# ...and transient_error_if_cmd after this.
+TRANSIENT_ERROR_IF = 180.0
+
+# `pizauth server` waits this long for the server to say it serves.
+SERVER_READY = 30.0
+
+# At shutdown: queued replies are written within this, and a child that does not
+# exit within CHILD_STOP is killed.
+SHUTDOWN_FLUSH = 1.0
+CHILD_STOP = 2.0

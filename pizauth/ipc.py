@@ -583,6 +583,7 @@ class NetTokenResult(Wire):
         len(str(limits.MAX_SECONDS)),
         len("invalid"),
         limits.MAX_TOKEN,
+        limits.MAX_ERROR_CODE,
     )
     outcome: TokenOutcome
     message: str = ""  # why it failed
@@ -590,6 +591,7 @@ class NetTokenResult(Wire):
     expires_in: int | None = None  # seconds; None when the provider gave none
     refresh_kind: RefreshKind = RefreshKind.ABSENT
     refresh_token: Buffer = b""
+    provider_error: str = ""  # the provider's OAuth error code, e.g. "invalid_client"
 
     def fields(self) -> Sequence[Buffer]:
         return [
@@ -599,11 +601,12 @@ class NetTokenResult(Wire):
             b"" if self.expires_in is None else str(self.expires_in).encode(),
             self.refresh_kind.value.encode(),
             self.refresh_token,
+            self.provider_error.encode(),
         ]
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetTokenResult:
-        outcome, message, access, expires, kind, refresh = fields
+        outcome, message, access, expires, kind, refresh, provider_error = fields
         result = cls(
             outcome=choice(outcome, TokenOutcome),
             message=text(message),
@@ -611,6 +614,7 @@ class NetTokenResult(Wire):
             expires_in=number(expires, 0, limits.MAX_SECONDS) if expires.nbytes else None,
             refresh_kind=choice(kind, RefreshKind),
             refresh_token=refresh,
+            provider_error=text(provider_error),
         )
         if result.outcome is TokenOutcome.OK and not access.nbytes:
             raise ProtocolError("empty access token")

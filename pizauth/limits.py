@@ -24,6 +24,9 @@ MAX_URI = 8 * 1024
 # is cut, never refused, so the user still learns what went wrong.
 MAX_PROVIDER_TEXT = 1024
 
+# An OAuth error code (RFC 6749 §5.2: `invalid_client`, `slow_down`...): short ASCII.
+MAX_ERROR_CODE = 64
+
 # Seconds; larger expires_in / interval values are clamped to this (ten years)
 # rather than trusted, so no arithmetic on them can overflow or wedge a timer.
 MAX_SECONDS = 10 * 365 * 24 * 3600

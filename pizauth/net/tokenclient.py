@@ -42,6 +42,8 @@ class TokenResult:
     expires_in: int | None = None
     refresh_kind: str = "absent"  # "absent", "string" or "invalid" (present but not a string)
     refresh_token: str = ""
+    # The provider's OAuth error code (`invalid_client`, `slow_down`...), when it gave one.
+    provider_error: str = ""
 
     def fields(self) -> list[bytes]:
         """The NET_TOKEN_RESULT fields, each within the bounds the parent accepts: the
@@ -53,14 +55,23 @@ class TokenResult:
             b"" if self.expires_in is None else str(self.expires_in).encode(),
             self.refresh_kind.encode(),
             self.refresh_token.encode(),
+            safe_text(self.provider_error, limits.MAX_ERROR_CODE).encode(),
         ]
 
 
-class _Transient(Exception):
+class _Failure(Exception):
+    """A failed call: the message for the user, and the provider's OAuth error code."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Transient(_Failure):
     pass
 
 
-class _Permanent(Exception):
+class _Permanent(_Failure):
     pass
 
 
@@ -162,6 +173,17 @@ def _oauth_error(body: bytes) -> str | None:
     return error
 
 
+def _oauth_code(body: bytes) -> str:
+    """The `error` code of an RFC 6749 §5.2 error body, made safe; "" if there is none."""
+    try:
+        doc = _parse(body)
+    except ValueError:
+        return ""
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), str):
+        return ""
+    return _provider_text(doc["error"])[: limits.MAX_ERROR_CODE]
+
+
 def _expires_in(value: object) -> int | None:
     """expires_in bounded: absent is None; a JSON integer (bool is an int in Python, but
     not in JSON) from 0 up is clamped to MAX_SECONDS, so no arithmetic on it can
@@ -193,8 +215,8 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
         error = _oauth_error(body)
         message = f"HTTP code {status}" + (f" ({error})" if error else "")
         if status in TRANSIENT_STATUSES:
-            raise _Transient(message)
-        raise _Permanent(message)
+            raise _Transient(message, _oauth_code(body))
+        raise _Permanent(message, _oauth_code(body))
     try:
         doc = _parse(body)
     except ValueError as e:
@@ -203,7 +225,7 @@ def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
         raise _Permanent(unexpected)
     error = _oauth_error(body)
     if error is not None:
-        raise _Permanent(error or unexpected)  # `"error": ""` says nothing
+        raise _Permanent(error or unexpected, _oauth_code(body))  # `"error": ""` says nothing
     token, token_type = doc.get("access_token"), doc.get("token_type")
     try:
         expires_in = _expires_in(doc.get("expires_in"))
@@ -280,7 +302,7 @@ def exchange_code(
     reached the provider or the provider refused it as overloaded
     (docs/compatibility.md "Code exchange retries")."""
     form, headers = authenticate_form(form, auth_method)
-    last = ""
+    last, code = "", ""
     for attempt in range(EXCHANGE_ATTEMPTS):
         if attempt:
             sleep(EXCHANGE_RETRY_DELAY)
@@ -288,15 +310,15 @@ def exchange_code(
             status, body = _post(session, token_uri, form, headers)
             return _judge(status, body, "invalid response received")
         except _NotSent as e:
-            last = str(e)
+            last, code = str(e), e.code
         except _Transient as e:
             if not str(e).startswith("HTTP code"):
                 # The code may have been used: re-posting it could revoke the grant.
-                return TokenResult("permanent", str(e))
-            last = str(e)
+                return TokenResult("permanent", str(e), provider_error=e.code)
+            last, code = str(e), e.code
         except _Permanent as e:
-            return TokenResult("permanent", str(e))
-    return TokenResult("permanent", last)
+            return TokenResult("permanent", str(e), provider_error=e.code)
+    return TokenResult("permanent", last, provider_error=code)
 
 
 def refresh(
@@ -317,9 +339,9 @@ def refresh(
         status, body = _post(session, token_uri, form, headers)
         return _judge(status, body, "Received JSON in unexpected format")
     except _Transient as e:
-        return TokenResult("transient", str(e))
+        return TokenResult("transient", str(e), provider_error=e.code)
     except _Permanent as e:
-        return TokenResult("permanent", str(e))
+        return TokenResult("permanent", str(e), provider_error=e.code)
 
 
 def exchange_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, str]]]:

@@ -196,7 +196,8 @@ def to_wire(result: tokenclient.TokenResult) -> NetTokenResult:
     outcome = TokenOutcome(result.outcome)
     message = ipc.cut(result.message, limits.MAX_RESULT_MESSAGE)
     if outcome is not TokenOutcome.OK:
-        return NetTokenResult(outcome, message)
+        code = ipc.cut(result.provider_error, limits.MAX_ERROR_CODE)
+        return NetTokenResult(outcome, message, provider_error=code)
     access, refresh = result.access_token.encode(), result.refresh_token.encode()
     if len(access) > limits.MAX_TOKEN or len(refresh) > limits.MAX_TOKEN:
         return NetTokenResult(TokenOutcome.PERMANENT, "token from token endpoint too large")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import conftest
 import pytest
+import server_harness
 from conftest import CLIENT_SECRET, Pizauth, children_of, wait_for
 
 from pizauth import sandbox
@@ -200,6 +201,8 @@ def wrap_pizauth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prelude: str) 
         f"os.execv({conftest.PIZAUTH!r}, [{conftest.PIZAUTH!r}, *sys.argv[1:]])\n"
     )
     wrapper.chmod(0o755)
+    # The harness starts the server through server_harness.PIZAUTH; conftest re-exports it.
+    monkeypatch.setattr(server_harness, "PIZAUTH", str(wrapper))
     monkeypatch.setattr(conftest, "PIZAUTH", str(wrapper))
 
 

@@ -14,7 +14,7 @@ _UNSAFE = [
     *range(0x00, 0x20),  # C0 controls: NUL, newline, escape...
     *range(0x7F, 0xA0),  # DEL and the C1 controls
     *range(0xD800, 0xE000),  # surrogates: not encodable as UTF-8
-    0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A),  # bidi overrides
+    0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A),  # bidi marks
     0x2028, 0x2029,  # line and paragraph separators
 ]  # fmt: skip
 _TABLE = dict.fromkeys(_UNSAFE, REPLACEMENT)

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import unicodedata
 from urllib.parse import urlsplit
 
 from pizauth import limits
+from pizauth.safetext import safe_text
 
-REPLACEMENT = "\ufffd"
-# Besides control characters: line and paragraph separators, and the bidirectional
-# overrides that make a terminal show text in an order other than the one it has.
-_INVISIBLE = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e") | frozenset(
-    "\u2066\u2067\u2068\u2069"
-)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 # Digits in a string-valued number (some providers quote expires_in); more than
 # this is clamped anyway, so there is no need to convert it.
@@ -38,15 +32,9 @@ def load_json(body: bytes) -> object | None:
 
 def provider_text(value: str, limit: int = limits.MAX_PROVIDER_TEXT) -> str:
     """`value` with control, surrogate and direction-changing characters replaced, cut so
-    that its UTF-8 encoding is at most `limit` bytes."""
-    clean = "".join(
-        REPLACEMENT if c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c
-        for c in value[:limit]  # a character is at least one byte: cut before the scan
-    )
-    encoded = clean.encode("utf-8")
-    if len(encoded) <= limit:
-        return clean
-    return encoded[:limit].decode("utf-8", errors="ignore")
+    that its UTF-8 encoding is at most `limit` bytes (the same rule the token client
+    applies: pizauth/safetext.py)."""
+    return safe_text(value, limit)
 
 
 def oauth_error(doc: object) -> tuple[str, str]:

@@ -62,6 +62,10 @@ class MsgType(enum.IntEnum):
     NET_CALLBACK_VERDICT = 40
     NET_EXCHANGE = 41
     NET_REFRESH = 42
+    # device authorization grant (RFC 8628): parent -> network child, then its answer
+    NET_DEVICE_AUTH = 50
+    NET_DEVICE_POLL = 51  # answered by NET_TOKEN_RESULT
+    NET_DEVICE_AUTH_RESULT = 52
 
 
 @dataclass(frozen=True, slots=True)
@@ -715,6 +719,149 @@ class NetRefresh(Wire):
         )
 
 
+# The device authorization grant (RFC 8628).
+
+_AUTH_METHOD_LIMIT = len("client_secret_basic")
+# A scope as sent: the configured scopes joined by spaces.
+MAX_SCOPE = limits.MAX_URI
+
+
+@dataclass(frozen=True, slots=True)
+class NetDeviceAuth(Wire):
+    """parent -> network child: ask the device authorization endpoint for a user code."""
+
+    TYPE = MsgType.NET_DEVICE_AUTH
+    LIMITS = (*_CLIENT_LIMITS, MAX_SCOPE, _AUTH_METHOD_LIMIT)
+    device_auth_uri: str
+    client_id: str
+    client_secret: Buffer | None
+    scope: str  # space-separated; empty for none
+    auth_method: str
+
+    def fields(self) -> Sequence[Buffer]:
+        return [
+            self.device_auth_uri.encode(),
+            self.client_id.encode(),
+            flag(self.client_secret is not None),
+            b"" if self.client_secret is None else self.client_secret,
+            self.scope.encode(),
+            self.auth_method.encode(),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetDeviceAuth:
+        uri, client_id, has_secret, secret, scope, method = fields
+        return cls(
+            text(uri),
+            text(client_id),
+            secret if read_flag(has_secret) else None,
+            text(scope),
+            text(method),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NetDevicePoll(Wire):
+    """parent -> network child: one device access token request; the device code is a
+    secret (a buffer, wiped by whoever made it). Answered by NET_TOKEN_RESULT."""
+
+    TYPE = MsgType.NET_DEVICE_POLL
+    LIMITS = (*_CLIENT_LIMITS, limits.MAX_DEVICE_CODE, _AUTH_METHOD_LIMIT)
+    token_uri: str
+    client_id: str
+    client_secret: Buffer | None
+    device_code: Buffer
+    auth_method: str
+
+    def fields(self) -> Sequence[Buffer]:
+        return [
+            self.token_uri.encode(),
+            self.client_id.encode(),
+            flag(self.client_secret is not None),
+            b"" if self.client_secret is None else self.client_secret,
+            self.device_code,
+            self.auth_method.encode(),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetDevicePoll:
+        uri, client_id, has_secret, secret, device_code, method = fields
+        return cls(
+            text(uri),
+            text(client_id),
+            secret if read_flag(has_secret) else None,
+            device_code,
+            text(method),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NetDeviceAuthResult(Wire):
+    """network child -> parent: how a NET_DEVICE_AUTH with the same request id ended. The
+    device code is secret: a view of the frame, copied by the parent into a Secret."""
+
+    TYPE = MsgType.NET_DEVICE_AUTH_RESULT
+    LIMITS = (
+        len("permanent"),
+        limits.MAX_RESULT_MESSAGE,
+        limits.MAX_ERROR_CODE,
+        limits.MAX_DEVICE_CODE,
+        limits.MAX_PROVIDER_TEXT,
+        limits.MAX_URI,
+        limits.MAX_URI,
+        len(str(limits.MAX_SECONDS)),
+        len(str(limits.MAX_SECONDS)),
+    )
+    outcome: TokenOutcome
+    message: str = ""
+    provider_error: str = ""
+    device_code: Buffer = b""
+    user_code: str = ""
+    verification_uri: str = ""
+    verification_uri_complete: str = ""  # "" when the provider gave none
+    expires_in: int = 0
+    interval: int = 0
+
+    def fields(self) -> Sequence[Buffer]:
+        return [
+            self.outcome.value.encode(),
+            self.message.encode(),
+            self.provider_error.encode(),
+            self.device_code,
+            self.user_code.encode(),
+            self.verification_uri.encode(),
+            self.verification_uri_complete.encode(),
+            str(self.expires_in).encode(),
+            str(self.interval).encode(),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetDeviceAuthResult:
+        outcome, message, error, code, user_code, uri, complete, expires_in, interval = fields
+        result = cls(
+            outcome=choice(outcome, TokenOutcome),
+            message=text(message),
+            provider_error=text(error),
+            device_code=code,
+            user_code=text(user_code),
+            verification_uri=text(uri),
+            verification_uri_complete=text(complete),
+            expires_in=number(expires_in, 0, limits.MAX_SECONDS),
+            interval=number(interval, 0, limits.MAX_SECONDS),
+        )
+        if result.outcome is TokenOutcome.OK:
+            # What the user is shown and a hook is given: one line of printable text, and
+            # URIs without spaces, so "the URL up to the first space" stays the URL.
+            if not code.nbytes or not result.user_code.strip() or not result.verification_uri:
+                raise ProtocolError("incomplete device authorization")
+            uris = result.verification_uri + result.verification_uri_complete
+            if not result.user_code.isprintable() or not all("\x21" <= c <= "\x7e" for c in uris):
+                raise ProtocolError("unprintable device authorization")
+            if result.expires_in < 1 or result.interval < 1:
+                raise ProtocolError("device authorization without expiry or interval")
+        return result
+
+
 MESSAGES: dict[MsgType, type[Wire]] = {
     cls.TYPE: cls
     for cls in (
@@ -735,6 +882,9 @@ MESSAGES: dict[MsgType, type[Wire]] = {
         CallbackVerdict,
         NetExchange,
         NetRefresh,
+        NetDeviceAuth,
+        NetDevicePoll,
+        NetDeviceAuthResult,
     )
 }
 

@@ -20,7 +20,7 @@ import time
 from pizauth import ipc, runtime, sandbox
 from pizauth.ipc import MsgType, NetTokenResult, TokenOutcome
 from pizauth.net import redirect
-from pizauth.net.worker import Launcher
+from pizauth.net.worker import Launcher, failure
 from pizauth.process import start_child
 from pizauth.timeouts import VERDICT as VERDICT_TIMEOUT
 
@@ -154,9 +154,12 @@ class NetChild:
             log.debug("verdict for a callback that gave up waiting")
 
     def handle_token_request(
-        self, request_id: int, message: ipc.NetExchange | ipc.NetRefresh
+        self,
+        request_id: int,
+        message: ipc.NetExchange | ipc.NetRefresh | ipc.NetDeviceAuth | ipc.NetDevicePoll,
     ) -> None:
-        """NET_EXCHANGE or NET_REFRESH: run it in a worker process (net/worker.py)."""
+        """NET_EXCHANGE, NET_REFRESH, NET_DEVICE_AUTH or NET_DEVICE_POLL: run it in a
+        worker process (net/worker.py)."""
         # The worker's copy, wiped once sent; the parent's frame is wiped on return.
         request = message.encode(request_id)
         threading.Thread(
@@ -172,7 +175,12 @@ class NetChild:
             if result is not None:
                 reply = ipc.decode(result)
                 if reply.request_id == request_id:
-                    self.channel.send(NetTokenResult.decode(reply), request_id)
+                    answer = (
+                        ipc.NetDeviceAuthResult
+                        if msg_type == MsgType.NET_DEVICE_AUTH
+                        else NetTokenResult
+                    )
+                    self.channel.send(answer.decode(reply), request_id)
                     return
                 log.warning("token request worker answered another request")
         except ipc.ProtocolError as e:
@@ -185,7 +193,7 @@ class NetChild:
         outcome = (
             TokenOutcome.PERMANENT if msg_type == MsgType.NET_EXCHANGE else TokenOutcome.TRANSIENT
         )
-        self.channel.send(NetTokenResult(outcome, "token request failed"), request_id)
+        self.channel.send(failure(msg_type, outcome, "token request failed"), request_id)
 
     def run(self) -> None:
         cert = None
@@ -205,6 +213,8 @@ class NetChild:
             MsgType.NET_CALLBACK_VERDICT: self.handle_verdict,
             MsgType.NET_EXCHANGE: self.handle_token_request,
             MsgType.NET_REFRESH: self.handle_token_request,
+            MsgType.NET_DEVICE_AUTH: self.handle_token_request,
+            MsgType.NET_DEVICE_POLL: self.handle_token_request,
         }
         self.channel.serve(handlers, "network child")
 

@@ -8,8 +8,9 @@ network child forks at start-up, before it has any thread, any secret or any
 private key, and before its seccomp filter forbids it to make processes:
 
     network child --SCM_RIGHTS: one end of a new socketpair--> launcher
-    launcher --fork--> worker: reads one NET_EXCHANGE or NET_REFRESH frame on
-    that socket, makes the call, writes one NET_TOKEN_RESULT frame, exits.
+    launcher --fork--> worker: reads one NET_EXCHANGE, NET_REFRESH or NET_DEVICE_POLL
+    frame on that socket, makes the call, writes one NET_TOKEN_RESULT frame, exits
+    (a NET_DEVICE_AUTH is answered by one NET_DEVICE_AUTH_RESULT frame instead).
 
 The launcher only ever sees descriptors, never a request or a result.
 """
@@ -26,9 +27,9 @@ import requests
 
 from pizauth import ipc, limits, sandbox
 from pizauth.ipc import MsgType, NetTokenResult, RefreshKind, TokenOutcome
-from pizauth.net import tokenclient
+from pizauth.net import device, tokenclient
 from pizauth.process import harden, set_title
-from pizauth.timeouts import CONNECT, WORKER_IO
+from pizauth.timeouts import COMMAND_REPLY, CONNECT, WORKER_IO
 
 log = logging.getLogger("pizauth")
 
@@ -41,6 +42,10 @@ DEADLINES = {
         tokenclient.EXCHANGE_ATTEMPTS * (_ATTEMPT + tokenclient.EXCHANGE_RETRY_DELAY)
     ),
     MsgType.NET_REFRESH: int(_ATTEMPT),
+    # A `pizauth show` waits for this one: it must end before the command child gives
+    # up on the parent, so that the user hears why it failed.
+    MsgType.NET_DEVICE_AUTH: int(COMMAND_REPLY) - 5,
+    MsgType.NET_DEVICE_POLL: int(_ATTEMPT),
 }
 
 
@@ -180,12 +185,14 @@ def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
             if msg.type == MsgType.NET_EXCHANGE:
                 uri, form = tokenclient.exchange_form(tuple(ipc.NetExchange.decode(msg).fields()))
                 result = to_wire(tokenclient.exchange_code(session, uri, form))
+            elif msg.type in DEVICE_CALLS:
+                result = DEVICE_CALLS[msg.type](session, msg)
             else:
                 uri, form = tokenclient.refresh_form(tuple(ipc.NetRefresh.decode(msg).fields()))
                 result = to_wire(tokenclient.refresh(session, uri, form))
         except Exception as e:  # noqa: BLE001 - every request gets an answer
             log.warning("token request failed: %s", type(e).__name__)
-            result = NetTokenResult(TokenOutcome.PERMANENT, "invalid response received")
+            result = failure(msg.type, TokenOutcome.PERMANENT, "invalid response received")
     conn.settimeout(WORKER_IO)
     conn.sendall(result.encode(msg.request_id))
 
@@ -205,3 +212,71 @@ def to_wire(result: tokenclient.TokenResult) -> NetTokenResult:
     return NetTokenResult(
         outcome, "", access, expires_in, RefreshKind(result.refresh_kind), refresh
     )
+
+
+def failure(msg_type: MsgType, outcome: TokenOutcome, message: str) -> ipc.Wire:
+    """The result a request of `msg_type` gets when its call could not be made."""
+    if msg_type == MsgType.NET_DEVICE_AUTH:
+        return ipc.NetDeviceAuthResult(outcome, message)
+    return NetTokenResult(outcome, message)
+
+
+def _device_auth(session: requests.Session, msg: ipc.Message) -> ipc.NetDeviceAuthResult:
+    request = ipc.NetDeviceAuth.decode(msg)
+    secret = None if request.client_secret is None else ipc.text(request.client_secret)
+    got = device.request_device_authorization(
+        session,
+        request.device_auth_uri,
+        request.client_id,
+        secret,
+        request.scope,
+        request.auth_method,
+    )
+    return device_auth_to_wire(got)
+
+
+def device_auth_to_wire(got: device.DeviceAuthorization) -> ipc.NetDeviceAuthResult:
+    """The NET_DEVICE_AUTH_RESULT for what the device endpoint said, within its limits."""
+    outcome = TokenOutcome(got.outcome)
+    message = ipc.cut(got.message, limits.MAX_RESULT_MESSAGE)
+    code = ipc.cut(got.provider_error, limits.MAX_ERROR_CODE)
+    if outcome is not TokenOutcome.OK:
+        return ipc.NetDeviceAuthResult(outcome, message, code)
+    if len(got.user_code.encode()) > limits.MAX_PROVIDER_TEXT:
+        return ipc.NetDeviceAuthResult(TokenOutcome.PERMANENT, "user_code too long")
+    return ipc.NetDeviceAuthResult(
+        outcome,
+        device_code=got.device_code,
+        user_code=got.user_code,
+        verification_uri=got.verification_uri,
+        verification_uri_complete=got.verification_uri_complete,
+        expires_in=min(got.expires_in, limits.MAX_SECONDS),
+        interval=min(got.interval, limits.MAX_SECONDS),
+    )
+
+
+def _device_poll(session: requests.Session, msg: ipc.Message) -> NetTokenResult:
+    request = ipc.NetDevicePoll.decode(msg)
+    secret = None if request.client_secret is None else ipc.text(request.client_secret)
+    code = ipc.text(request.device_code)
+    got = device.poll_device_token(
+        session, request.token_uri, request.client_id, secret, code, request.auth_method
+    )
+    return poll_to_wire(got, code)
+
+
+def poll_to_wire(got: device.DevicePoll, device_code: str) -> NetTokenResult:
+    """The NET_TOKEN_RESULT of one device poll. A provider that quotes the device code
+    in its error text must not get it into the parent's log or a hook's environment."""
+    if got.outcome == "ok":
+        assert got.token is not None
+        return to_wire(got.token)
+    message = got.message.replace(device_code, "[device code]") if device_code else got.message
+    return NetTokenResult(
+        TokenOutcome(got.outcome),
+        ipc.cut(message, limits.MAX_RESULT_MESSAGE),
+        provider_error=ipc.cut(got.provider_error, limits.MAX_ERROR_CODE),
+    )
+
+
+DEVICE_CALLS = {MsgType.NET_DEVICE_AUTH: _device_auth, MsgType.NET_DEVICE_POLL: _device_poll}

@@ -13,7 +13,7 @@ from pizauth import ipc
 from pizauth.ipc import TokenEvent
 from pizauth.priv.clock import instant
 from pizauth.priv.refresher import refresh_time
-from pizauth.priv.tokens import Active, Empty, Entry, Pending
+from pizauth.priv.tokens import Active, DevicePending, Empty, Entry, Pending
 
 if TYPE_CHECKING:
     from pizauth.priv.parent import Parent
@@ -43,6 +43,9 @@ class Commands:
         if entry is None:
             return
         now = instant()
+        if _device(entry) and not isinstance(entry.state, Active):
+            self.parent.device.show(request_id, entry, msg.withurl)
+            return
         match entry.state:
             case Empty():
                 pending = self.parent.refresher.start_auth(entry)
@@ -62,6 +65,9 @@ class Commands:
         elif active.refresh_token is None:
             # Expired and nothing to refresh it with: the user must log in again.
             self.parent.refresher.change(entry, Empty())
+            if _device(entry):
+                self.parent.device.show(request_id, entry, withurl)
+                return
             self.reply_pending(request_id, self.parent.refresher.start_auth(entry), withurl)
         elif active.ongoing_refresh or (refresh_time(entry) or now) > now:
             # A refresh is running, or failed and is retried after refresh_retry.
@@ -80,6 +86,10 @@ class Commands:
     def refresh(self, request_id: int, msg: ipc.CmdRefresh) -> None:
         entry = self._entry_or_reply(request_id, msg.account)
         if entry is None:
+            return
+        if _device(entry) and not isinstance(entry.state, Active):
+            # A device login in progress goes on: a new one would void the code shown.
+            self.parent.device.show(request_id, entry, msg.withurl)
             return
         match entry.state:
             case Empty() | Pending():
@@ -143,3 +153,8 @@ class Commands:
             self.parent.notifier.event(name, TokenEvent.NEW)  # pizauth 1.1 emits none
         self.reply(request_id, "ok:")
         # Nothing to wake: the loop recomputes refresh and reminder times every iteration.
+
+
+def _device(entry: Entry) -> bool:
+    """Whether `entry` logs in with the device flow (priv/device.py)."""
+    return entry.account.auth_flow == "device" or isinstance(entry.state, DevicePending)

@@ -32,7 +32,7 @@ from pizauth.config import Account
 from pizauth.ipc import Buffer
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, Empty, Pending, TokenTable
+from pizauth.priv.tokens import Active, DevicePending, Empty, Pending, TokenTable
 
 # The original's key. Published, so this is obfuscation, not encryption.
 KEY = bytes.fromhex("66a247a85e48cfecaaed9b36eba97d5350d4286375097a44eeffb9c4546b65a3")
@@ -87,14 +87,18 @@ class AccountDump:
 
     @classmethod
     def of(cls, account: Account) -> AccountDump:
+        # A device account has no auth_uri: its device_auth_uri takes that place, so
+        # that a token goes back only to an account with the same endpoints
+        # (docs/compatibility.md "Device logins in dumps").
+        auth_uri = account.device_auth_uri if account.auth_flow == "device" else account.auth_uri
         return cls(
-            account.auth_uri,
+            auth_uri or "",
             account.auth_uri_fields,
             account.client_id,
             account.client_secret,
             account.redirect_uri,
             account.scopes,
-            account.token_uri,
+            account.token_uri or "",
         )
 
 
@@ -111,7 +115,8 @@ class ActiveDump:
             self.refresh_token.wipe()
 
 
-# None is the Empty variant; Pending is dumped as Empty, as pizauth 1.1 does.
+# None is the Empty variant; Pending is dumped as Empty, as pizauth 1.1 does, and so is
+# DevicePending (a device code is not worth keeping: the login is simply started again).
 TokenDump = ActiveDump | None
 
 
@@ -237,7 +242,7 @@ def encode(table: TokenTable, clock: Now) -> bytearray:
                 p.tag(active.refresh_token is not None)
                 if active.refresh_token is not None:
                     p.blob(active.refresh_token.view())
-            case Empty() | Pending():
+            case Empty() | Pending() | DevicePending():
                 p.u32(_EMPTY)
     return p.join()
 
@@ -477,7 +482,7 @@ def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[s
             # current token or login in progress is never overwritten by an old one.
             if token is None or account_dump != AccountDump.of(entry.account):
                 continue
-            if not isinstance(entry.state, Empty | Pending):
+            if not isinstance(entry.state, Empty | Pending | DevicePending):
                 continue
             state = Active(
                 token.access_token,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pizauth.config import Config
 from pizauth.ipc import TokenEvent
 from pizauth.priv.hooks import HookQueue, HookRunner
-from pizauth.priv.tokens import Entry, Pending, TokenTable
+from pizauth.priv.tokens import DevicePending, Entry, Pending, TokenTable
 from pizauth.timeouts import HOOK
 
 log = logging.getLogger("pizauth")
@@ -25,7 +25,10 @@ MIN_INTERVAL = 1.0  # a zero interval must not busy-loop
 
 def reminder_time(entry: Entry, interval: float) -> float | None:
     state = entry.state
-    if not isinstance(state, Pending) or state.exchanging:
+    if isinstance(state, DevicePending):
+        if state.device_code is None:
+            return None  # no user code yet
+    elif not isinstance(state, Pending) or state.exchanging:
         return None
     if state.last_notification is None:
         return float("-inf")
@@ -63,12 +66,20 @@ class Notifier:
 
     def remind(self, entry: Entry, now: float) -> None:
         pending = entry.state
-        assert isinstance(pending, Pending)
+        assert isinstance(pending, Pending | DevicePending)
         pending.last_notification = now
         name = entry.account.name
         cmd = self._config().auth_notify_cmd
         if cmd:
-            env = {"PIZAUTH_ACCOUNT": name, "PIZAUTH_URL": pending.request.url}
+            if isinstance(pending, DevicePending):
+                # Never the device code: only what the user needs to log in.
+                env = {
+                    "PIZAUTH_ACCOUNT": name,
+                    "PIZAUTH_URL": pending.uri,
+                    "PIZAUTH_USER_CODE": pending.user_code,
+                }
+            else:
+                env = {"PIZAUTH_ACCOUNT": name, "PIZAUTH_URL": pending.request.url}
             self.notifications.submit(cmd, env, HOOK)
         else:
             log.info("%s needs authorising: run 'pizauth show %s' for the URL", name, name)

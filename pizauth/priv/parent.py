@@ -24,6 +24,8 @@ from pizauth.priv.authurl import effective_redirect_uri, redirect_matches
 from pizauth.priv.children import RESTART_DELAY, Child
 from pizauth.priv.clock import instant
 from pizauth.priv.commands import Commands
+from pizauth.priv.device import DeviceFlow
+from pizauth.priv.device import next_wakeup as next_poll
 from pizauth.priv.hooks import HookRunner
 from pizauth.priv.listeners import ListenError, Sockets, port_of
 from pizauth.priv.notifier import Notifier
@@ -68,6 +70,8 @@ class Parent:
             lambda frame: self.net.send(frame, secret=True),
         )
         self.commands = Commands(self)
+        self.device = DeviceFlow(self.table, self.refresher, self.commands.reply)
+        self.refresher.device_result = self.device.result
         self.stopping = False
         self.reload_requested = False
         self.ready = False
@@ -106,6 +110,7 @@ class Parent:
             MsgType.NET_READY: self.handle_net_ready,
             MsgType.NET_CALLBACK: self.handle_callback,
             MsgType.NET_TOKEN_RESULT: self.refresher.result,
+            MsgType.NET_DEVICE_AUTH_RESULT: self.device.auth_result,
         }
 
     # -- the event loop ----------------------------------------------------------------------
@@ -178,11 +183,13 @@ class Parent:
                 del self.restart_at[name]
                 (self.net if name == "network" else self.cmd).start()
         self.refresher.refresh_due(now)
+        self.device.tick(now)
         self.notifier.remind_due(self.table, now)
 
     def next_wakeup(self, now: float) -> float:
         candidates = [
             next_refresh(self.table),
+            next_poll(self.table),
             self.notifier.next_wakeup(self.table),
             self.hooks.next_deadline(),
             self.next_touch,
@@ -215,6 +222,7 @@ class Parent:
         if self.stopping:
             return
         if child is self.net:
+            self.device.network_lost()  # first: takes its requests out of the refresher's
             self.refresher.network_lost()
         # Restart on the same sockets; throttle a child that dies as soon as it starts.
         delay = RESTART_DELAY if instant() - child.started_at < 1.0 else 0.0

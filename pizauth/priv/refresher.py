@@ -21,7 +21,7 @@ from pizauth.priv.clock import instant
 from pizauth.priv.hooks import HookRunner
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenTable
+from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenState, TokenTable
 from pizauth.timeouts import TRANSIENT_ERROR_IF
 
 log = logging.getLogger("pizauth")
@@ -69,6 +69,8 @@ def next_wakeup(table: TokenTable) -> float | None:
 class RequestKind(str, enum.Enum):
     EXCHANGE = "exchange"
     REFRESH = "refresh"
+    DEVICE_AUTH = "device authorization"  # answered by NET_DEVICE_AUTH_RESULT
+    DEVICE_POLL = "device poll"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,8 @@ class Refresher:
         self._send = send
         self.requests: dict[int, NetRequest] = {}
         self._ids = runtime.RequestIds()
+        # Results of device requests go to priv/device.py (set by the parent).
+        self.device_result: Callable[[int, NetRequest, NetTokenResult], None] | None = None
 
     # -- starting -------------------------------------------------------------------------------
 
@@ -164,7 +168,11 @@ class Refresher:
         secret = self.table.client_secret(entry.account.name)  # a Secret: no str or bytes copy
         return None if secret is None else secret.view()
 
-    def _request(self, entry: Entry, kind: RequestKind, message: ipc.Wire) -> None:
+    def send(self, entry: Entry, kind: RequestKind, message: ipc.Wire) -> int:
+        """Send another module's request (device logins) to the network child; its id."""
+        return self._request(entry, kind, message)
+
+    def _request(self, entry: Entry, kind: RequestKind, message: ipc.Wire) -> int:
         request_id = self._ids.allocate(self.requests)
         try:
             frame = message.encode(request_id)
@@ -172,9 +180,10 @@ class Refresher:
             # A configured value over its limit: fail this request, not the server.
             self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation)
             self.result(request_id, NetTokenResult(TokenOutcome.PERMANENT, str(e)))
-            return
+            return request_id
         self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation)
         self._send(frame)
+        return request_id
 
     # -- results --------------------------------------------------------------------------------
 
@@ -183,6 +192,10 @@ class Refresher:
         request = self.requests.pop(request_id, None)
         if request is None:
             raise ipc.ProtocolError(f"token result for unknown request {request_id}")
+        if request.kind in (RequestKind.DEVICE_AUTH, RequestKind.DEVICE_POLL):
+            assert self.device_result is not None
+            self.device_result(request_id, request, result)
+            return
         entry = self.table.get(request.account)
         if entry is None or entry.generation != request.generation:
             return  # the account changed meanwhile: the result is stale
@@ -200,6 +213,10 @@ class Refresher:
             self.change(entry, Empty())
             # A token that can no longer be refreshed is news the user needs.
             self.notifier.error(name, f"Refreshing {name} failed permanently: {result.message}")
+
+    def token_received(self, entry: Entry, result: NetTokenResult, now: float) -> None:
+        """A token obtained (by a code exchange, a refresh or a device login)."""
+        self._token_received(entry, result, now)
 
     def _token_received(self, entry: Entry, result: NetTokenResult, now: float) -> None:
         # expires_in is only recommended (RFC 6749): without it, refresh_at_least decides.
@@ -262,7 +279,7 @@ class Refresher:
                 self.transient_failure(entry, "network process restarted", instant())
         self.requests.clear()
 
-    def change(self, entry: Entry, state: Empty | Pending | Active, revoked: bool = False) -> None:
+    def change(self, entry: Entry, state: TokenState, revoked: bool = False) -> None:
         """Every state change of a token: the table moves it, the notifier tells of it."""
         name = entry.account.name
         self.notifier.event(name, self.table.transition(name, state, revoked))

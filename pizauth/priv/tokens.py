@@ -1,4 +1,5 @@
 """Token state per account: Empty -> Pending -> Active, and back to Empty.
+A device-flow account (auth_flow = "device") is DevicePending instead of Pending.
 
 Every change of state goes through TokenTable.transition, which also says
 which event (if any) token_event_cmd is told of.
@@ -43,6 +44,26 @@ class Pending:
 
 
 @dataclass(slots=True)
+class DevicePending:
+    """A device login (RFC 8628). Until the provider has answered the device
+    authorization request, `device_code` is None and nothing is to be shown or polled.
+    priv/device.py holds the schedule."""
+
+    device_code: Secret | None = None  # a credential, like a refresh token
+    user_code: str = ""
+    uri: str = ""  # verification_uri_complete if the provider gave one, else verification_uri
+    expires_at: float = float("inf")
+    interval: float = 0.0  # seconds between polls: the provider's, plus 5 per slow_down
+    next_poll: float = float("inf")
+    polling: bool = False  # a poll is under way: never two at once
+    last_notification: float | None = None
+
+    def wipe(self) -> None:
+        if self.device_code is not None:
+            self.device_code.wipe()
+
+
+@dataclass(slots=True)
 class Active:
     access_token: Secret
     obtained: float
@@ -58,7 +79,7 @@ class Active:
             self.refresh_token.wipe()
 
 
-TokenState = Empty | Pending | Active
+TokenState = Empty | Pending | DevicePending | Active
 
 
 @dataclass(slots=True)
@@ -178,9 +199,9 @@ def describe(state: TokenState, now: float) -> str:
     match state:
         case Empty():
             return "No access token"
-        case Pending(last_notification=None):
+        case Pending(last_notification=None) | DevicePending(last_notification=None):
             return "Access token pending authentication"
-        case Pending(last_notification=t):
+        case Pending(last_notification=t) | DevicePending(last_notification=t):
             return f"Access token pending authentication (last notification {format_instant(t)})"
         case Active(expiry=expiry, obtained=obtained) if expiry > now:
             return (

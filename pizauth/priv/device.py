@@ -1,0 +1,300 @@
+"""Device logins (RFC 8628) for accounts with auth_flow = "device": the parent's side.
+
+`pizauth show` on such an account with no token asks the network child for a device
+authorization (NET_DEVICE_AUTH) and answers the client once it has the user code.
+The account is then DevicePending: the device code lives in a Secret, and the token
+endpoint is polled (NET_DEVICE_POLL, one at a time) every `interval` seconds, 5 more
+after every slow_down, until a token arrives (Active, as after a code exchange), the
+user refuses, or the code expires (back to Empty, and error_notify_cmd says why).
+Transient failures keep polling at the current interval.
+
+How the reply to `show` travels (docs/protocol.md "Device logins"): with the URL, as
+`pending:URI and code CODE`, so that any client prints "...with URL URI and code
+CODE"; without (`-u`), as `error:Access token unavailable until authorised with code
+CODE`, so that any client prints that line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pizauth import ipc, limits
+from pizauth.ipc import NetDeviceAuthResult, NetTokenResult, TokenOutcome
+from pizauth.priv.clock import instant
+from pizauth.priv.refresher import NetRequest, Refresher, RequestKind
+from pizauth.priv.secmem import Secret
+from pizauth.priv.tokens import DevicePending, Empty, Entry, TokenTable
+
+log = logging.getLogger("pizauth")
+
+DEFAULT_INTERVAL = 5.0  # RFC 8628 §3.2: what a client assumes when the provider gives none
+SLOW_DOWN_STEP = 5.0  # RFC 8628 §3.5: added to the interval on every slow_down
+MIN_INTERVAL = 1.0  # never poll back to back, whatever the provider says
+SLOW_DOWN = "slow_down"
+ACCESS_DENIED = "access_denied"
+EXPIRED_TOKEN = "expired_token"
+
+
+# -- the schedule: plain functions of the state ---------------------------------------------------
+
+
+def first_interval(interval: int | None) -> float:
+    """The polling interval a device authorization starts with."""
+    if not interval:
+        return DEFAULT_INTERVAL
+    return min(max(float(interval), MIN_INTERVAL), float(limits.MAX_SECONDS))
+
+
+def after_poll(state: DevicePending, provider_error: str, now: float) -> None:
+    """A poll ended without a token and the attempt goes on: when to poll next. The
+    interval only ever grows, and is counted from the answer, so that the time between
+    two requests is never shorter than it."""
+    if provider_error == SLOW_DOWN:
+        state.interval = min(state.interval + SLOW_DOWN_STEP, float(limits.MAX_SECONDS))
+    state.polling = False
+    state.next_poll = now + state.interval
+
+
+def poll_time(state: object) -> float | None:
+    """When `state` is due to be polled, or None if it is not waiting for a poll."""
+    if not isinstance(state, DevicePending) or state.device_code is None or state.polling:
+        return None
+    return state.next_poll
+
+
+def expiry_time(state: object) -> float | None:
+    if not isinstance(state, DevicePending) or state.device_code is None:
+        return None
+    return state.expires_at
+
+
+def next_wakeup(table: TokenTable) -> float | None:
+    times = [
+        t
+        for entry in table.entries.values()
+        for t in (poll_time(entry.state), expiry_time(entry.state))
+        if t is not None
+    ]
+    return min(times, default=None)
+
+
+def failure_message(name: str, provider_error: str, message: str) -> str:
+    """What error_notify_cmd is told when a device login ends without a token."""
+    if provider_error == ACCESS_DENIED:
+        why = "the authorisation request was denied"
+    elif provider_error == EXPIRED_TOKEN:
+        why = "the device code expired"
+    else:
+        why = message or "unknown error"
+    return f"Authentication for {name} failed: {why}. Run 'pizauth show {name}' for a new code."
+
+
+def _device_endpoints(
+    table: TokenTable, entry: Entry
+) -> tuple[str | None, str | None, memoryview | None]:
+    """(device_auth_uri, token_uri, client secret) for a device request of `entry`.
+    The one place they are read: endpoints from issuer metadata or a secret from
+    client_secret_cmd would be resolved here. The secret is a view of a Secret."""
+    account = entry.account
+    secret = table.client_secret(account.name)
+    return account.device_auth_uri, account.token_uri, None if secret is None else secret.view()
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """The `pizauth show`s (request id, with URL) that wait for a device authorization."""
+
+    clients: list[tuple[int, bool]] = field(default_factory=list)
+
+
+class DeviceFlow:
+    """Device logins in progress. `reply(request_id, text)` answers a client."""
+
+    def __init__(
+        self,
+        table: TokenTable,
+        refresher: Refresher,
+        reply: Callable[[int, str], None],
+    ) -> None:
+        self.table = table
+        self.refresher = refresher
+        self._reply = reply
+        self.waiting: dict[int, _Waiting] = {}  # by the NET_DEVICE_AUTH request id
+
+    # -- `pizauth show` ---------------------------------------------------------------------
+
+    def show(self, request_id: int, entry: Entry, withurl: bool) -> None:
+        """Answer `show` (or `refresh`) for a device account that has no token."""
+        state = entry.state
+        if isinstance(state, DevicePending) and state.device_code is not None:
+            self._reply(request_id, shown(state, withurl))
+            return
+        if isinstance(state, DevicePending):
+            # The authorization request is under way: this client waits for it too.
+            for net_id, request in self.refresher.requests.items():
+                if (
+                    request.kind is RequestKind.DEVICE_AUTH
+                    and request.account == entry.account.name
+                    and request.generation == entry.generation
+                ):
+                    self.waiting.setdefault(net_id, _Waiting()).clients.append(
+                        (request_id, withurl)
+                    )
+                    return
+        self._start(request_id, entry, withurl)
+
+    def _start(self, request_id: int, entry: Entry, withurl: bool) -> None:
+        self.refresher.change(entry, DevicePending())
+        device_auth_uri, _, secret = _device_endpoints(self.table, entry)
+        account = entry.account
+        if device_auth_uri is None:
+            self.refresher.change(entry, Empty())
+            self._reply(request_id, f"error:No device authorization endpoint for {account.name}")
+            return
+        message = ipc.NetDeviceAuth(
+            device_auth_uri,
+            account.client_id,
+            secret,
+            " ".join(account.scopes),
+            account.token_endpoint_auth_method,
+        )
+        try:
+            ipc.wipe(message.encode(0))  # a configured value over its limit fails here
+        except ipc.ProtocolError as e:
+            self.refresher.change(entry, Empty())
+            self._reply(request_id, f"error:Device authorization for {account.name} failed: {e}")
+            return
+        net_id = self.refresher.send(entry, RequestKind.DEVICE_AUTH, message)
+        self.waiting.setdefault(net_id, _Waiting()).clients.append((request_id, withurl))
+
+    def result(self, net_id: int, request: NetRequest, result: NetTokenResult) -> None:
+        """A NET_TOKEN_RESULT for a device request (the refresher routes them here)."""
+        if request.kind is RequestKind.DEVICE_POLL:
+            self.poll_result(request, result)
+        else:  # a device authorization cannot end with a token: it failed
+            outcome = result.outcome
+            if outcome is TokenOutcome.OK:
+                outcome = TokenOutcome.PERMANENT
+            self._authorized(net_id, request, NetDeviceAuthResult(outcome, result.message))
+
+    # -- results from the network child --------------------------------------------------------
+
+    def auth_result(self, request_id: int, result: NetDeviceAuthResult) -> None:
+        """NET_DEVICE_AUTH_RESULT: a result for a request never made is a protocol error."""
+        request = self.refresher.requests.get(request_id)
+        if request is None or request.kind is not RequestKind.DEVICE_AUTH:
+            raise ipc.ProtocolError(f"device authorization result for unknown request {request_id}")
+        del self.refresher.requests[request_id]
+        self._authorized(request_id, request, result)
+
+    def _authorized(self, net_id: int, request: NetRequest, result: NetDeviceAuthResult) -> None:
+        clients = self.waiting.pop(net_id, _Waiting()).clients
+        name = request.account
+        entry = self.table.get(name)
+        if entry is None or entry.generation != request.generation:
+            # Revoked or reloaded meanwhile: the clients still get an answer.
+            for client, _ in clients:
+                self._reply(client, f"error:Device authorization for {name} was cancelled")
+            return
+        if result.outcome is not TokenOutcome.OK:
+            self.refresher.change(entry, Empty())
+            text = f"Device authorization request for {name} failed: {result.message}"
+            if result.outcome is TokenOutcome.TRANSIENT:
+                text += "; try again later"
+            log.info("%s", text)
+            for client, _ in clients:
+                self._reply(client, "error:" + text)
+            return
+        now = instant()
+        interval = first_interval(result.interval)
+        state = DevicePending(
+            device_code=Secret(result.device_code),
+            user_code=result.user_code,
+            uri=result.verification_uri_complete or result.verification_uri,
+            expires_at=now + result.expires_in,
+            interval=interval,
+            next_poll=now + interval,
+        )
+        self.refresher.change(entry, state)  # the notifier reminds of it at once
+        for client, withurl in clients:
+            self._reply(client, shown(state, withurl))
+
+    def poll_result(self, request: NetRequest, result: NetTokenResult) -> None:
+        """The NET_TOKEN_RESULT of a NET_DEVICE_POLL (routed here by the refresher)."""
+        entry = self.table.get(request.account)
+        if entry is None or entry.generation != request.generation:
+            return  # revoked, reloaded or ended meanwhile
+        state = entry.state
+        if not isinstance(state, DevicePending):
+            return
+        now = instant()
+        name = entry.account.name
+        if result.outcome is TokenOutcome.OK:
+            self.refresher.token_received(entry, result, now)  # Active: wipes the device code
+        elif result.outcome is TokenOutcome.TRANSIENT:
+            if result.provider_error not in ("authorization_pending", SLOW_DOWN):
+                log.info("Transitory error polling for %s: %s", name, result.message)
+            after_poll(state, result.provider_error, now)
+        else:
+            self._end(entry, failure_message(name, result.provider_error, result.message))
+
+    def _end(self, entry: Entry, message: str) -> None:
+        self.refresher.change(entry, Empty())  # wipes the device code
+        self.refresher.notifier.error(entry.account.name, message)
+
+    # -- the schedule ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Poll what is due; end what has expired."""
+        for entry in list(self.table.entries.values()):
+            state = entry.state
+            expires = expiry_time(state)
+            if expires is not None and expires <= now:
+                self._end(entry, failure_message(entry.account.name, EXPIRED_TOKEN, ""))
+                continue
+            at = poll_time(state)
+            if at is not None and at <= now:
+                self._poll(entry, now)
+
+    def _poll(self, entry: Entry, now: float) -> None:
+        state = entry.state
+        assert isinstance(state, DevicePending) and state.device_code is not None
+        _, token_uri, secret = _device_endpoints(self.table, entry)
+        if token_uri is None:
+            self._end(entry, f"Authentication for {entry.account.name} failed: no token_uri")
+            return
+        state.polling = True
+        self.refresher.send(
+            entry,
+            RequestKind.DEVICE_POLL,
+            ipc.NetDevicePoll(
+                token_uri,
+                entry.account.client_id,
+                secret,
+                state.device_code.view(),
+                entry.account.token_endpoint_auth_method,
+            ),
+        )
+
+    def network_lost(self) -> None:
+        """The network child went away: its device requests will never be answered."""
+        for net_id, request in list(self.refresher.requests.items()):
+            if request.kind is RequestKind.DEVICE_AUTH:
+                del self.refresher.requests[net_id]
+                failed = NetDeviceAuthResult(TokenOutcome.TRANSIENT, "network process restarted")
+                self._authorized(net_id, request, failed)
+            elif request.kind is RequestKind.DEVICE_POLL:
+                del self.refresher.requests[net_id]
+                entry = self.table.get(request.account)
+                if entry is not None and entry.generation == request.generation:
+                    if isinstance(entry.state, DevicePending):
+                        after_poll(entry.state, "", instant())
+
+
+def shown(state: DevicePending, withurl: bool) -> str:
+    """The reply to `show` for a device login (see the module docstring)."""
+    if withurl:
+        return f"pending:{state.uri} and code {state.user_code}"
+    return f"error:Access token unavailable until authorised with code {state.user_code}"

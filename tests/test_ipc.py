@@ -220,6 +220,11 @@ EXAMPLES: list[ipc.Wire] = [
     ipc.CallbackVerdict(200, "page"),
     ipc.NetExchange("https://t/", "cid", b"secret", "code", b"verifier", "http://localhost/"),
     ipc.NetRefresh("https://t/", "cid", None, b"rt"),
+    ipc.NetDeviceAuth("https://d/", "cid", b"secret", "mail offline_access", "client_secret_post"),
+    ipc.NetDevicePoll("https://t/", "cid", None, b"device-code", "client_secret_basic"),
+    ipc.NetDeviceAuthResult(
+        ipc.TokenOutcome.OK, "", "", b"dc", "ABCD-EFGH", "https://v/", "https://v/?c=1", 600, 5
+    ),
 ]
 
 

@@ -452,6 +452,7 @@ class Pizauth(Server):
                 runs.append({"account": account, "url": url, "started": float(at)})
             elif what == "code":
                 runs[-1]["user_code"] = rest
+            else:
                 status, profile = rest.split(" ", 1)
                 runs[-1].update(status=int(status), profile=profile)
         return runs

@@ -4,7 +4,9 @@ The chain, all on 127.0.0.1:
 
 * the certified OpenID provider `oidc-provider` (npm, run by provider.mjs) is the
   authorisation server;
-* Debian's headless `chromium`, run by pizauth's `auth_notify_cmd`, is the user;
+* Debian's headless `chromium`, run by pizauth's `auth_notify_cmd`, is the user
+  (browser.sh for the code flow; device-browser.sh opens the device flow's verification
+  page with the code pizauth handed to the hook);
 * `msmtp` (`auth xoauth2`, `passwordeval "pizauth show mail"`) sends to an `aiosmtpd`
   server (smtp_server.py) that checks each bearer token at the provider;
 * `mbsync` (`AuthMechs XOAUTH2`, `PassCmd "pizauth show mail"`, the kdexoauth2 SASL

@@ -326,7 +326,8 @@ class Parent:
         self.config = config  # first: the events below run the new token_event_cmd
         warning = configuration.permission_warning(self.config_path, config)
         if warning:
-            log.warning("%s", warning)
+            # At error level: a warning is not logged without -v, and this one matters.
+            log.error("%s", warning)
         for name in self.table.reload(config.accounts):
             self.notifier.event(name, TokenEvent.INVALIDATED)
         return None

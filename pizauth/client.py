@@ -125,9 +125,12 @@ def _fail(reply: bytes, *, pending_ok: bool = False) -> ClientError:
     kind, rest = _split(reply)
     if rest is not None:
         if kind == b"error":
-            return ClientError(_text(rest))
+            return ClientError(_text(rest))  # a «Last error» line, if any, follows as sent
         if pending_ok and kind == b"pending":
-            return _unavailable(rest)
+            # The URL ends at a newline: after it a server may add one «Last error» line
+            # (docs/protocol.md "Last error").
+            url, newline, extra = rest.partition(b"\n")
+            return ClientError(str(_unavailable(url)) + (("\n" + _text(extra)) if newline else ""))
     return malformed(reply)
 
 

@@ -8,7 +8,8 @@ exactly as the server sent it, whatever the locale.
 `pizauth show` runs every few minutes from mail clients, so this module stays lean: it
 uses the C module `_socket` rather than `socket` (whose Python wrapper also imports
 `selectors`, `enum`, `array`, ... — about 4 ms, more than all of pizauth's own code on
-this path) and nothing else beyond pizauth.paths.
+this path) and nothing else beyond pizauth.paths, pizauth.timeouts and pizauth.fastshow
+(whose `exchange` it uses; a plain `pizauth show` runs only that module).
 """
 
 import _socket

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import ModuleType
 
+    from pizauth.fastshow import ExchangeFailed
+
 _USAGE_LINES = (
     "dump",
     "info [-j]",
@@ -277,6 +279,12 @@ def _cmd_show(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args, _SHOW_OPTS)
     _check(free, ("account name",))
     return _ask(lambda c: c.show_token(ctx.sock, free[0], with_url="u" not in found), True)
+
+
+def finish_show(outcome: bytes | ExchangeFailed) -> int:
+    """Report a `show` reply other than a token, or a failed exchange, that the lean path
+    (pizauth.fastshow) received: the same output and exit status as `_cmd_show`."""
+    return _ask(lambda c: c.show_result(outcome), True)
 
 
 def _cmd_refresh(ctx: _Ctx, args: list[str]) -> int:

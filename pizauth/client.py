@@ -8,13 +8,15 @@ exactly as the server sent it, whatever the locale.
 `pizauth show` runs every few minutes from mail clients, so this module stays lean: it
 uses the C module `_socket` rather than `socket` (whose Python wrapper also imports
 `selectors`, `enum`, `array`, ... — about 4 ms, more than all of pizauth's own code on
-this path) and nothing else beyond pizauth.paths.
+this path) and nothing else beyond pizauth.paths, pizauth.timeouts and pizauth.fastshow
+(whose `exchange` it uses; a plain `pizauth show` runs only that module).
 """
 
 import _socket
 import os
 import time
 
+from pizauth.fastshow import ExchangeFailed, exchange
 from pizauth.paths import os_error_text
 from pizauth.timeouts import CLIENT_REPLY
 
@@ -27,8 +29,6 @@ REPLY_TIMEOUT = CLIENT_REPLY
 
 NOT_RUNNING = "pizauth authenticator not running or not responding"
 NOT_WRITEABLE = "Socket not writeable"
-
-_CHUNK = 65536
 
 
 class ClientError(Exception):
@@ -58,22 +58,6 @@ def _connect(sock_path: str, timeout: float | None) -> _socket.socket:
     return s
 
 
-def _send(s: _socket.socket, payload: bytes) -> None:
-    try:
-        s.sendall(payload)
-    except OSError:
-        raise ClientError(NOT_WRITEABLE) from None
-
-
-def _read_to_eof(s: _socket.socket) -> bytes:
-    buf = bytearray()
-    while True:
-        chunk = s.recv(_CHUNK)
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-
-
 def request(sock_path: str, payload: bytes, *, timeout: float | None = REPLY_TIMEOUT) -> bytes:
     """Send one request to the server at `sock_path` and return its whole reply.
 
@@ -83,17 +67,18 @@ def request(sock_path: str, payload: bytes, *, timeout: float | None = REPLY_TIM
     """
     s = _connect(sock_path, timeout)
     try:
-        _send(s, payload)
-        try:
-            # Half-close: the server reads the request until EOF.
-            s.shutdown(_socket.SHUT_WR)
-            return _read_to_eof(s)
-        except TimeoutError:
-            raise ClientError(NOT_RUNNING) from None
-        except OSError as e:
-            raise ClientError(os_error_text(e)) from None
-    finally:
-        s.close()
+        return exchange(s, payload)
+    except ExchangeFailed as e:
+        raise failure(e) from None
+
+
+def failure(e: ExchangeFailed) -> ClientError:
+    """What the user is told when the exchange on a connected socket failed."""
+    if not e.sent:
+        return ClientError(NOT_WRITEABLE)
+    if isinstance(e.error, TimeoutError):
+        return ClientError(NOT_RUNNING)
+    return ClientError(os_error_text(e.error))
 
 
 def _text(b: bytes) -> str:
@@ -125,9 +110,12 @@ def _fail(reply: bytes, *, pending_ok: bool = False) -> ClientError:
     kind, rest = _split(reply)
     if rest is not None:
         if kind == b"error":
-            return ClientError(_text(rest))
+            return ClientError(_text(rest))  # a «Last error» line, if any, follows as sent
         if pending_ok and kind == b"pending":
-            return _unavailable(rest)
+            # The URL ends at a newline: after it a server may add one «Last error» line
+            # (docs/protocol.md "Last error").
+            url, newline, extra = rest.partition(b"\n")
+            return ClientError(str(_unavailable(url)) + (("\n" + _text(extra)) if newline else ""))
     return malformed(reply)
 
 
@@ -145,7 +133,15 @@ def _token_request(kind: bytes, account: str, with_url: bool) -> bytes:
 
 def show_token(sock_path: str, account: str, with_url: bool = True) -> bytes:
     """The access token for `account` (without a newline)."""
-    reply = request(sock_path, _token_request(b"showtoken", account, with_url))
+    return show_result(request(sock_path, _token_request(b"showtoken", account, with_url)))
+
+
+def show_result(reply: bytes | ExchangeFailed) -> bytes:
+    """The token in a `showtoken` reply, else the ClientError `show` reports. The lean
+    path (pizauth.fastshow) hands over every outcome but a token here, so that both say
+    the same."""
+    if isinstance(reply, ExchangeFailed):
+        raise failure(reply)
     kind, rest = _split(reply)
     if kind == b"access_token" and rest is not None:
         return rest
@@ -204,11 +200,7 @@ def shutdown(sock_path: str, *, timeout: float | None = REPLY_TIMEOUT) -> None:
     """
     s = _connect(sock_path, timeout)
     try:
-        _send(s, b"shutdown:")
-        try:
-            s.shutdown(_socket.SHUT_WR)
-            _read_to_eof(s)
-        except OSError:
-            pass
-    finally:
-        s.close()
+        exchange(s, b"shutdown:")
+    except ExchangeFailed as e:
+        if not e.sent:
+            raise failure(e) from None

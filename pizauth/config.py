@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -692,3 +693,23 @@ def _valid_ipv4_if_numeric(host: str) -> bool:
     if len(parts) > 4 or len(nums) != len(parts):
         return False
     return all(n <= 255 for n in nums[:-1]) and nums[-1] < 256 ** (5 - len(nums))
+
+
+def permission_warning(path: str, config: Config) -> str | None:
+    """A warning when group or others may read a configuration that holds a
+    client_secret (a warning, not a refusal: existing setups keep working)."""
+    if not any(a.client_secret is not None for a in config.accounts):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    from pizauth.text import shown
+
+    name = shown(path, 512)
+    return (
+        f"{name} holds a client_secret and is readable by others (mode {mode & 0o777:o}): "
+        f"run 'chmod 600 {name}'"
+    )

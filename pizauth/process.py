@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -94,14 +95,86 @@ class _SyslogHandler(logging.Handler):
             pass
 
 
-def setup_logging(verbosity: int, use_syslog: bool, progname: str) -> None:
-    """stderr as «LEVEL - message» in the foreground, syslog when detached."""
+# Where a server process logs (see log_sink):
+STDERR = "stderr"  # «LEVEL - message» on stderr (in the foreground, or into the parent)
+JOURNAL = "journal"  # stderr is the journal's stream: each line with its priority
+SYSLOG = "syslog"
+KEPT = "kept"  # nowhere outside: the parent keeps errors for `pizauth status`
+SINKS = (STDERR, JOURNAL, SYSLOG, KEPT)
+
+SYSLOG_PATH = "/dev/log"
+# sd-daemon(3) priority prefixes, which journald reads from a stream.
+_JOURNAL_PRIORITY = {logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+def journal_stream() -> bool:
+    """True if stderr is the journal stream systemd gave us (JOURNAL_STREAM names its
+    device and inode): an inherited variable with another stderr does not count."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, colon, ino = value.partition(":")
+    if not colon:
+        return False
+    try:
+        st = os.fstat(2)
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError):
+        return False
+
+
+def syslog_listens(path: str = SYSLOG_PATH) -> bool:
+    """True if a syslog daemon accepts messages on `path` (the file alone is not enough)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def log_sink(foreground: bool) -> str:
+    """Where the server logs: the journal if systemd gave stderr to it; else stderr in
+    the foreground; detached, syslog if one listens, else kept for `pizauth status`,
+    so that no error is lost unseen. Decided before the children are confined, as
+    they cannot open a socket later."""
+    if journal_stream():
+        return JOURNAL
+    if foreground:
+        return STDERR
+    return SYSLOG if syslog_listens() else KEPT
+
+
+def child_sink(sink: str) -> str:
+    """A child logs where the parent does; when the parent keeps errors, the child's
+    stderr is a pipe that the parent reads."""
+    return STDERR if sink == KEPT else sink
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _JOURNAL_PRIORITY.get(record.levelno, 3 if record.levelno > logging.ERROR else 7)
+        text = f"{LEVEL_NAMES.get(record.levelno, 'ERROR')} - {record.getMessage()}"
+        # Every line keeps the priority: journald reads each line as an entry of its own.
+        return f"<{priority}>" + text.replace("\n", "\n" + f"<{priority}>")
+
+
+def setup_logging(
+    verbosity: int, sink: str, progname: str, kept: logging.Handler | None = None
+) -> None:
+    """stderr as «LEVEL - message» in the foreground; when detached, see log_sink.
+    `kept` is the handler that keeps errors for the KEPT sink."""
     logger = logging.getLogger("pizauth")
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(LEVELS[min(verbosity, len(LEVELS) - 1)])
     handler: logging.Handler
-    if use_syslog:
+    if sink == KEPT and kept is not None:
+        handler = kept
+    elif sink == JOURNAL:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JournalFormatter())
+    elif sink == SYSLOG:
         import syslog
 
         # Opened in the process that logs, so the pid is the daemon's
@@ -115,31 +188,32 @@ def setup_logging(verbosity: int, use_syslog: bool, progname: str) -> None:
     logger.addHandler(handler)
 
 
-def child_args(verbosity: int, use_syslog: bool, progname: str) -> list[str]:
-    args = ["--verbosity", str(verbosity), "--progname", progname]
-    return args + (["--syslog"] if use_syslog else [])
+def child_args(verbosity: int, sink: str, progname: str) -> list[str]:
+    return ["--verbosity", str(verbosity), "--progname", progname, "--log", child_sink(sink)]
 
 
-def parse_child_args(argv: list[str]) -> tuple[dict[str, int], int, bool, str]:
-    """(descriptors by name, verbosity, syslog, progname) from a child's command line."""
+def parse_child_args(argv: list[str]) -> tuple[dict[str, int], int, str, str]:
+    """(descriptors by name, verbosity, log sink, progname) from a child's command line."""
     fds: dict[str, int] = {}
-    verbosity, use_syslog, progname = 0, False, "pizauth"
+    verbosity, sink, progname = 0, STDERR, "pizauth"
     i = 0
     while i < len(argv):
         opt = argv[i]
         if opt == "--syslog":
-            use_syslog = True
+            sink = SYSLOG
             i += 1
             continue
         value = argv[i + 1]
         if opt == "--verbosity":
             verbosity = int(value)
+        elif opt == "--log":
+            sink = value if value in SINKS else STDERR
         elif opt == "--progname":
             progname = value
         else:
             fds[opt.removeprefix("--")] = int(value)
         i += 2
-    return fds, verbosity, use_syslog, progname
+    return fds, verbosity, sink, progname
 
 
 @contextlib.contextmanager
@@ -166,9 +240,9 @@ def start_child(title: str, argv: list[str]) -> tuple[dict[str, int], str]:
     # workers) inherit it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     harden(parent_death_signal=signal.SIGKILL)
-    fds, verbosity, use_syslog, progname = parse_child_args(argv)
+    fds, verbosity, sink, progname = parse_child_args(argv)
     set_title(title)
-    setup_logging(verbosity, use_syslog, progname)
+    setup_logging(verbosity, sink, progname)
     if os.getppid() == 1:
         sys.exit(0)  # the parent died before PDEATHSIG was armed
     return fds, progname

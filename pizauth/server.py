@@ -15,12 +15,16 @@ import select
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from pizauth import config as configuration
 from pizauth import paths, sandbox
 from pizauth.priv.listeners import ListenError, bind_listener
-from pizauth.process import child_args, harden, set_title, setup_logging
+from pizauth.process import JOURNAL, KEPT, child_args, harden, log_sink, set_title, setup_logging
 from pizauth.timeouts import SERVER_READY
+
+if TYPE_CHECKING:
+    from pizauth.priv.keptlog import KeptLog
 
 log = logging.getLogger("pizauth")
 
@@ -65,9 +69,10 @@ def bind_control(sock_path: str) -> socket.socket:
     return sock
 
 
-def daemonise() -> int | None:
+def daemonise(keep_stderr: bool = False) -> int | None:
     """Fork into the background. In the invoking process, wait for the daemon
-    and return the exit status; in the daemon, return None."""
+    and return the exit status; in the daemon, return None. With `keep_stderr`
+    (the journal's stream) the daemon keeps fd 2."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid:
@@ -82,7 +87,7 @@ def daemonise() -> int | None:
     os.close(ready_r)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
     os.environ["PIZAUTH_READY_FD"] = str(ready_w)
@@ -124,8 +129,9 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
         print(e, file=sys.stderr)
         return 1
 
+    sink = log_sink(foreground)  # now: daemonise() replaces stderr
     if not foreground:
-        status = daemonise()
+        status = daemonise(keep_stderr=sink == JOURNAL)
         if status is not None:
             return status
     ready_fd = _ready_pipe()
@@ -133,7 +139,8 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
     notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
     harden()
     set_title("pizauth: parent")
-    setup_logging(verbosity, not foreground, progname)
+    kept, kept_fd = _keep_errors() if sink == KEPT else (None, None)
+    setup_logging(verbosity, sink, progname, kept)
     sandbox.report()
 
     from pizauth.priv.parent import Parent, Sockets
@@ -152,8 +159,10 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
         config,
         config_path,
         Sockets(control, http, https),
-        child_args(verbosity, not foreground, progname),
+        child_args(verbosity, sink, progname),
         on_ready,
+        kept,
+        kept_fd,
     )
     try:
         parent.run()
@@ -164,6 +173,18 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
             os.write(ready_fd, f"pizauth server failed: {e}".encode())
         return 1
     return 0
+
+
+def _keep_errors() -> tuple[KeptLog, int]:
+    """Detached with no syslog and no journal: errors are kept for `pizauth status`, and
+    stderr (inherited by the children) becomes a pipe that the parent reads."""
+    from pizauth.priv.keptlog import KeptLog
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    return KeptLog(), read_fd
 
 
 def notify_systemd(address: str | None) -> None:

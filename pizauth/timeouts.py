@@ -14,8 +14,11 @@ COMMAND_READ = 10.0
 # then has as long again to read the reply.
 COMMAND_REPLY = 30.0
 
-# The network child waits this long for the parent's verdict on a callback.
-VERDICT = 10.0
+# The parent answers a login callback once the code exchange it starts has
+# ended, or after this long with a page that says where the result will show...
+EXCHANGE_PAGE = 15.0
+# ...so the network child waits longer than that for the parent's verdict.
+VERDICT = 20.0
 
 # A browser's redirect request: each read, and the whole request.
 REDIRECT_READ = 10.0

@@ -336,7 +336,8 @@ class Server:
         stderr = result.stderr.decode()
         if result.returncode != 1 or not stderr.startswith(URL_PREFIX):
             raise HarnessError(f"no login URL from `pizauth show {account}`: {result}")
-        return stderr[len(URL_PREFIX) :].strip()
+        # Up to the first space or newline: after a failure a «Last error» line follows.
+        return stderr[len(URL_PREFIX) :].split()[0]
 
     def authorise(self, account: str = "acct") -> str:
         """The whole browser round trip; returns the access token `show` then prints."""

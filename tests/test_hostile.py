@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import http.client
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,7 @@ from pizauth import config, ipc, limits
 from pizauth.ipc import MsgType
 from pizauth.priv.parent import Parent, Sockets
 from pizauth.priv.refresher import NetRequest
+from pizauth.timeouts import EXCHANGE_PAGE
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -84,6 +86,32 @@ def raw_http(port: int, request: bytes, timeout: float = 10) -> bytes:
 
 def status_line(response: bytes) -> bytes:
     return response.split(b"\r\n", 1)[0]
+
+
+def background_get(url: str) -> Callable[[], tuple[int, bytes]]:
+    """GET `url` in a thread (a login page waits for its code exchange); the returned
+    function waits for (status, body), longer than the parent's EXCHANGE_PAGE."""
+    parts = urllib.parse.urlsplit(url)
+    result: list[tuple[int, bytes]] = []
+
+    def get() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=EXCHANGE_PAGE + 10)
+        try:
+            conn.request("GET", f"{parts.path}?{parts.query}", headers={"Host": parts.netloc})
+            resp = conn.getresponse()
+            result.append((resp.status, resp.read()))
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=get, daemon=True)
+    thread.start()
+
+    def wait() -> tuple[int, bytes]:
+        thread.join(EXCHANGE_PAGE + 10)
+        assert result, f"no page for {url}"
+        return result[0]
+
+    return wait
 
 
 def redirect_port(url: str) -> int:
@@ -196,7 +224,8 @@ def test_control_socket_odd_requests(pizauth: Pizauth) -> None:
     )
     assert ask(pizauth, b"showtoken:withurl \xff") == b"error:Account names must be UTF-8"
     assert ask(pizauth, b"refresh:") == b"error:Syntactically invalid request 'refresh:'"
-    assert ask(pizauth, b"showtoken:withurl no\0such") == b"error:No account 'no\0such'"
+    # The name is shown with its control characters escaped (pizauth.text.shown).
+    assert ask(pizauth, b"showtoken:withurl no\0such") == b"error:No account 'no\\x00such'"
     assert ask(pizauth, b"revoke:") == b"error:No account ''"
     assert ask(pizauth, b":") == b"error:Unknown command ''"
     still_serves(pizauth)
@@ -363,15 +392,18 @@ def test_second_callback_during_an_exchange_starts_no_second_one(
     url = pizauth.auth_url()
     port = redirect_port(url)
     callback = f"http://localhost:{port}/?state={query(url)['state']}"
-    status, _, body = http_get(callback + "&code=first")
-    assert (status, b"processing authentication" in body) == (200, True)
+    # The pages wait for the exchange, which stalls: they are answered after
+    # EXCHANGE_PAGE with where the result will show.
+    first = background_get(callback + "&code=first")
     wait_for(lambda: len(stall.conns) == 1, 5, "the exchange to reach the token endpoint")
-    status, _, body = http_get(callback + "&code=second")
-    assert (status, b"processing authentication" in body) == (200, True)
+    second = background_get(callback + "&code=second")
     time.sleep(0.3)  # an absence cannot be waited for: give a second exchange time to show
     assert len(stall.conns) == 1
     assert b"acct: Access token pending authentication" in pizauth.run("status").stdout
     still_serves(pizauth)
+    for page in (first, second):
+        status, body = page()
+        assert (status, b"still completing the login" in body) == (200, True)
 
 
 def test_idle_tls_handshakes_are_evicted(pizauth: Pizauth) -> None:
@@ -486,11 +518,11 @@ def test_stalled_or_refused_token_endpoint_blocks_nothing(pizauth: Pizauth, stal
     # A code exchange against a closed port is retried (as pizauth 1.1) in the background...
     url = pizauth.auth_url("acct")
     callback = f"http://localhost:{redirect_port(url)}/?state={query(url)['state']}&code=c"
-    assert http_get(callback)[0] == 200
+    refused_page = background_get(callback)
     # ...and one against an endpoint that never answers waits for its timeout.
     url = pizauth.auth_url("stalled")
     callback = f"http://localhost:{redirect_port(url)}/?state={query(url)['state']}&code=c"
-    assert http_get(callback)[0] == 200
+    stalled_page = background_get(callback)
     wait_for(lambda: stall.conns, 5, "the stalled exchange to connect")
     # Each call runs in its own worker process, and the server goes on serving.
     net = child_pid(pizauth, "network")
@@ -501,6 +533,8 @@ def test_stalled_or_refused_token_endpoint_blocks_nothing(pizauth: Pizauth, stal
     assert "acct: Access token pending authentication" in status
     assert "stalled: Access token pending authentication" in status
     assert pizauth.provider.is_valid_access_token(pizauth.authorise("ok"))
+    # Their pages are answered once EXCHANGE_PAGE has passed.
+    assert refused_page()[0] == 200 and stalled_page()[0] == 200
     # Shutting down does not wait for stuck calls, and leaves no process behind.
     everything = [pizauth.proc.pid, *descendants(pizauth.proc.pid)]
     assert pizauth.run("shutdown").returncode == 0

@@ -395,39 +395,86 @@ def test_pyproject_installs_every_man_page_and_completion() -> None:
     assert shipped == set(DATA_FILES.values())
 
 
-def test_pip_install_puts_man_pages_and_completions_in_the_venv(tmp_path: Path) -> None:
-    # Install a copy, so that the build leaves nothing in the working tree.
+def pip_install(
+    tmp_path: Path, python: Path, *args: str, env: dict[str, str] | None = None
+) -> None:
+    """`pip install --no-deps` for the interpreter `python` of a copy of the checkout (so
+    that the build leaves nothing in the working tree), with more install options `args`."""
     src = tmp_path / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("pizauth", "bin", "man", "share"):
-        shutil.copytree(ROOT / name, src / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", str(venv)]).check_returncode()
-    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
-    result = run([*pip, "install", "--quiet", "--no-deps", str(src)])
+    if not src.exists():
+        src.mkdir()
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+        for name in ("pizauth", "bin", "man", "share"):
+            shutil.copytree(ROOT / name, src / name, ignore=ignore)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps"]
+    pip += [*args, str(src)]
+    result = run(pip, env)
     if result.returncode != 0 and re.search(
         r"No matching distribution|Could not find a version|Failed to establish|Network is",
         result.stdout + result.stderr,
     ):
         pytest.skip(f"pip cannot fetch the build requirements: {result.stderr.strip()[-200:]}")
     assert result.returncode == 0, result.stderr
+
+
+def no_server_env(tmp_path: Path, path: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "PYTHON"))}
+    return dict(env, XDG_RUNTIME_DIR=str(tmp_path / "rt"), PATH=path)
+
+
+NOT_RUNNING = "ERROR - pizauth authenticator not running or not responding\n"
+
+
+def test_pip_install_puts_man_pages_and_completions_in_the_venv(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)]).check_returncode()
+    pip_install(tmp_path, venv / "bin" / "python")
     for path, source in DATA_FILES.items():
         assert (venv / path).read_bytes() == source.read_bytes(), path
-    # The installed command works (--version needs none of the dependencies).
-    assert run([str(venv / "bin" / "pizauth"), "--version"]).stdout == f"pizauth {VERSION}\n"
-    # man(1) finds the pages next to the venv's bin when that is on PATH.
-    man = shutil.which("man")
-    if man is not None:
-        env = {k: v for k, v in os.environ.items() if k != "MANPATH"}
-        env["PATH"] = f"{venv / 'bin'}{os.pathsep}/usr/bin:/bin"
-        found = run([man, "-w", "pizauth", "pizauth.conf"], env)
-        assert found.stdout.split() == [
-            str(venv / "share/man/man1/pizauth.1"),
-            str(venv / "share/man/man5/pizauth.conf.5"),
-        ], found.stderr
+    # The installed command works (--version and a `show` need none of the dependencies),
+    # with the venv's interpreter whatever is on PATH, also through a symbolic link
+    # elsewhere (pipx's).
+    env = no_server_env(tmp_path, "/usr/bin:/bin")
+    link = tmp_path / "links" / "pizauth"
+    link.parent.mkdir()
+    link.symlink_to(venv / "bin" / "pizauth")
+    for command in (str(venv / "bin" / "pizauth"), str(link)):
+        assert run([command, "--version"], env).stdout == f"pizauth {VERSION}\n"
+        show = run([command, "show", "acct"], env)
+        assert (show.returncode, show.stdout, show.stderr) == (1, "", NOT_RUNNING)
+
+
+def test_pip_install_user_runs_with_the_interpreter_it_was_installed_for(
+    tmp_path: Path,
+) -> None:
+    # `pip install --user` puts the script into ~/.local/bin, with no Python beside it; the
+    # first `python3` on PATH may be another interpreter, without pizauth.
+    base = Path(sys.base_prefix) / "bin" / "python{}.{}".format(*sys.version_info[:2])
+    if not base.exists():
+        pytest.skip(f"no {base} to install for with --user")
+    userbase = tmp_path / "userbase"
+    env = dict(os.environ, PYTHONUSERBASE=str(userbase))
+    env.pop("PIP_REQUIRE_VIRTUALENV", None)
+    pip_install(tmp_path, base, "--user", env=env)
+    script = userbase / "bin" / "pizauth"
+    assert script.read_text().startswith("#!/bin/sh\n")
+    decoys = tmp_path / "decoys"
+    decoys.mkdir()
+    for name in ("python3", "python"):
+        decoy = decoys / name
+        decoy.write_text("#!/bin/sh\necho wrong interpreter >&2; exit 7\n")
+        decoy.chmod(0o755)
+    path = f"{decoys}{os.pathsep}{base.parent}{os.pathsep}/usr/bin:/bin"
+    env = dict(no_server_env(tmp_path, path), PYTHONUSERBASE=str(userbase))
+    version = run([str(script), "--version"], env)
+    assert (version.returncode, version.stdout, version.stderr) == (0, f"pizauth {VERSION}\n", "")
+    show = run([str(script), "show", "acct"], env)
+    assert (show.returncode, show.stdout, show.stderr) == (1, "", NOT_RUNNING)
+    # Without a pythonX.Y on PATH it can only try python3, as before.
+    bare = run([str(script), "--version"], dict(env, PATH=f"{decoys}{os.pathsep}/nonexistent"))
+    assert (bare.returncode, bare.stderr) == (7, "wrong interpreter\n")
 
 
 # -- bash completion ---------------------------------------------------------------------

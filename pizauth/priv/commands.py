@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 from pizauth import ipc
 from pizauth.ipc import TokenEvent
 from pizauth.priv.clock import instant
+from pizauth.priv.failures import show_line
 from pizauth.priv.refresher import refresh_time
 from pizauth.priv.tokens import Active, DevicePending, Empty, Entry, Pending
+from pizauth.text import shown
 
 if TYPE_CHECKING:
     from pizauth.priv.parent import Parent
@@ -35,7 +37,7 @@ class Commands:
     def _entry_or_reply(self, request_id: int, name: str) -> Entry | None:
         entry = self.parent.table.get(name)
         if entry is None:
-            self.reply(request_id, f"error:No account '{name}'")
+            self.reply(request_id, f"error:No account '{shown(name)}'")
         return entry
 
     def show(self, request_id: int, msg: ipc.CmdShow) -> None:
@@ -46,17 +48,20 @@ class Commands:
         if _device(entry) and not isinstance(entry.state, Active):
             self.parent.device.show(request_id, entry, msg.withurl)
             return
+        # After the usual message, one line that says why the last attempt failed; a
+        # reply with no error is pizauth 1.1's, byte for byte (docs/protocol.md).
+        extra = "" if entry.last_error is None else "\n" + show_line(entry.last_error, now)
         match entry.state:
             case Empty():
                 pending = self.parent.refresher.start_auth(entry)
-                self.reply_pending(request_id, pending, msg.withurl)
+                self.reply_pending(request_id, pending, msg.withurl, extra)
             case Pending() as pending:
-                self.reply_pending(request_id, pending, msg.withurl)
+                self.reply_pending(request_id, pending, msg.withurl, extra)
             case Active() as active:
-                self._show_active(request_id, entry, active, msg.withurl, now)
+                self._show_active(request_id, entry, active, msg.withurl, now, extra)
 
     def _show_active(
-        self, request_id: int, entry: Entry, active: Active, withurl: bool, now: float
+        self, request_id: int, entry: Entry, active: Active, withurl: bool, now: float, extra: str
     ) -> None:
         if active.expiry > now:
             reply = bytearray(b"access_token:")
@@ -68,20 +73,22 @@ class Commands:
             if _device(entry):
                 self.parent.device.show(request_id, entry, withurl)
                 return
-            self.reply_pending(request_id, self.parent.refresher.start_auth(entry), withurl)
+            self.reply_pending(request_id, self.parent.refresher.start_auth(entry), withurl, extra)
         elif active.ongoing_refresh or (refresh_time(entry) or now) > now:
             # A refresh is running, or failed and is retried after refresh_retry.
             self.reply(
                 request_id,
                 "error:Access token has expired. "
-                "Refreshing is in progress but has not yet succeeded",
+                "Refreshing is in progress but has not yet succeeded" + extra,
             )
         else:
             self.parent.refresher.start_refresh(entry, now)
-            self.reply(request_id, "error:Access token has expired. Refreshing initiated")
+            self.reply(request_id, "error:Access token has expired. Refreshing initiated" + extra)
 
-    def reply_pending(self, request_id: int, pending: Pending, withurl: bool) -> None:
-        self.reply(request_id, "pending:" + (pending.request.url if withurl else ""))
+    def reply_pending(
+        self, request_id: int, pending: Pending, withurl: bool, extra: str = ""
+    ) -> None:
+        self.reply(request_id, "pending:" + (pending.request.url if withurl else "") + extra)
 
     def refresh(self, request_id: int, msg: ipc.CmdRefresh) -> None:
         entry = self._entry_or_reply(request_id, msg.account)
@@ -108,7 +115,11 @@ class Commands:
         self.reply(request_id, "ok:")
 
     def status(self, request_id: int, msg: ipc.CmdStatus) -> None:
-        self.reply(request_id, "ok:" + self.parent.table.status(instant()))
+        text = self.parent.table.status(instant())
+        if self.parent.kept is not None and self.parent.kept.lines:
+            # Errors with nowhere else to go, after the accounts (docs/compatibility.md).
+            text = "\n".join([text] * bool(text) + self.parent.kept.status_lines())
+        self.reply(request_id, "ok:" + text)
 
     def info(self, request_id: int, msg: ipc.CmdInfo) -> None:
         info = {

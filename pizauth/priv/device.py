@@ -26,6 +26,7 @@ from pizauth.priv.clock import instant
 from pizauth.priv.refresher import NetRequest, Refresher, RequestKind
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import DevicePending, Empty, Entry, TokenTable
+from pizauth.text import shown as shown_name
 
 log = logging.getLogger("pizauth")
 
@@ -88,6 +89,7 @@ def failure_message(name: str, provider_error: str, message: str) -> str:
         why = "the device code expired"
     else:
         why = message or "unknown error"
+    name = shown_name(name)
     return f"Authentication for {name} failed: {why}. Run 'pizauth show {name}' for a new code."
 
 
@@ -151,7 +153,9 @@ class DeviceFlow:
         account = entry.account
         if device_auth_uri is None:
             self.refresher.change(entry, Empty())
-            self._reply(request_id, f"error:No device authorization endpoint for {account.name}")
+            self._reply(
+                request_id, f"error:No device authorization endpoint for {shown_name(account.name)}"
+            )
             return
         message = ipc.NetDeviceAuth(
             device_auth_uri,
@@ -164,7 +168,9 @@ class DeviceFlow:
             ipc.wipe(message.encode(0))  # a configured value over its limit fails here
         except ipc.ProtocolError as e:
             self.refresher.change(entry, Empty())
-            self._reply(request_id, f"error:Device authorization for {account.name} failed: {e}")
+            self._reply(
+                request_id, f"error:Device authorization for {shown_name(account.name)} failed: {e}"
+            )
             return
         net_id = self.refresher.send(entry, RequestKind.DEVICE_AUTH, message)
         self.waiting.setdefault(net_id, _Waiting()).clients.append((request_id, withurl))
@@ -196,11 +202,14 @@ class DeviceFlow:
         if entry is None or entry.generation != request.generation:
             # Revoked or reloaded meanwhile: the clients still get an answer.
             for client, _ in clients:
-                self._reply(client, f"error:Device authorization for {name} was cancelled")
+                self._reply(
+                    client, f"error:Device authorization for {shown_name(name)} was cancelled"
+                )
             return
         if result.outcome is not TokenOutcome.OK:
+            self.refresher.failed(entry, result.message, instant())  # status says it
             self.refresher.change(entry, Empty())
-            text = f"Device authorization request for {name} failed: {result.message}"
+            text = f"Device authorization request for {shown_name(name)} failed: {result.message}"
             if result.outcome is TokenOutcome.TRANSIENT:
                 text += "; try again later"
             log.info("%s", text)
@@ -235,12 +244,13 @@ class DeviceFlow:
             self.refresher.token_received(entry, result, now)  # Active: wipes the device code
         elif result.outcome is TokenOutcome.TRANSIENT:
             if result.provider_error not in ("authorization_pending", SLOW_DOWN):
-                log.info("Transitory error polling for %s: %s", name, result.message)
+                log.info("Transitory error polling for %s: %s", shown_name(name), result.message)
             after_poll(state, result.provider_error, now)
         else:
             self._end(entry, failure_message(name, result.provider_error, result.message))
 
     def _end(self, entry: Entry, message: str) -> None:
+        self.refresher.failed(entry, message, instant())  # status and show say it
         self.refresher.change(entry, Empty())  # wipes the device code
         self.refresher.notifier.error(entry.account.name, message)
 
@@ -263,7 +273,8 @@ class DeviceFlow:
         assert isinstance(state, DevicePending) and state.device_code is not None
         _, token_uri, secret = _device_endpoints(self.table, entry)
         if token_uri is None:
-            self._end(entry, f"Authentication for {entry.account.name} failed: no token_uri")
+            name = shown_name(entry.account.name)
+            self._end(entry, f"Authentication for {name} failed: no token_uri")
             return
         state.polling = True
         self.refresher.send(

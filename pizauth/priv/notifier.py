@@ -16,6 +16,7 @@ from pizauth.config import Config
 from pizauth.ipc import TokenEvent
 from pizauth.priv.hooks import HookQueue, HookRunner
 from pizauth.priv.tokens import DevicePending, Entry, Pending, TokenTable
+from pizauth.text import shown
 from pizauth.timeouts import HOOK
 
 log = logging.getLogger("pizauth")
@@ -82,7 +83,9 @@ class Notifier:
                 env = {"PIZAUTH_ACCOUNT": name, "PIZAUTH_URL": pending.request.url}
             self.notifications.submit(cmd, env, HOOK)
         else:
-            log.info("%s needs authorising: run 'pizauth show %s' for the URL", name, name)
+            log.info(
+                "%s needs authorising: run 'pizauth show %s' for the URL", shown(name), shown(name)
+            )
 
     def error(self, name: str, message: str) -> None:
         cmd = self._config().error_notify_cmd
@@ -90,7 +93,9 @@ class Notifier:
             env = {"PIZAUTH_ACCOUNT": name, "PIZAUTH_MSG": message}
             self.notifications.submit(cmd, env, HOOK)
         else:
-            log.error("%s", message)  # with no command, the log is where the user looks
+            # With no command, the log is where the user looks. `account`: the record is
+            # also in that account's status line, so a log kept for status skips it.
+            log.error("%s", message, extra={"account": name})
 
     def event(self, name: str, event: TokenEvent | None) -> None:
         cmd = self._config().token_event_cmd

@@ -16,6 +16,7 @@ import selectors
 import signal
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pizauth import config as configuration
 from pizauth import ipc, runtime
@@ -26,17 +27,22 @@ from pizauth.priv.clock import instant
 from pizauth.priv.commands import Commands
 from pizauth.priv.device import DeviceFlow
 from pizauth.priv.device import next_wakeup as next_poll
+from pizauth.priv.failures import callback_error
 from pizauth.priv.hooks import HookRunner
 from pizauth.priv.listeners import ListenError, Sockets, port_of
+from pizauth.priv.loginpages import LoginPages
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.refresher import MAX_SLEEP, Refresher
 from pizauth.priv.refresher import next_wakeup as next_refresh
 from pizauth.priv.tokens import Empty, Pending, TokenTable
+from pizauth.text import shown
 from pizauth.timeouts import SHUTDOWN_FLUSH
+
+if TYPE_CHECKING:
+    from pizauth.priv.keptlog import KeptLog
 
 log = logging.getLogger("pizauth")
 
-PROCESSING_PAGE = "pizauth processing authentication: you can safely close this page."
 NO_PENDING_PAGE = "No pending token matches request state: request a fresh token"
 # Files in $XDG_RUNTIME_DIR untouched for 6 hours may be removed by the system.
 SOCKET_TOUCH_PERIOD = 6 * 3600.0
@@ -50,6 +56,8 @@ class Parent:
         sockets: Sockets,
         child_args: list[str],
         on_ready: Callable[[bool], None],
+        kept: KeptLog | None = None,
+        kept_fd: int | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -57,6 +65,10 @@ class Parent:
         self.http_port = port_of(sockets.http)
         self.https_port = port_of(sockets.https)
         self.on_ready = on_ready
+        # Errors kept for `status` when there is nowhere to log, and the pipe the
+        # children's stderr arrives on (server.py).
+        self.kept = kept
+        self.kept_fd = kept_fd
         self.table = TokenTable(config.accounts)
         self.sel = selectors.DefaultSelector()
         self.hooks = HookRunner(self.watch, self.unwatch)
@@ -69,6 +81,8 @@ class Parent:
             self.hooks,
             lambda frame: self.net.send(frame, secret=True),
         )
+        self.login_pages = LoginPages(self.verdict)
+        self.refresher.exchange_done = self.login_pages.done
         self.commands = Commands(self)
         self.device = DeviceFlow(self.table, self.refresher, self.commands.reply)
         self.refresher.device_result = self.device.result
@@ -144,6 +158,9 @@ class Parent:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
         self.watch(wake_r.fileno(), lambda: _drain(wake_r))
+        if self.kept is not None and self.kept_fd is not None:
+            kept, kept_fd = self.kept, self.kept_fd
+            self.watch(kept_fd, lambda: kept.read_from(kept_fd))
         self.net.start()
         self.cmd.start()
         while not self.stopping:
@@ -185,6 +202,7 @@ class Parent:
         self.refresher.refresh_due(now)
         self.device.tick(now)
         self.notifier.remind_due(self.table, now)
+        self.login_pages.expire(now)
 
     def next_wakeup(self, now: float) -> float:
         candidates = [
@@ -192,6 +210,7 @@ class Parent:
             next_poll(self.table),
             self.notifier.next_wakeup(self.table),
             self.hooks.next_deadline(),
+            self.login_pages.next_wakeup(),
             self.next_touch,
             *self.restart_at.values(),
         ]
@@ -224,6 +243,7 @@ class Parent:
         if child is self.net:
             self.device.network_lost()  # first: takes its requests out of the refresher's
             self.refresher.network_lost()
+            self.login_pages.forget()
         # Restart on the same sockets; throttle a child that dies as soon as it starts.
         delay = RESTART_DELAY if instant() - child.started_at < 1.0 else 0.0
         self.restart_at[child.name] = instant() + delay
@@ -280,23 +300,26 @@ class Parent:
         name = entry.account.name
         error = url.get("error")
         if error is not None:
+            description = url.get("error_description")
+            self.refresher.failed(entry, callback_error(error, description), instant())
             self.refresher.change(entry, Empty())
             # A page that says what failed and what to do (the network child escapes it).
-            description = url.get("error_description")
             reason = f"{error} ({description})" if description else error
             self.verdict(
                 request_id,
                 400,
-                f"Authentication for {name} failed: {reason}. "
-                f"Run 'pizauth show {name}' for a new login URL.",
+                f"Authentication for {shown(name)} failed: {reason}. "
+                f"Run 'pizauth show {shown(name)}' for a new login URL.",
             )
-            self.notifier.error(name, f"Authentication for {name} failed: {error}")
+            self.notifier.error(name, f"Authentication for {shown(name)} failed: {shown(error)}")
             return
         code = url.get("code")
         if code is None:
             self.verdict(request_id, 400)
             return
-        self.verdict(request_id, 200, PROCESSING_PAGE)
+        # The page waits for the exchange's outcome (priv/loginpages.py); registered
+        # first, as a request that cannot even be sent fails at once.
+        self.login_pages.wait(name, request_id, instant())
         self.refresher.exchange(entry, code)
 
     # -- reload and shutdown -----------------------------------------------------------------
@@ -309,6 +332,10 @@ class Parent:
         except (configuration.ConfigError, ListenError) as e:
             return str(e)
         self.config = config  # first: the events below run the new token_event_cmd
+        warning = configuration.permission_warning(self.config_path, config)
+        if warning:
+            # At error level: a warning is not logged without -v, and this one matters.
+            log.error("%s", warning)
         for name in self.table.reload(config.accounts):
             self.notifier.event(name, TokenEvent.INVALIDATED)
         return None

@@ -18,10 +18,12 @@ from pizauth.config import Config
 from pizauth.ipc import NetTokenResult, RefreshKind, TokenOutcome
 from pizauth.priv.authurl import new_auth_request
 from pizauth.priv.clock import instant
+from pizauth.priv.failures import LastError
 from pizauth.priv.hooks import HookRunner
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenState, TokenTable
+from pizauth.text import shown
 from pizauth.timeouts import TRANSIENT_ERROR_IF
 
 log = logging.getLogger("pizauth")
@@ -33,6 +35,8 @@ MAX_SLEEP = 37.0
 MIN_RETRY = 1.0
 # Every 6th consecutive transient failure asks transient_error_if_cmd whether to give up.
 TRANSIENT_ARBITRATION_EVERY = 6
+# Why a login's browser page cannot say how it ended: a reload changed the account.
+STALE_EXCHANGE = "the account changed while the login completed: log in again"
 
 
 def refresh_time(entry: Entry) -> float | None:
@@ -106,6 +110,9 @@ class Refresher:
         self._ids = runtime.RequestIds()
         # Results of device requests go to priv/device.py (set by the parent).
         self.device_result: Callable[[int, NetRequest, NetTokenResult], None] | None = None
+        # Told how each code exchange ended (account, None or why it failed), so that
+        # the browser waiting on the login can be answered (priv/loginpages.py).
+        self.exchange_done: Callable[[str, str | None], None] = lambda name, error: None
 
     # -- starting -------------------------------------------------------------------------------
 
@@ -198,21 +205,35 @@ class Refresher:
             return
         entry = self.table.get(request.account)
         if entry is None or entry.generation != request.generation:
+            if request.kind == RequestKind.EXCHANGE:
+                self.exchange_done(request.account, STALE_EXCHANGE)
             return  # the account changed meanwhile: the result is stale
         name = entry.account.name
         now = instant()
         if result.outcome is TokenOutcome.OK:
             self._token_received(entry, result, now)
+            if request.kind == RequestKind.EXCHANGE:
+                self.exchange_done(name, None)
         elif request.kind == RequestKind.EXCHANGE:
+            self.failed(entry, result.message, now)
             self.change(entry, Empty())
-            self.notifier.error(name, f"Authentication for {name} failed: {result.message}")
+            self.notifier.error(name, f"Authentication for {shown(name)} failed: {result.message}")
+            self.exchange_done(name, result.message)
         elif result.outcome is TokenOutcome.TRANSIENT:
             self.transient_failure(entry, result.message, now)
         else:
-            log.info("Permanent refresh error for %s: %s", name, result.message)
+            log.info("Permanent refresh error for %s: %s", shown(name), result.message)
+            self.failed(entry, result.message, now)
             self.change(entry, Empty())
             # A token that can no longer be refreshed is news the user needs.
-            self.notifier.error(name, f"Refreshing {name} failed permanently: {result.message}")
+            self.notifier.error(
+                name, f"Refreshing {shown(name)} failed permanently: {result.message}"
+            )
+
+    def failed(self, entry: Entry, message: str, now: float) -> None:
+        """Remember why the account's last attempt failed (`status` and `show` say it);
+        `message` is already safe and bounded. The next token obtained clears it."""
+        entry.last_error = LastError(message, now)
 
     def token_received(self, entry: Entry, result: NetTokenResult, now: float) -> None:
         """A token obtained (by a code exchange, a refresh or a device login)."""
@@ -233,6 +254,7 @@ class Refresher:
             and old.refresh_token is not None
         ):
             refresh_token = Secret(old.refresh_token.view())  # RFC 6749 §6: keep the old one
+        entry.last_error = None
         self.change(
             entry, Active(Secret(result.access_token), now, now + expires_in, refresh_token)
         )
@@ -244,6 +266,7 @@ class Refresher:
         assert isinstance(active, Active)
         active.last_refresh_attempt = now
         active.consecutive_refresh_fails += 1
+        self.failed(entry, message, now)
         name = entry.account.name
         cmd = self._config().transient_error_if_cmd
         if cmd and active.consecutive_refresh_fails % TRANSIENT_ARBITRATION_EVERY == 0:
@@ -257,14 +280,14 @@ class Refresher:
                     assert isinstance(current.state, Active)
                     current.state.ongoing_refresh = False
                 else:
-                    log.error("Permanent refresh error for %s: %s", name, error)
+                    log.error("Permanent refresh error for %s: %s", shown(name), error)
                     self.change(current, Empty())
 
             active.ongoing_refresh = True
             self.hooks.start(cmd, {"PIZAUTH_ACCOUNT": name}, TRANSIENT_ERROR_IF, judged)
             return
         active.ongoing_refresh = False
-        log.info("Transitory refresh error for %s: %s", name, message)
+        log.info("Transitory refresh error for %s: %s", shown(name), message)
 
     def network_lost(self) -> None:
         """The network child went away with requests in flight."""

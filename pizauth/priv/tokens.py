@@ -22,6 +22,7 @@ from pizauth.config import Account
 from pizauth.ipc import TokenEvent
 from pizauth.priv.authurl import AuthRequest
 from pizauth.priv.clock import format_instant
+from pizauth.priv.failures import LastError, status_suffix
 from pizauth.priv.secmem import Secret
 
 
@@ -87,6 +88,8 @@ class Entry:
     account: Account
     generation: int
     state: TokenState
+    # Why the last attempt for this account failed; set and cleared by the refresher.
+    last_error: LastError | None = None
 
 
 class TokenTable:
@@ -176,7 +179,10 @@ class TokenTable:
         _wipe_secrets(self.client_secrets)
 
     def status(self, now: float) -> str:
-        lines = [f"{name}: {describe(entry.state, now)}" for name, entry in self.entries.items()]
+        lines = [
+            f"{name}: {describe(entry.state, now)}{status_suffix(entry.last_error)}"
+            for name, entry in self.entries.items()
+        ]
         # Whole lines in byte order, as pizauth 1.1 sorts them.
         return "\n".join(sorted(lines, key=lambda s: s.encode("utf-8")))
 

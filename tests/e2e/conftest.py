@@ -4,7 +4,9 @@ The chain, all on 127.0.0.1:
 
 * the certified OpenID provider `oidc-provider` (npm, run by provider.mjs) is the
   authorisation server;
-* Debian's headless `chromium`, run by pizauth's `auth_notify_cmd`, is the user;
+* Debian's headless `chromium`, run by pizauth's `auth_notify_cmd`, is the user
+  (browser.sh for the code flow; device-browser.sh opens the device flow's verification
+  page with the code pizauth handed to the hook);
 * `msmtp` (`auth xoauth2`, `passwordeval "pizauth show mail"`) sends to an `aiosmtpd`
   server (smtp_server.py) that checks each bearer token at the provider;
 * `mbsync` (`AuthMechs XOAUTH2`, `PassCmd "pizauth show mail"`, the kdexoauth2 SASL
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import glob
 import importlib.util
-import json
 import os
 import pwd
 import shutil
@@ -39,7 +40,6 @@ from .harness import (
     CHROMIUM_FLAGS,
     DOVECOT_CLIENT,
     E2E,
-    PIZAUTH_CLIENT,
     SASL_PLUGIN_GLOBS,
     SMTPD_CLIENT,
     USER,
@@ -53,6 +53,7 @@ from .harness import (
     kill_group,
     kill_marked,
     need,
+    run_provider,
     start_service,
     tail,
 )
@@ -71,49 +72,7 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def oidc_provider(workdir: Path) -> Iterator[OIDCProvider]:
-    node = need("node")["node"]
-    if not (E2E / "node_modules" / "oidc-provider" / "package.json").exists():
-        pytest.skip("oidc-provider is not installed: run `npm ci` in tests/e2e (setup.sh does)")
-    resource_server = {
-        "token_endpoint_auth_method": "client_secret_basic",
-        "grant_types": [],
-        "response_types": [],
-        "redirect_uris": [],
-    }
-    config = {
-        "events": str(workdir / "provider-events.jsonl"),
-        "account": USER,
-        "access_token_ttl": ACCESS_TOKEN_TTL,
-        "clients": [
-            {
-                "client_id": PIZAUTH_CLIENT[0],
-                "client_secret": PIZAUTH_CLIENT[1],
-                # A native app: any port on the loopback redirect URI, path matched exactly.
-                "application_type": "native",
-                "redirect_uris": ["http://localhost/"],
-                "token_endpoint_auth_method": "client_secret_post",
-                "grant_types": ["authorization_code", "refresh_token"],
-                "response_types": ["code"],
-            },
-            {"client_id": SMTPD_CLIENT[0], "client_secret": SMTPD_CLIENT[1], **resource_server},
-            {
-                "client_id": DOVECOT_CLIENT[0],
-                "client_secret": DOVECOT_CLIENT[1],
-                **resource_server,
-            },
-        ],
-    }
-    config_path = workdir / "provider.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    proc, ready = start_service(
-        [node, str(E2E / "provider.mjs"), str(config_path)],
-        "provider",
-        workdir,
-        cwd=E2E,
-        env=clean_env(),
-    )
-    yield OIDCProvider(ready["issuer"], workdir / "provider-events.jsonl")
-    kill_group(proc)
+    yield from run_provider(workdir, ACCESS_TOKEN_TTL)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,11 @@ USER = "alice"  # the provider's account, the SMTP and IMAP user
 PIZAUTH_CLIENT = ("pizauth-e2e", "pizauth-e2e-secret-9d2a")
 SMTPD_CLIENT = ("smtpd", "smtpd-introspection-secret-41be")
 DOVECOT_CLIENT = ("dovecot", "dovecot-introspection-secret-7c03")
+# A public client for the device flow (no secret, as Microsoft's "public client flows").
+DEVICE_CLIENT_ID = "pizauth-e2e-device"
+# A confidential client that authenticates with HTTP Basic, oidc-provider's default.
+BASIC_CLIENT = ("pizauth-e2e-basic", "pizauth-e2e-basic-secret-3e71")
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 # Access tokens live this long; pizauth refreshes them REFRESH_BEFORE_EXPIRY earlier.
 ACCESS_TOKEN_TTL = 20
 REFRESH_BEFORE_EXPIRY = 10
@@ -37,6 +43,11 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking --disable-component-update --disable-sync"
 )
 SBIN = ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+
+
+def scope_list() -> str:
+    """SCOPES as a pizauth.conf list."""
+    return ", ".join(f'"{s}"' for s in SCOPES)
 
 
 def which(program: str) -> str | None:
@@ -176,6 +187,12 @@ class OIDCProvider:
         self.introspection_uri = f"{issuer}/token/introspection"
         self.events_path = events
 
+    def metadata(self) -> dict:
+        """The provider's discovery document, as any client would fetch it."""
+        url = f"{self.issuer}/.well-known/openid-configuration"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+
     def events(self, kind: str | None = None, since: float = 0.0, **match) -> list[dict]:
         return [
             e
@@ -201,6 +218,74 @@ class OIDCProvider:
 
     def describe(self) -> str:
         return tail(self.events_path, 60)
+
+
+def run_provider(workdir: Path, access_token_ttl: int) -> Iterator[OIDCProvider]:
+    """oidc-provider (provider.mjs) with every client of the suite, until the generator
+    is closed."""
+    node = need("node")["node"]
+    if not (E2E / "node_modules" / "oidc-provider" / "package.json").exists():
+        pytest.skip("oidc-provider is not installed: run `npm ci` in tests/e2e (setup.sh does)")
+    resource_server = {
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": [],
+        "response_types": [],
+        "redirect_uris": [],
+    }
+    config = {
+        "events": str(workdir / "provider-events.jsonl"),
+        "account": USER,
+        "access_token_ttl": access_token_ttl,
+        "clients": [
+            {
+                "client_id": PIZAUTH_CLIENT[0],
+                "client_secret": PIZAUTH_CLIENT[1],
+                # A native app: any port on the loopback redirect URI, path matched exactly.
+                "application_type": "native",
+                "redirect_uris": ["http://localhost/"],
+                "token_endpoint_auth_method": "client_secret_post",
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+            },
+            {
+                # The device flow's public client: no secret, no redirect.
+                "client_id": DEVICE_CLIENT_ID,
+                "application_type": "native",
+                "token_endpoint_auth_method": "none",
+                "grant_types": [DEVICE_CODE_GRANT, "refresh_token"],
+                "response_types": [],
+                "redirect_uris": [],
+            },
+            {
+                # A confidential client with oidc-provider's default client_secret_basic.
+                "client_id": BASIC_CLIENT[0],
+                "client_secret": BASIC_CLIENT[1],
+                "application_type": "native",
+                "redirect_uris": ["http://localhost/"],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+            },
+            {"client_id": SMTPD_CLIENT[0], "client_secret": SMTPD_CLIENT[1], **resource_server},
+            {
+                "client_id": DOVECOT_CLIENT[0],
+                "client_secret": DOVECOT_CLIENT[1],
+                **resource_server,
+            },
+        ],
+    }
+    config_path = workdir / "provider.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    proc, ready = start_service(
+        [node, str(E2E / "provider.mjs"), str(config_path)],
+        "provider",
+        workdir,
+        cwd=E2E,
+        env=clean_env(),
+    )
+    try:
+        yield OIDCProvider(ready["issuer"], workdir / "provider-events.jsonl")
+    finally:
+        kill_group(proc)
 
 
 class SMTPServer:
@@ -264,6 +349,12 @@ class Pizauth(Server):
         )
         super().__init__(tmp, provider, env)  # type: ignore[arg-type]
         self.chromium = chromium
+        # What write_config puts in: by default the code-flow account of the suite.
+        self.account = ACCOUNT
+        self.account_options: str | None = None  # the account block's body, if not the default
+        self.global_options = ""
+        self.http_listen = '"127.0.0.1:0"'
+        self.auth_notify = "browser.sh"
 
     # -- configuration --------------------------------------------------------------
 
@@ -280,31 +371,56 @@ class Pizauth(Server):
             "status=$?\n"
             'printf "%s exit %s %s\\n" "$(date +%s.%N)" "$status" "$profile" >> browser.log\n'
         )
+        (self.tmp / "device-browser.sh").write_text(
+            "# pizauth's auth_notify_cmd for the device flow: the user opens the URL pizauth\n"
+            "# gave; if it does not carry the code, they type the code pizauth gave, which is\n"
+            "# what ?user_code= on the verification page does.\n"
+            'profile=$(mktemp -d "$PWD/chromium-profile.XXXXXX")\n'
+            "url=$PIZAUTH_URL\n"
+            "case $url in\n"
+            "  *[?\\&]user_code=*) ;;\n"
+            '  *\\?*) url="$url&user_code=$PIZAUTH_USER_CODE" ;;\n'
+            '  *) url="$url?user_code=$PIZAUTH_USER_CODE" ;;\n'
+            "esac\n"
+            'printf "%s start %s %s\\n" "$(date +%s.%N)" "$PIZAUTH_ACCOUNT" "$PIZAUTH_URL"'
+            " >> browser.log\n"
+            'printf "%s code %s\\n" "$(date +%s.%N)" "$PIZAUTH_USER_CODE" >> browser.log\n'
+            f"{self.chromium} {CHROMIUM_FLAGS} "
+            '--user-data-dir="$profile" --dump-dom "$url" '
+            '> "$profile.dom" 2> "$profile.stderr"\n'
+            "status=$?\n"
+            'printf "%s exit %s %s\\n" "$(date +%s.%N)" "$status" "$profile" >> browser.log\n'
+        )
         (self.tmp / "error.sh").write_text(
             'printf "%s\\t%s\\n" "$PIZAUTH_ACCOUNT" "$PIZAUTH_MSG" >> errors.log\n'
         )
         (self.tmp / "event.sh").write_text(
             'printf "%s %s\\n" "$PIZAUTH_ACCOUNT" "$PIZAUTH_EVENT" >> events.log\n'
         )
-        scopes = ", ".join(f'"{s}"' for s in SCOPES)
         self.conf.write_text(
-            'http_listen = "127.0.0.1:0";\n'
+            f"http_listen = {self.http_listen};\n"
             "https_listen = none;\n"
             'startup_cmd = "touch ready";\n'
-            'auth_notify_cmd = "sh browser.sh";\n'
+            f'auth_notify_cmd = "sh {self.auth_notify}";\n'
             'error_notify_cmd = "sh error.sh";\n'
             'token_event_cmd = "sh event.sh";\n'
-            f'account "{ACCOUNT}" {{\n'
+            f"{self.global_options}"
+            f'account "{self.account}" {{\n'
+            f"{self.account_options or self.code_flow_options()}"
+            "}\n"
+        )
+
+    def code_flow_options(self) -> str:
+        return (
             f'  auth_uri = "{self.provider.auth_uri}";\n'
             f'  token_uri = "{self.provider.token_uri}";\n'
             f'  client_id = "{PIZAUTH_CLIENT[0]}";\n'
             f'  client_secret = "{PIZAUTH_CLIENT[1]}";\n'
-            f"  scopes = [{scopes}];\n"
+            f"  scopes = [{scope_list()}];\n"
             # oidc-provider keeps offline_access (so issues a refresh token) only with
             # prompt=consent, as Google does.
             '  auth_uri_fields = {"prompt": "consent"};\n'
             f"  refresh_before_expiry = {REFRESH_BEFORE_EXPIRY}s;\n"
-            "}\n"
         )
 
     # -- the server -----------------------------------------------------------------
@@ -317,11 +433,11 @@ class Pizauth(Server):
         super().stop()
         kill_marked(f"{self.tmp}/")  # a browser that outlived its hook
 
-    def show(self) -> subprocess.CompletedProcess[bytes]:  # type: ignore[override]
-        return self.run("show", ACCOUNT)
+    def show(self, account: str | None = None, *flags: str) -> subprocess.CompletedProcess[bytes]:
+        return self.run("show", *flags, account or self.account)
 
     def token(self) -> str | None:  # type: ignore[override]
-        return self._token(ACCOUNT)
+        return self._token(self.account)
 
     # -- what the hooks saw ---------------------------------------------------------
 
@@ -334,6 +450,8 @@ class Pizauth(Server):
             if what == "start":
                 account, url = rest.split(" ", 1)
                 runs.append({"account": account, "url": url, "started": float(at)})
+            elif what == "code":
+                runs[-1]["user_code"] = rest
             else:
                 status, profile = rest.split(" ", 1)
                 runs[-1].update(status=int(status), profile=profile)
@@ -384,7 +502,7 @@ class Pizauth(Server):
             f"from {USER}@e2e.test\n"
             f"user {USER}\n"
             "auth xoauth2\n"
-            f'passwordeval "{passwordeval or f"pizauth show {ACCOUNT}"}"\n'
+            f'passwordeval "{passwordeval or f"pizauth show {self.account}"}"\n'
             "tls off\n"
             "account default : e2e\n"
         )
@@ -409,7 +527,7 @@ class Pizauth(Server):
             "Host 127.0.0.1\n"
             f"Port {imap.port}\n"
             f"User {USER}\n"
-            f'PassCmd "{passcmd or f"pizauth show {ACCOUNT}"}"\n'
+            f'PassCmd "{passcmd or f"pizauth show {self.account}"}"\n'
             "AuthMechs XOAUTH2\n"
             "SSLType None\n"
             "\n"

@@ -11,15 +11,27 @@
 // Listens on 127.0.0.1 on a port of the kernel's choosing and prints one JSON line
 // {"issuer": "http://127.0.0.1:PORT"} on stdout once it accepts connections. Every
 // event the tests check (tokens saved, refresh tokens consumed, introspections, token
-// requests, interactions, errors) is appended to the events file as one JSON line.
+// requests with their grant type, device authorizations, device codes saved and consumed,
+// user codes submitted, revocations with the token sent, interactions, errors) is
+// appended to the events file as one JSON line.
 //
 // Test-only control endpoint: POST /e2e/deny-next makes the next consent interaction
 // answer `access_denied`, as a user pressing "Deny" would.
+//
+// The device flow (RFC 8628) is on: /device/auth hands out device and user codes, and
+// /device is the verification page. Opened with ?user_code= (verification_uri_complete),
+// oidc-provider itself posts that code; the confirmation page below then presses
+// "Continue" by itself, as the user would, and login and consent are completed as for the
+// code flow. Without a code in the URL the input page is shown and nothing is submitted.
 
 import { appendFileSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 
 import Provider from 'oidc-provider';
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 let denyNext = 0;
@@ -61,6 +73,32 @@ const provider = new Provider(issuer, {
       },
     },
     revocation: { enabled: true },
+    deviceFlow: {
+      enabled: true,
+      // Unchanged default charset and mask; the pages are plain and headless-friendly.
+      async userCodeInputSource(ctx, form, _out, err) {
+        record({ event: 'device.input_page', error: err ? err.name || String(err) : undefined });
+        ctx.body = `<!DOCTYPE html><html><head><title>Device sign-in</title></head><body>
+<p id="e2e-device-input">${err ? `e2e-device-error ${escapeHtml(err.name || err)}` : 'Enter the code'}</p>
+${form}<button type="submit" form="op.deviceInputForm">Continue</button></body></html>`;
+      },
+      async userCodeConfirmSource(ctx, form, client, _deviceInfo, userCode) {
+        record({ event: 'device.confirm_page', client: client.clientId, user_code: userCode });
+        // The user checks the code and presses Continue: the form oidc-provider built
+        // (xsrf, the user code it was given, confirm=yes) is submitted once the page loads.
+        ctx.body = `<!DOCTYPE html><html><head><title>Confirm device</title>
+<script>document.addEventListener('DOMContentLoaded', function () {
+  document.getElementById('op.deviceConfirmForm').submit();
+});</script></head><body>
+<p id="e2e-device-confirm">Confirm code <code>${escapeHtml(userCode)}</code></p>
+${form}<button type="submit" form="op.deviceConfirmForm">Continue</button></body></html>`;
+      },
+      async successSource(ctx) {
+        record({ event: 'device.success', client: ctx.oidc.client?.clientId });
+        ctx.body = `<!DOCTYPE html><html><head><title>Sign-in success</title></head><body>
+<p id="e2e-device-success">e2e-device-success: you can close this page.</p></body></html>`;
+      },
+    },
   },
   interactions: {
     url(_ctx, interaction) {
@@ -75,6 +113,8 @@ const provider = new Provider(issuer, {
   ttl: {
     AccessToken: config.access_token_ttl,
     AuthorizationCode: 60,
+    // Set, so that oidc-provider does not print a notice on stdout (the ready line's pipe).
+    DeviceCode: 600,
     Grant: 3600,
     IdToken: 3600,
     Interaction: 600,
@@ -101,7 +141,31 @@ for (const kind of ['access_token', 'refresh_token']) {
 provider.on('authorization_code.consumed', (code) => {
   record({ event: 'authorization_code.consumed', jti: code.jti });
 });
-for (const name of ['authorization.error', 'grant.error', 'introspection.error', 'server_error']) {
+// The device code is oidc-provider's DeviceCode id; the user code is what people type.
+provider.on('device_code.saved', (code) => {
+  record({
+    event: 'device_code.saved',
+    jti: code.jti,
+    user_code: code.userCode,
+    client: code.clientId,
+    scope: code.scope,
+    account: code.accountId,
+    error: code.error,
+  });
+});
+provider.on('device_code.consumed', (code) => {
+  record({ event: 'device_code.consumed', jti: code.jti });
+});
+provider.on('grant.revoked', (_ctx, grantId) => {
+  record({ event: 'grant.revoked', grant: grantId });
+});
+for (const name of [
+  'authorization.error',
+  'grant.error',
+  'introspection.error',
+  'revocation.error',
+  'server_error',
+]) {
   provider.on(name, (_ctx, err) => {
     record({ event: name, error: err.error || err.message, description: err.error_description });
   });
@@ -120,6 +184,37 @@ provider.use(async (ctx, next) => {
       auth_method: ctx.oidc?.client?.clientAuthMethod,
       code_verifier: Boolean(params.code_verifier),
       refresh_token: params.refresh_token,
+      device_code: params.device_code,
+      error: ctx.body?.error,
+    });
+  } else if (ctx.path === '/device/auth') {
+    record({
+      event: 'device_authorization',
+      status: ctx.status,
+      client: ctx.oidc?.client?.clientId,
+      auth_method: ctx.oidc?.client?.clientAuthMethod,
+      scope: params.scope,
+      user_code: ctx.body?.user_code,
+      verification_uri: ctx.body?.verification_uri,
+      verification_uri_complete: ctx.body?.verification_uri_complete,
+      interval: ctx.body?.interval,
+      error: ctx.body?.error,
+    });
+  } else if (ctx.path === '/device' && ctx.method === 'POST') {
+    record({
+      event: 'code_verification',
+      status: ctx.status,
+      user_code: params.user_code,
+      confirm: params.confirm,
+    });
+  } else if (ctx.path === '/token/revocation') {
+    record({
+      event: 'revocation',
+      status: ctx.status,
+      client: ctx.oidc?.client?.clientId,
+      auth_method: ctx.oidc?.client?.clientAuthMethod,
+      token: params.token,
+      token_type_hint: params.token_type_hint,
       error: ctx.body?.error,
     });
   } else if (ctx.path === '/token/introspection') {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end suite (tests/e2e) needs, skipping what is already there:
-# Debian's chromium, msmtp, isync (mbsync), the XOAUTH2 SASL plugin and Dovecot; the
-# pinned oidc-provider from package-lock.json (npm ci); aiosmtpd in the project's venv.
+# Debian's chromium, msmtp, isync (mbsync), the XOAUTH2 SASL plugin, Dovecot, and the key
+# tools of the token store tests (age; systemd for systemd-creds, which works as root
+# without a running systemd); the pinned oidc-provider from package-lock.json (npm ci);
+# aiosmtpd in the project's venv.
 # Run as root (CI) or with passwordless sudo. Whatever it cannot install, the tests that
 # need it are skipped with the reason.
 set -euo pipefail
@@ -9,7 +11,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 status=0
 
-packages=(chromium msmtp isync libsasl2-modules-kdexoauth2 dovecot-imapd)
+packages=(chromium msmtp isync libsasl2-modules-kdexoauth2 dovecot-imapd age systemd)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then

@@ -18,15 +18,23 @@ import threading
 import time
 
 from pizauth import ipc, runtime, sandbox
-from pizauth.ipc import MsgType, NetTokenResult, TokenOutcome
+from pizauth.ipc import MsgType
 from pizauth.net import redirect
-from pizauth.net.worker import Launcher
+from pizauth.net.worker import Launcher, failed_result
 from pizauth.process import start_child
 from pizauth.timeouts import VERDICT as VERDICT_TIMEOUT
 
 log = logging.getLogger("pizauth")
 
 MAX_CONNECTIONS = 64  # callback connections served at once (see Connections)
+TOKEN_REQUESTS = (MsgType.NET_EXCHANGE, MsgType.NET_REFRESH)
+# What a worker answers to each request it runs.
+RESULT_TYPES = {
+    MsgType.NET_EXCHANGE: MsgType.NET_TOKEN_RESULT,
+    MsgType.NET_REFRESH: MsgType.NET_TOKEN_RESULT,
+    MsgType.NET_METADATA: MsgType.NET_METADATA_RESULT,
+    MsgType.NET_REVOKE: MsgType.NET_REVOKE_RESULT,
+}
 
 
 class Connections:
@@ -154,9 +162,12 @@ class NetChild:
             log.debug("verdict for a callback that gave up waiting")
 
     def handle_token_request(
-        self, request_id: int, message: ipc.NetExchange | ipc.NetRefresh
+        self,
+        request_id: int,
+        message: ipc.NetExchange | ipc.NetRefresh | ipc.NetMetadata | ipc.NetRevoke,
     ) -> None:
-        """NET_EXCHANGE or NET_REFRESH: run it in a worker process (net/worker.py)."""
+        """NET_EXCHANGE, NET_REFRESH, NET_METADATA or NET_REVOKE: run it in a worker
+        process (net/worker.py)."""
         # The worker's copy, wiped once sent; the parent's frame is wiped on return.
         request = message.encode(request_id)
         threading.Thread(
@@ -171,8 +182,8 @@ class NetChild:
         try:
             if result is not None:
                 reply = ipc.decode(result)
-                if reply.request_id == request_id:
-                    self.channel.send(NetTokenResult.decode(reply), request_id)
+                if reply.request_id == request_id and reply.type == RESULT_TYPES[msg_type]:
+                    self.channel.send(ipc.decode_as(reply), request_id)
                     return
                 log.warning("token request worker answered another request")
         except ipc.ProtocolError as e:
@@ -182,10 +193,8 @@ class NetChild:
                 ipc.wipe(result)
         # No answer (the worker crashed or overran its deadline). A code may have been
         # used, so an exchange fails; a refresh is tried again later.
-        outcome = (
-            TokenOutcome.PERMANENT if msg_type == MsgType.NET_EXCHANGE else TokenOutcome.TRANSIENT
-        )
-        self.channel.send(NetTokenResult(outcome, "token request failed"), request_id)
+        failed = "token request failed" if msg_type in TOKEN_REQUESTS else "request failed"
+        self.channel.send(failed_result(msg_type, failed), request_id)
 
     def run(self) -> None:
         cert = None
@@ -205,6 +214,8 @@ class NetChild:
             MsgType.NET_CALLBACK_VERDICT: self.handle_verdict,
             MsgType.NET_EXCHANGE: self.handle_token_request,
             MsgType.NET_REFRESH: self.handle_token_request,
+            MsgType.NET_METADATA: self.handle_token_request,
+            MsgType.NET_REVOKE: self.handle_token_request,
         }
         self.channel.serve(handlers, "network child")
 

@@ -26,7 +26,7 @@ import requests
 
 from pizauth import ipc, limits, sandbox
 from pizauth.ipc import MsgType, NetTokenResult, RefreshKind, TokenOutcome
-from pizauth.net import tokenclient
+from pizauth.net import metadata, revoke, tokenclient
 from pizauth.process import harden, set_title
 from pizauth.timeouts import CONNECT, WORKER_IO
 
@@ -41,6 +41,9 @@ DEADLINES = {
         tokenclient.EXCHANGE_ATTEMPTS * (_ATTEMPT + tokenclient.EXCHANGE_RETRY_DELAY)
     ),
     MsgType.NET_REFRESH: int(_ATTEMPT),
+    # Up to three documents are tried in turn (net/metadata.py).
+    MsgType.NET_METADATA: int(3 * _ATTEMPT),
+    MsgType.NET_REVOKE: int(_ATTEMPT),
 }
 
 
@@ -171,21 +174,32 @@ def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
         return
     msg = ipc.decode(request)
     if msg.type not in DEADLINES:
-        raise ipc.ProtocolError(f"{msg.type.name} is not a token request")
+        raise ipc.ProtocolError(f"{msg.type.name} is not a provider request")
     # SIGALRM's default action ends the process: a hard bound whatever the call does.
     signal.alarm(DEADLINES[msg.type])
+    result: ipc.Wire
     with requests.Session() as session:
         try:
-            # tokenclient builds the form from the wire fields, in their declared order.
+            # tokenclient builds the form from the wire fields, in their declared order
+            # (pizauth 1.1's), less the last one: how the client authenticates.
             if msg.type == MsgType.NET_EXCHANGE:
-                uri, form = tokenclient.exchange_form(tuple(ipc.NetExchange.decode(msg).fields()))
-                result = to_wire(tokenclient.exchange_code(session, uri, form))
+                exchange = ipc.NetExchange.decode(msg)
+                uri, form = tokenclient.exchange_form(tuple(exchange.fields())[:-1])
+                result = to_wire(
+                    tokenclient.exchange_code(session, uri, form, auth_method=exchange.auth_method)
+                )
+            elif msg.type == MsgType.NET_REFRESH:
+                refresh = ipc.NetRefresh.decode(msg)
+                uri, form = tokenclient.refresh_form(tuple(refresh.fields())[:-1])
+                result = to_wire(tokenclient.refresh(session, uri, form, refresh.auth_method))
+            elif msg.type == MsgType.NET_METADATA:
+                found = metadata.fetch_metadata(session, ipc.NetMetadata.decode(msg).issuer)
+                result = metadata_to_wire(found)
             else:
-                uri, form = tokenclient.refresh_form(tuple(ipc.NetRefresh.decode(msg).fields()))
-                result = to_wire(tokenclient.refresh(session, uri, form))
+                result = revoke_to_wire(_revoke(session, ipc.NetRevoke.decode(msg)))
         except Exception as e:  # noqa: BLE001 - every request gets an answer
             log.warning("token request failed: %s", type(e).__name__)
-            result = NetTokenResult(TokenOutcome.PERMANENT, "invalid response received")
+            result = failed_result(msg.type, "invalid response received")
     conn.settimeout(WORKER_IO)
     conn.sendall(result.encode(msg.request_id))
 
@@ -204,4 +218,54 @@ def to_wire(result: tokenclient.TokenResult) -> NetTokenResult:
     expires_in = None if result.expires_in is None else min(result.expires_in, limits.MAX_SECONDS)
     return NetTokenResult(
         outcome, "", access, expires_in, RefreshKind(result.refresh_kind), refresh
+    )
+
+
+def failed_result(msg_type: MsgType, message: str) -> ipc.Wire:
+    """The answer to a request of `msg_type` that got none from its worker. A code may
+    have been used, so an exchange fails for good; anything else may be tried again."""
+    if msg_type == MsgType.NET_METADATA:
+        return ipc.NetMetadataResult(ipc.NetOutcome.TRANSIENT, message)
+    if msg_type == MsgType.NET_REVOKE:
+        return ipc.NetRevokeResult(ipc.NetOutcome.TRANSIENT, message)
+    if msg_type == MsgType.NET_EXCHANGE:
+        return NetTokenResult(TokenOutcome.PERMANENT, message)
+    return NetTokenResult(TokenOutcome.TRANSIENT, message)
+
+
+def _revoke(session: requests.Session, msg: ipc.NetRevoke) -> revoke.Revocation:  # pragma: no cover
+    # str copies of the token and secret die with this process (see the module docstring).
+    secret = None if msg.client_secret is None else ipc.text(memoryview(msg.client_secret))
+    return revoke.revoke_token(
+        session,
+        msg.revoke_uri,
+        msg.client_id,
+        secret,
+        ipc.text(memoryview(msg.token)),
+        msg.token_type_hint,
+        msg.auth_method,
+    )
+
+
+def metadata_to_wire(found: metadata.Metadata) -> ipc.NetMetadataResult:
+    """The NET_METADATA_RESULT for a metadata fetch, each part within its limit."""
+    outcome = ipc.NetOutcome(found.outcome)
+    message = ipc.cut(found.message, limits.MAX_RESULT_MESSAGE)
+    if outcome is not ipc.NetOutcome.OK:
+        return ipc.NetMetadataResult(outcome, message)
+    return ipc.NetMetadataResult(
+        outcome,
+        message,
+        found.authorization_endpoint,
+        found.token_endpoint,
+        found.device_authorization_endpoint,
+        found.revocation_endpoint,
+    )
+
+
+def revoke_to_wire(done: revoke.Revocation) -> ipc.NetRevokeResult:
+    return ipc.NetRevokeResult(
+        ipc.NetOutcome(done.outcome),
+        ipc.cut(done.message, limits.MAX_RESULT_MESSAGE),
+        ipc.cut(done.provider_error, limits.MAX_ERROR_CODE),
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pizauth import ipc, runtime
 from pizauth.config import Account
 from pizauth.ipc import NetMetadataResult, NetOutcome
+from pizauth.net.reply import http_uri
 from pizauth.priv import secretcmd
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
@@ -100,6 +101,9 @@ class Resolver:
         # Per issuer: a usable document, or one judged unusable ("permanent").
         self.metadata: dict[str, NetMetadataResult] = {}
         self.fetching: dict[int, str] = {}  # request id -> issuer
+        # Fetches still under way when the configuration was reloaded: their results
+        # are dropped, not taken for a protocol error.
+        self.abandoned: set[int] = set()
         self.waiting: dict[str, list[Callable[[NetMetadataResult], None]]] = {}
         self.secrets: dict[str, Secret] = {}  # account -> from its client_secret_cmd
         self.secret_waiting: dict[str, list[Callable[[Secret | None, str], None]]] = {}
@@ -232,7 +236,19 @@ class Resolver:
         """NET_METADATA_RESULT: a result for a fetch never asked for is a protocol error."""
         issuer = self.fetching.pop(request_id, None)
         if issuer is None:
+            if request_id in self.abandoned:
+                self.abandoned.discard(request_id)
+                return
             raise ipc.ProtocolError(f"metadata result for unknown request {request_id}")
+        endpoints = (
+            result.authorization_endpoint,
+            result.token_endpoint,
+            result.device_authorization_endpoint,
+            result.revocation_endpoint,
+        )
+        # The network child judged them; checked again, as they reach the user's browser.
+        if any(uri and http_uri(uri, https_only=True) is None for uri in endpoints):
+            raise ipc.ProtocolError("malformed endpoint in a metadata result")
         self._fetched(issuer, result)
 
     def _fetched(self, issuer: str, result: NetMetadataResult) -> None:
@@ -296,21 +312,26 @@ class Resolver:
 
     def reload(self) -> None:
         """A new configuration: forget every document and secret; whoever waits is told."""
-        self._stop(RELOADED)
-
-    def shutdown(self) -> None:
-        self._stop("pizauth is shutting down")
-
-    def _stop(self, why: str) -> None:
         self.commands.kill_all()  # no on_done: the waiters are told here
         secret_waiting, self.secret_waiting = self.secret_waiting, {}
         for name, waiters in secret_waiting.items():
             for waiter in waiters:
-                waiter(None, f"client_secret_cmd for {shown(name)} not finished: {why}")
+                waiter(None, f"client_secret_cmd for {shown(name)} not finished: {RELOADED}")
+        self.abandoned.update(self.fetching)
+        self.network_lost(RELOADED)
+        self._forget()
+
+    def shutdown(self) -> None:
+        """End every command and wipe every secret; nobody is told (all is ending)."""
+        self.commands.kill_all()
+        self.secret_waiting.clear()
+        self.waiting.clear()
+        self._forget()
+
+    def _forget(self) -> None:
         for secret in self.secrets.values():
             secret.wipe()
         self.secrets.clear()
-        self.network_lost(why)
         self.metadata.clear()
         self.reported.clear()
 

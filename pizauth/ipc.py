@@ -66,6 +66,11 @@ class MsgType(enum.IntEnum):
     NET_DEVICE_AUTH = 50
     NET_DEVICE_POLL = 51  # answered by NET_TOKEN_RESULT
     NET_DEVICE_AUTH_RESULT = 52
+    # issuer metadata and revocation: parent -> network child, then its answer
+    NET_METADATA = 60
+    NET_METADATA_RESULT = 61
+    NET_REVOKE = 62
+    NET_REVOKE_RESULT = 63
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,6 +651,16 @@ class CallbackVerdict(Wire):
 
 
 _CLIENT_LIMITS = (limits.MAX_URI, limits.MAX_CLIENT_ID, 1, limits.MAX_CLIENT_SECRET)
+# How the client authenticates (token_endpoint_auth_method): the config admits these only.
+AUTH_METHODS = ("client_secret_post", "client_secret_basic")
+_AUTH_METHOD_LIMIT = max(len(m) for m in AUTH_METHODS)
+
+
+def auth_method(field: memoryview) -> str:
+    method = text(field)
+    if method not in AUTH_METHODS:
+        raise ProtocolError("bad token_endpoint_auth_method")
+    return method
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +674,7 @@ class NetExchange(Wire):
         limits.MAX_AUTH_CODE,
         limits.MAX_CODE_VERIFIER,
         limits.MAX_URI,
+        _AUTH_METHOD_LIMIT,
     )
     token_uri: str
     client_id: str
@@ -666,6 +682,7 @@ class NetExchange(Wire):
     code: str
     code_verifier: Buffer
     redirect_uri: str
+    auth_method: str = AUTH_METHODS[0]  # token_endpoint_auth_method
 
     def fields(self) -> Sequence[Buffer]:
         return [
@@ -676,11 +693,12 @@ class NetExchange(Wire):
             self.code.encode(),
             self.code_verifier,
             self.redirect_uri.encode(),
+            self.auth_method.encode(),
         ]
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetExchange:
-        uri, client_id, has_secret, secret, code, verifier, redirect_uri = fields
+        uri, client_id, has_secret, secret, code, verifier, redirect_uri, method = fields
         return cls(
             text(uri),
             text(client_id),
@@ -688,6 +706,7 @@ class NetExchange(Wire):
             text(code),
             verifier,
             text(redirect_uri),
+            auth_method(method),
         )
 
 
@@ -696,11 +715,12 @@ class NetRefresh(Wire):
     """Refresh an access token (secrets as buffers, as in NetExchange)."""
 
     TYPE = MsgType.NET_REFRESH
-    LIMITS = (*_CLIENT_LIMITS, limits.MAX_TOKEN)
+    LIMITS = (*_CLIENT_LIMITS, limits.MAX_TOKEN, _AUTH_METHOD_LIMIT)
     token_uri: str
     client_id: str
     client_secret: Buffer | None
     refresh_token: Buffer
+    auth_method: str = AUTH_METHODS[0]  # token_endpoint_auth_method
 
     def fields(self) -> Sequence[Buffer]:
         return [
@@ -709,19 +729,23 @@ class NetRefresh(Wire):
             flag(self.client_secret is not None),
             b"" if self.client_secret is None else self.client_secret,
             self.refresh_token,
+            self.auth_method.encode(),
         ]
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRefresh:
-        uri, client_id, has_secret, secret, refresh_token = fields
+        uri, client_id, has_secret, secret, refresh_token, method = fields
         return cls(
-            text(uri), text(client_id), secret if read_flag(has_secret) else None, refresh_token
+            text(uri),
+            text(client_id),
+            secret if read_flag(has_secret) else None,
+            refresh_token,
+            auth_method(method),
         )
 
 
 # The device authorization grant (RFC 8628).
 
-_AUTH_METHOD_LIMIT = len("client_secret_basic")
 # A scope as sent: the configured scopes joined by spaces.
 MAX_SCOPE = limits.MAX_URI
 
@@ -862,6 +886,126 @@ class NetDeviceAuthResult(Wire):
         return result
 
 
+# issuer metadata and revocation at the provider
+
+
+class NetOutcome(str, enum.Enum):
+    """How a metadata fetch or a revocation ended: a transient failure may work later."""
+
+    OK = "ok"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class NetMetadata(Wire):
+    """Fetch the metadata of `issuer` (parent -> network child)."""
+
+    TYPE = MsgType.NET_METADATA
+    LIMITS = (limits.MAX_URI,)
+    issuer: str
+
+    def fields(self) -> Sequence[Buffer]:
+        return [self.issuer.encode()]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetMetadata:
+        return cls(text(fields[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class NetMetadataResult(Wire):
+    """What a NET_METADATA with the same request id found: each endpoint "" when the
+    document does not have it, and every one "" unless the outcome is ok."""
+
+    TYPE = MsgType.NET_METADATA_RESULT
+    LIMITS = (len("permanent"), limits.MAX_RESULT_MESSAGE, *(limits.MAX_URI,) * 4)
+    outcome: NetOutcome
+    message: str = ""
+    authorization_endpoint: str = ""
+    token_endpoint: str = ""
+    device_authorization_endpoint: str = ""
+    revocation_endpoint: str = ""
+
+    def fields(self) -> Sequence[Buffer]:
+        return [
+            self.outcome.value.encode(),
+            self.message.encode(),
+            self.authorization_endpoint.encode(),
+            self.token_endpoint.encode(),
+            self.device_authorization_endpoint.encode(),
+            self.revocation_endpoint.encode(),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetMetadataResult:
+        outcome, message, *endpoints = fields
+        result = cls(choice(outcome, NetOutcome), text(message), *(text(e) for e in endpoints))
+        if result.outcome is not NetOutcome.OK and any(endpoints):
+            raise ProtocolError("endpoints in a failed metadata result")
+        return result
+
+
+TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
+
+
+@dataclass(frozen=True, slots=True)
+class NetRevoke(Wire):
+    """Revoke `token` at `revoke_uri` (RFC 7009); secrets as buffers, as in NetExchange."""
+
+    TYPE = MsgType.NET_REVOKE
+    LIMITS = (*_CLIENT_LIMITS, limits.MAX_TOKEN, len("refresh_token"), _AUTH_METHOD_LIMIT)
+    revoke_uri: str
+    client_id: str
+    client_secret: Buffer | None
+    token: Buffer
+    token_type_hint: str
+    auth_method: str = AUTH_METHODS[0]
+
+    def fields(self) -> Sequence[Buffer]:
+        return [
+            self.revoke_uri.encode(),
+            self.client_id.encode(),
+            flag(self.client_secret is not None),
+            b"" if self.client_secret is None else self.client_secret,
+            self.token,
+            self.token_type_hint.encode(),
+            self.auth_method.encode(),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRevoke:
+        uri, client_id, has_secret, secret, token, hint, method = fields
+        if text(hint) not in TOKEN_TYPE_HINTS:
+            raise ProtocolError("bad token_type_hint")
+        return cls(
+            text(uri),
+            text(client_id),
+            secret if read_flag(has_secret) else None,
+            token,
+            text(hint),
+            auth_method(method),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NetRevokeResult(Wire):
+    """How a NET_REVOKE with the same request id ended."""
+
+    TYPE = MsgType.NET_REVOKE_RESULT
+    LIMITS = (len("permanent"), limits.MAX_RESULT_MESSAGE, limits.MAX_ERROR_CODE)
+    outcome: NetOutcome
+    message: str = ""
+    provider_error: str = ""
+
+    def fields(self) -> Sequence[Buffer]:
+        return [self.outcome.value.encode(), self.message.encode(), self.provider_error.encode()]
+
+    @classmethod
+    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRevokeResult:
+        return cls(choice(fields[0], NetOutcome), text(fields[1]), text(fields[2]))
+
+
 MESSAGES: dict[MsgType, type[Wire]] = {
     cls.TYPE: cls
     for cls in (
@@ -885,6 +1029,10 @@ MESSAGES: dict[MsgType, type[Wire]] = {
         NetDeviceAuth,
         NetDevicePoll,
         NetDeviceAuthResult,
+        NetMetadata,
+        NetMetadataResult,
+        NetRevoke,
+        NetRevokeResult,
     )
 }
 

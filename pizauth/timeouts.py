@@ -13,6 +13,10 @@ COMMAND_READ = 10.0
 # ...and the parent this long to answer it (then tells the client so); a client
 # then has as long again to read the reply.
 COMMAND_REPLY = 30.0
+# A client request that needs the provider's metadata first (`show` of an account
+# whose endpoints are not yet known) is answered within this, "try again" if need
+# be: well within COMMAND_REPLY.
+RESOLVE_WAIT = 20.0
 
 # The parent answers a login callback once the code exchange it starts has
 # ended, or after this long with a page that says where the result will show...

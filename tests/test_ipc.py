@@ -100,7 +100,11 @@ def test_any_valid_message_round_trips(msg_type: MsgType, request_id: int, data)
 @given(st.binary(min_size=1, max_size=200), st.integers(0, 199))
 def test_mutated_frames_decode_or_fail_cleanly(noise: bytes, at: int) -> None:
     frame = bytearray(
-        ipc.encode(MsgType.NET_EXCHANGE, 3, [b"uri", b"id", b"1", b"s", b"c", b"v", b"r"])
+        ipc.encode(
+            MsgType.NET_EXCHANGE,
+            3,
+            [b"uri", b"id", b"1", b"s", b"c", b"v", b"r", b"client_secret_post"],
+        )
     )
     at %= len(frame)
     frame[at : at + len(noise)] = noise
@@ -191,7 +195,7 @@ def test_channel_call_pairs_reply_with_request() -> None:
 def test_serve_stops_on_a_message_not_for_this_process() -> None:
     child, parent = socket.socketpair()
     channel = runtime.CallChannel(child)
-    parent.sendall(ipc.encode(MsgType.NET_EXCHANGE, 1, [b""] * 7))  # not for this child
+    parent.sendall(ipc.encode(MsgType.NET_EXCHANGE, 1, [b""] * 8))  # not for this child
     handled: list[object] = []
     channel.serve({MsgType.CMD_REPLY: lambda rid, msg: handled.append(msg)}, "command child")
     assert handled == []
@@ -225,7 +229,29 @@ EXAMPLES: list[ipc.Wire] = [
     ipc.NetDeviceAuthResult(
         ipc.TokenOutcome.OK, "", "", b"dc", "ABCD-EFGH", "https://v/", "https://v/?c=1", 600, 5
     ),
+    ipc.NetRefresh("https://t/", "cid", b"s", b"rt", "client_secret_basic"),
+    ipc.NetMetadata("https://issuer.example/tenant"),
+    ipc.NetMetadataResult(ipc.NetOutcome.OK, "", "https://a/", "https://t/", "", "https://r/"),
+    ipc.NetMetadataResult(ipc.NetOutcome.TRANSIENT, "HTTP code 503"),
+    ipc.NetRevoke("https://r/", "cid", b"s", b"rt", "refresh_token", "client_secret_basic"),
+    ipc.NetRevoke("https://r/", "cid", None, b"at", "access_token"),
+    ipc.NetRevokeResult(ipc.NetOutcome.PERMANENT, "HTTP code 400", "invalid_client"),
 ]
+
+
+def test_unknown_auth_method_or_hint_is_a_protocol_error() -> None:
+    bad_method = ipc.NetRefresh("u", "c", None, b"rt", "none").encode(1)
+    with pytest.raises(ipc.ProtocolError):
+        ipc.decode_as(ipc.decode(bad_method))
+    bad_hint = ipc.NetRevoke("u", "c", None, b"t", "id_token").encode(1)
+    with pytest.raises(ipc.ProtocolError):
+        ipc.decode_as(ipc.decode(bad_hint))
+
+
+def test_failed_metadata_result_carries_no_endpoints() -> None:
+    frame = ipc.NetMetadataResult(ipc.NetOutcome.PERMANENT, "bad", "https://evil/").encode(1)
+    with pytest.raises(ipc.ProtocolError):
+        ipc.decode_as(ipc.decode(frame))
 
 
 def test_every_message_type_has_a_class_and_an_example() -> None:

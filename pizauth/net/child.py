@@ -18,7 +18,7 @@ import threading
 import time
 
 from pizauth import ipc, runtime, sandbox
-from pizauth.ipc import MsgType, NetTokenResult, TokenOutcome
+from pizauth.ipc import MsgType, TokenOutcome
 from pizauth.net import redirect
 from pizauth.net.worker import Launcher, failure
 from pizauth.process import start_child
@@ -27,6 +27,21 @@ from pizauth.timeouts import VERDICT as VERDICT_TIMEOUT
 log = logging.getLogger("pizauth")
 
 MAX_CONNECTIONS = 64  # callback connections served at once (see Connections)
+TOKEN_REQUESTS = (
+    MsgType.NET_EXCHANGE,
+    MsgType.NET_REFRESH,
+    MsgType.NET_DEVICE_AUTH,
+    MsgType.NET_DEVICE_POLL,
+)
+# What a worker answers to each request it runs.
+RESULT_TYPES = {
+    MsgType.NET_EXCHANGE: MsgType.NET_TOKEN_RESULT,
+    MsgType.NET_REFRESH: MsgType.NET_TOKEN_RESULT,
+    MsgType.NET_DEVICE_AUTH: MsgType.NET_DEVICE_AUTH_RESULT,
+    MsgType.NET_DEVICE_POLL: MsgType.NET_TOKEN_RESULT,
+    MsgType.NET_METADATA: MsgType.NET_METADATA_RESULT,
+    MsgType.NET_REVOKE: MsgType.NET_REVOKE_RESULT,
+}
 
 
 class Connections:
@@ -156,10 +171,16 @@ class NetChild:
     def handle_token_request(
         self,
         request_id: int,
-        message: ipc.NetExchange | ipc.NetRefresh | ipc.NetDeviceAuth | ipc.NetDevicePoll,
+        message: ipc.NetExchange
+        | ipc.NetRefresh
+        | ipc.NetDeviceAuth
+        | ipc.NetDevicePoll
+        | ipc.NetMetadata
+        | ipc.NetRevoke,
     ) -> None:
-        """NET_EXCHANGE, NET_REFRESH, NET_DEVICE_AUTH or NET_DEVICE_POLL: run it in a
-        worker process (net/worker.py)."""
+        """A request to the provider (NET_EXCHANGE, NET_REFRESH, NET_DEVICE_AUTH,
+        NET_DEVICE_POLL, NET_METADATA or NET_REVOKE): run it in a worker process
+        (net/worker.py)."""
         # The worker's copy, wiped once sent; the parent's frame is wiped on return.
         request = message.encode(request_id)
         threading.Thread(
@@ -174,13 +195,8 @@ class NetChild:
         try:
             if result is not None:
                 reply = ipc.decode(result)
-                if reply.request_id == request_id:
-                    answer = (
-                        ipc.NetDeviceAuthResult
-                        if msg_type == MsgType.NET_DEVICE_AUTH
-                        else NetTokenResult
-                    )
-                    self.channel.send(answer.decode(reply), request_id)
+                if reply.request_id == request_id and reply.type == RESULT_TYPES[msg_type]:
+                    self.channel.send(ipc.decode_as(reply), request_id)
                     return
                 log.warning("token request worker answered another request")
         except ipc.ProtocolError as e:
@@ -190,10 +206,13 @@ class NetChild:
                 ipc.wipe(result)
         # No answer (the worker crashed or overran its deadline). A code may have been
         # used, so an exchange fails; a refresh is tried again later.
+        # A code may have been used: an exchange fails for good; anything else may be
+        # tried again.
         outcome = (
             TokenOutcome.PERMANENT if msg_type == MsgType.NET_EXCHANGE else TokenOutcome.TRANSIENT
         )
-        self.channel.send(failure(msg_type, outcome, "token request failed"), request_id)
+        failed = "token request failed" if msg_type in TOKEN_REQUESTS else "request failed"
+        self.channel.send(failure(msg_type, outcome, failed), request_id)
 
     def run(self) -> None:
         cert = None
@@ -215,6 +234,8 @@ class NetChild:
             MsgType.NET_REFRESH: self.handle_token_request,
             MsgType.NET_DEVICE_AUTH: self.handle_token_request,
             MsgType.NET_DEVICE_POLL: self.handle_token_request,
+            MsgType.NET_METADATA: self.handle_token_request,
+            MsgType.NET_REVOKE: self.handle_token_request,
         }
         self.channel.serve(handlers, "network child")
 

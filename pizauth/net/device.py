@@ -30,6 +30,7 @@ import requests
 from pizauth import limits
 from pizauth.net import reply, tokenclient
 from pizauth.net.tokenclient import TokenResult, _judge, _Permanent, _post, _Transient
+from pizauth.uri import http_uri
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_INTERVAL = 5  # RFC 8628 §3.2: what a client must assume when none is given
@@ -134,12 +135,12 @@ def _authorization(doc: dict[str, object]) -> DeviceAuthorization:
 
     # Google names the field verification_url.
     raw_uri = doc.get("verification_uri", doc.get("verification_url"))
-    uri = reply.http_uri(raw_uri, https_only=False)
+    uri = http_uri(raw_uri, https_only=False)
     if uri is None:
         return bad("missing or malformed verification_uri")
     complete = ""
     if doc.get("verification_uri_complete") is not None:
-        complete = reply.http_uri(doc["verification_uri_complete"], https_only=False) or ""
+        complete = http_uri(doc["verification_uri_complete"], https_only=False) or ""
         if not complete:
             return bad("malformed verification_uri_complete")
 

@@ -25,6 +25,7 @@ import requests
 
 from pizauth.net import reply
 from pizauth.net.tokenclient import TRANSIENT_STATUSES, _Permanent, _post, _Transient
+from pizauth.uri import http_uri
 
 ENDPOINTS = (
     "authorization_endpoint",
@@ -81,7 +82,7 @@ def issuer_matches(published: str, configured: str) -> bool:
 
 def fetch_metadata(session: requests.Session, issuer: str) -> Metadata:
     """The endpoints `issuer` publishes, judged as in the module docstring."""
-    if reply.http_uri(issuer, https_only=True) is None or "?" in issuer:
+    if http_uri(issuer, https_only=True) is None or "?" in issuer:
         return Metadata("permanent", f"issuer {issuer!r} is not an https URL")
     for uri in metadata_uris(issuer):
         try:
@@ -116,7 +117,7 @@ def _judge_document(doc: object, issuer: str, uri: str) -> Metadata:
         value = doc.get(name)
         if value is None:
             continue
-        checked = reply.http_uri(value, https_only=True)
+        checked = http_uri(value, https_only=True)
         if checked is None:
             return bad(f"has a malformed or non-https {name}")
         endpoints[name] = checked

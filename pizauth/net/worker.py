@@ -27,7 +27,7 @@ import requests
 
 from pizauth import ipc, limits, sandbox
 from pizauth.ipc import MsgType, NetTokenResult, RefreshKind, TokenOutcome
-from pizauth.net import device, tokenclient
+from pizauth.net import device, metadata, revoke, tokenclient
 from pizauth.process import harden, set_title
 from pizauth.timeouts import COMMAND_REPLY, CONNECT, WORKER_IO
 
@@ -46,6 +46,9 @@ DEADLINES = {
     # up on the parent, so that the user hears why it failed.
     MsgType.NET_DEVICE_AUTH: int(COMMAND_REPLY) - 5,
     MsgType.NET_DEVICE_POLL: int(_ATTEMPT),
+    # Up to three documents are tried in turn (net/metadata.py).
+    MsgType.NET_METADATA: int(3 * _ATTEMPT),
+    MsgType.NET_REVOKE: int(_ATTEMPT),
 }
 
 
@@ -176,20 +179,31 @@ def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
         return
     msg = ipc.decode(request)
     if msg.type not in DEADLINES:
-        raise ipc.ProtocolError(f"{msg.type.name} is not a token request")
+        raise ipc.ProtocolError(f"{msg.type.name} is not a provider request")
     # SIGALRM's default action ends the process: a hard bound whatever the call does.
     signal.alarm(DEADLINES[msg.type])
+    result: ipc.Wire
     with requests.Session() as session:
         try:
-            # tokenclient builds the form from the wire fields, in their declared order.
+            # tokenclient builds the form from the wire fields, in their declared order
+            # (pizauth 1.1's), less the last one: how the client authenticates.
             if msg.type == MsgType.NET_EXCHANGE:
-                uri, form = tokenclient.exchange_form(tuple(ipc.NetExchange.decode(msg).fields()))
-                result = to_wire(tokenclient.exchange_code(session, uri, form))
+                exchange = ipc.NetExchange.decode(msg)
+                uri, form = tokenclient.exchange_form(tuple(exchange.fields())[:-1])
+                result = to_wire(
+                    tokenclient.exchange_code(session, uri, form, auth_method=exchange.auth_method)
+                )
+            elif msg.type == MsgType.NET_REFRESH:
+                refresh = ipc.NetRefresh.decode(msg)
+                uri, form = tokenclient.refresh_form(tuple(refresh.fields())[:-1])
+                result = to_wire(tokenclient.refresh(session, uri, form, refresh.auth_method))
+            elif msg.type == MsgType.NET_METADATA:
+                found = metadata.fetch_metadata(session, ipc.NetMetadata.decode(msg).issuer)
+                result = metadata_to_wire(found)
             elif msg.type in DEVICE_CALLS:
                 result = DEVICE_CALLS[msg.type](session, msg)
             else:
-                uri, form = tokenclient.refresh_form(tuple(ipc.NetRefresh.decode(msg).fields()))
-                result = to_wire(tokenclient.refresh(session, uri, form))
+                result = revoke_to_wire(_revoke(session, ipc.NetRevoke.decode(msg)))
         except Exception as e:  # noqa: BLE001 - every request gets an answer
             log.warning("token request failed: %s", type(e).__name__)
             result = failure(msg.type, TokenOutcome.PERMANENT, "invalid response received")
@@ -218,6 +232,10 @@ def failure(msg_type: MsgType, outcome: TokenOutcome, message: str) -> ipc.Wire:
     """The result a request of `msg_type` gets when its call could not be made."""
     if msg_type == MsgType.NET_DEVICE_AUTH:
         return ipc.NetDeviceAuthResult(outcome, message)
+    if msg_type == MsgType.NET_METADATA:
+        return ipc.NetMetadataResult(ipc.NetOutcome(outcome.value), message)
+    if msg_type == MsgType.NET_REVOKE:
+        return ipc.NetRevokeResult(ipc.NetOutcome(outcome.value), message)
     return NetTokenResult(outcome, message)
 
 
@@ -280,3 +298,41 @@ def poll_to_wire(got: device.DevicePoll, device_code: str) -> NetTokenResult:
 
 
 DEVICE_CALLS = {MsgType.NET_DEVICE_AUTH: _device_auth, MsgType.NET_DEVICE_POLL: _device_poll}
+
+
+def _revoke(session: requests.Session, msg: ipc.NetRevoke) -> revoke.Revocation:  # pragma: no cover
+    # str copies of the token and secret die with this process (see the module docstring).
+    secret = None if msg.client_secret is None else ipc.text(memoryview(msg.client_secret))
+    return revoke.revoke_token(
+        session,
+        msg.revoke_uri,
+        msg.client_id,
+        secret,
+        ipc.text(memoryview(msg.token)),
+        msg.token_type_hint,
+        msg.auth_method,
+    )
+
+
+def metadata_to_wire(found: metadata.Metadata) -> ipc.NetMetadataResult:
+    """The NET_METADATA_RESULT for a metadata fetch, each part within its limit."""
+    outcome = ipc.NetOutcome(found.outcome)
+    message = ipc.cut(found.message, limits.MAX_RESULT_MESSAGE)
+    if outcome is not ipc.NetOutcome.OK:
+        return ipc.NetMetadataResult(outcome, message)
+    return ipc.NetMetadataResult(
+        outcome,
+        message,
+        found.authorization_endpoint,
+        found.token_endpoint,
+        found.device_authorization_endpoint,
+        found.revocation_endpoint,
+    )
+
+
+def revoke_to_wire(done: revoke.Revocation) -> ipc.NetRevokeResult:
+    return ipc.NetRevokeResult(
+        ipc.NetOutcome(done.outcome),
+        ipc.cut(done.message, limits.MAX_RESULT_MESSAGE),
+        ipc.cut(done.provider_error, limits.MAX_ERROR_CODE),
+    )

@@ -7,15 +7,19 @@ with the replies pizauth 1.1 gives, and start logins and refreshes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pizauth import ipc
 from pizauth.ipc import TokenEvent
 from pizauth.priv.clock import instant
 from pizauth.priv.failures import show_line
+from pizauth.priv.provider import Outcome, Unready
 from pizauth.priv.refresher import refresh_time
+from pizauth.priv.revocation import token_to_revoke
 from pizauth.priv.tokens import Active, DevicePending, Empty, Entry, Pending
 from pizauth.text import shown
+from pizauth.timeouts import RESOLVE_WAIT
 
 if TYPE_CHECKING:
     from pizauth.priv.parent import Parent
@@ -45,8 +49,18 @@ class Commands:
         if entry is None:
             return
         now = instant()
-        if _device(entry) and not isinstance(entry.state, Active):
+        state = entry.state
+        if _device(entry) and not isinstance(state, Active):
             self.parent.device.show(request_id, entry, msg.withurl)
+            return
+        needs_login = isinstance(state, Empty) or (
+            isinstance(state, Active) and state.expiry <= now and state.refresh_token is None
+        )
+        if (
+            needs_login
+            and not _device(entry)
+            and not self._auth_uri_known(request_id, entry, lambda: self.show(request_id, msg))
+        ):
             return
         # After the usual message, one line that says why the last attempt failed; a
         # reply with no error is pizauth 1.1's, byte for byte (docs/protocol.md).
@@ -98,6 +112,11 @@ class Commands:
             # A device login in progress goes on: a new one would void the code shown.
             self.parent.device.show(request_id, entry, msg.withurl)
             return
+        again = lambda: self.refresh(request_id, msg)  # noqa: E731
+        if not isinstance(entry.state, Active) and not self._auth_uri_known(
+            request_id, entry, again
+        ):
+            return
         match entry.state:
             case Empty() | Pending():
                 pending = self.parent.refresher.start_auth(entry)
@@ -110,9 +129,42 @@ class Commands:
         entry = self._entry_or_reply(request_id, msg.account)
         if entry is None:
             return
+        # A copy for the provider, taken before the local one is wiped.
+        to_revoke = token_to_revoke(entry.state)
         if not isinstance(entry.state, Empty):
             self.parent.refresher.change(entry, Empty(), revoked=True)
         self.reply(request_id, "ok:")
+        if to_revoke is not None:
+            self.parent.revoker.revoke(entry.account, *to_revoke)  # in the background
+
+    def _auth_uri_known(self, request_id: int, entry: Entry, again: Callable[[], None]) -> bool:
+        """Whether a login URL can be made for `entry` now. If not, its authorisation
+        endpoint is being resolved (issuer metadata), and the request is answered once
+        that is done: `again` runs it anew, or the client hears what failed."""
+        resolver = self.parent.resolver
+        account = entry.account
+        if resolver.ready(account, "auth_uri"):
+            return True
+        name = account.name
+
+        def resolved(outcome: Outcome) -> None:
+            current = self.parent.table.get(name)
+            if isinstance(outcome, Unready):
+                if current is not None:
+                    self.parent.refresher.failed(current, outcome.message, instant())
+                if outcome.notify:
+                    self.parent.notifier.error(name, f"{shown(name)}: {outcome.message}")
+                self.reply(request_id, "error:" + outcome.message)
+            elif current is not None and resolver.ready(current.account, "auth_uri"):
+                again()
+            else:
+                self.reply(request_id, "error:the account changed meanwhile: try again")
+
+        waiting = f"still fetching the metadata of {account.issuer}: try again"
+        resolver.resolve(
+            account, "auth_uri", False, resolver.bounded(resolved, RESOLVE_WAIT, waiting)
+        )
+        return False
 
     def status(self, request_id: int, msg: ipc.CmdStatus) -> None:
         text = self.parent.table.status(instant())

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pizauth import ipc, limits
 from pizauth.ipc import NetDeviceAuthResult, NetTokenResult, TokenOutcome
 from pizauth.priv.clock import instant
+from pizauth.priv.provider import Outcome, Ready, Unready
 from pizauth.priv.refresher import NetRequest, Refresher, RequestKind
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import DevicePending, Empty, Entry, TokenTable
@@ -93,17 +94,6 @@ def failure_message(name: str, provider_error: str, message: str) -> str:
     return f"Authentication for {name} failed: {why}. Run 'pizauth show {name}' for a new code."
 
 
-def _device_endpoints(
-    table: TokenTable, entry: Entry
-) -> tuple[str | None, str | None, memoryview | None]:
-    """(device_auth_uri, token_uri, client secret) for a device request of `entry`.
-    The one place they are read: endpoints from issuer metadata or a secret from
-    client_secret_cmd would be resolved here. The secret is a view of a Secret."""
-    account = entry.account
-    secret = table.client_secret(account.name)
-    return account.device_auth_uri, account.token_uri, None if secret is None else secret.view()
-
-
 @dataclass(slots=True)
 class _Waiting:
     """The `pizauth show`s (request id, with URL) that wait for a device authorization."""
@@ -124,6 +114,8 @@ class DeviceFlow:
         self.refresher = refresher
         self._reply = reply
         self.waiting: dict[int, _Waiting] = {}  # by the NET_DEVICE_AUTH request id
+        # By account: logins whose endpoints or client secret are still being found.
+        self.resolving: dict[str, _Waiting] = {}
 
     # -- `pizauth show` ---------------------------------------------------------------------
 
@@ -132,6 +124,11 @@ class DeviceFlow:
         state = entry.state
         if isinstance(state, DevicePending) and state.device_code is not None:
             self._reply(request_id, shown(state, withurl))
+            return
+        resolving = self.resolving.get(entry.account.name)
+        if isinstance(state, DevicePending) and resolving is not None:
+            # Endpoints or the client secret are still being found: wait for them too.
+            resolving.clients.append((request_id, withurl))
             return
         if isinstance(state, DevicePending):
             # The authorization request is under way: this client waits for it too.
@@ -149,31 +146,62 @@ class DeviceFlow:
 
     def _start(self, request_id: int, entry: Entry, withurl: bool) -> None:
         self.refresher.change(entry, DevicePending())
-        device_auth_uri, _, secret = _device_endpoints(self.table, entry)
-        account = entry.account
-        if device_auth_uri is None:
-            self.refresher.change(entry, Empty())
+        name, generation = entry.account.name, entry.generation
+        waiting = self.resolving[name] = _Waiting([(request_id, withurl)])
+
+        def resolved(outcome: Outcome) -> None:
+            # The device endpoint (configured or from the issuer's metadata) and the
+            # client secret (configured or from client_secret_cmd) are known, or not.
+            if self.resolving.get(name) is waiting:
+                del self.resolving[name]
+            current = self.table.get(name)
+            if current is None or current.generation != generation:
+                for client, _ in waiting.clients:
+                    self._reply(
+                        client, f"error:Device authorization for {shown_name(name)} was cancelled"
+                    )
+                return
+            if isinstance(outcome, Unready):
+                self._not_authorized(current, waiting, outcome)
+                return
+            self._authorize(current, waiting, outcome)
+
+        self.refresher.resolve(entry.account, "device_auth_uri", True, resolved)
+
+    def _not_authorized(self, entry: Entry, waiting: _Waiting, why: Unready) -> None:
+        name = entry.account.name
+        self.refresher.failed(entry, why.message, instant())
+        self.refresher.change(entry, Empty())
+        if why.notify:
+            self.refresher.notifier.error(
+                name, f"Device authorization for {shown_name(name)} failed: {why.message}"
+            )
+        for client, _ in waiting.clients:
             self._reply(
-                request_id, f"error:No device authorization endpoint for {shown_name(account.name)}"
+                client, f"error:Device authorization for {shown_name(name)} failed: {why.message}"
+            )
+
+    def _authorize(self, entry: Entry, waiting: _Waiting, ready: Ready) -> None:
+        account = ready.account
+        if account.device_auth_uri is None:
+            self._not_authorized(
+                entry, waiting, Unready("no device authorization endpoint", False, False)
             )
             return
         message = ipc.NetDeviceAuth(
-            device_auth_uri,
+            account.device_auth_uri,
             account.client_id,
-            secret,
+            None if ready.secret is None else ready.secret.view(),
             " ".join(account.scopes),
             account.token_endpoint_auth_method,
         )
         try:
             ipc.wipe(message.encode(0))  # a configured value over its limit fails here
         except ipc.ProtocolError as e:
-            self.refresher.change(entry, Empty())
-            self._reply(
-                request_id, f"error:Device authorization for {shown_name(account.name)} failed: {e}"
-            )
+            self._not_authorized(entry, waiting, Unready(str(e), False, False))
             return
         net_id = self.refresher.send(entry, RequestKind.DEVICE_AUTH, message)
-        self.waiting.setdefault(net_id, _Waiting()).clients.append((request_id, withurl))
+        self.waiting.setdefault(net_id, _Waiting()).clients.extend(waiting.clients)
 
     def result(self, net_id: int, request: NetRequest, result: NetTokenResult) -> None:
         """A NET_TOKEN_RESULT for a device request (the refresher routes them here)."""
@@ -271,23 +299,38 @@ class DeviceFlow:
     def _poll(self, entry: Entry, now: float) -> None:
         state = entry.state
         assert isinstance(state, DevicePending) and state.device_code is not None
-        _, token_uri, secret = _device_endpoints(self.table, entry)
-        if token_uri is None:
-            name = shown_name(entry.account.name)
-            self._end(entry, f"Authentication for {name} failed: no token_uri")
-            return
         state.polling = True
-        self.refresher.send(
-            entry,
-            RequestKind.DEVICE_POLL,
-            ipc.NetDevicePoll(
-                token_uri,
-                entry.account.client_id,
-                secret,
-                state.device_code.view(),
-                entry.account.token_endpoint_auth_method,
-            ),
-        )
+        name, generation = entry.account.name, entry.generation
+
+        def resolved(outcome: Outcome) -> None:
+            current = self.table.get(name)
+            if current is None or current.generation != generation:
+                return  # revoked, reloaded or ended meanwhile
+            pending = current.state
+            if not isinstance(pending, DevicePending) or pending.device_code is None:
+                return
+            request = NetRequest(RequestKind.DEVICE_POLL, name, generation)
+            if isinstance(outcome, Unready):
+                # Like a failed poll: a transient failure polls again at the interval.
+                kind = TokenOutcome.TRANSIENT if outcome.transient else TokenOutcome.PERMANENT
+                self.poll_result(request, NetTokenResult(kind, outcome.message))
+                return
+            if outcome.account.token_uri is None:
+                self.poll_result(request, NetTokenResult(TokenOutcome.PERMANENT, "no token_uri"))
+                return
+            self.refresher.send(
+                current,
+                RequestKind.DEVICE_POLL,
+                ipc.NetDevicePoll(
+                    outcome.account.token_uri,
+                    current.account.client_id,
+                    None if outcome.secret is None else outcome.secret.view(),
+                    pending.device_code.view(),
+                    current.account.token_endpoint_auth_method,
+                ),
+            )
+
+        self.refresher.resolve(entry.account, "token_uri", True, resolved)
 
     def network_lost(self) -> None:
         """The network child went away: its device requests will never be answered."""

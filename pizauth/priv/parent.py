@@ -32,8 +32,10 @@ from pizauth.priv.hooks import HookRunner
 from pizauth.priv.listeners import ListenError, Sockets, port_of
 from pizauth.priv.loginpages import LoginPages
 from pizauth.priv.notifier import Notifier
+from pizauth.priv.provider import Resolver
 from pizauth.priv.refresher import MAX_SLEEP, Refresher
 from pizauth.priv.refresher import next_wakeup as next_refresh
+from pizauth.priv.revocation import Revoker
 from pizauth.priv.tokens import Empty, Pending, TokenTable
 from pizauth.text import shown
 from pizauth.timeouts import SHUTDOWN_FLUSH
@@ -83,6 +85,20 @@ class Parent:
         )
         self.login_pages = LoginPages(self.verdict)
         self.refresher.exchange_done = self.login_pages.done
+        # Endpoints from issuer metadata and secrets from client_secret_cmd, before any
+        # request to the provider; revocation at the provider after `revoke`.
+        self.resolver = Resolver(
+            lambda frame: self.net.send(frame),
+            lambda name: self.table.client_secret(name),
+            self.watch,
+            self.unwatch,
+        )
+        self.refresher.resolve = self.resolver.resolve
+        self.refresher.known = self.resolver.known
+        self.refresher.forget_secret = self.resolver.forget_secret
+        self.revoker = Revoker(
+            self.resolver, lambda frame: self.net.send(frame, secret=True), self.notifier
+        )
         self.commands = Commands(self)
         self.device = DeviceFlow(self.table, self.refresher, self.commands.reply)
         self.refresher.device_result = self.device.result
@@ -125,6 +141,8 @@ class Parent:
             MsgType.NET_CALLBACK: self.handle_callback,
             MsgType.NET_TOKEN_RESULT: self.refresher.result,
             MsgType.NET_DEVICE_AUTH_RESULT: self.device.auth_result,
+            MsgType.NET_METADATA_RESULT: self.resolver.result,
+            MsgType.NET_REVOKE_RESULT: self.revoker.result,
         }
 
     # -- the event loop ----------------------------------------------------------------------
@@ -199,6 +217,7 @@ class Parent:
             if when <= now:
                 del self.restart_at[name]
                 (self.net if name == "network" else self.cmd).start()
+        self.resolver.tick(now)
         self.refresher.refresh_due(now)
         self.device.tick(now)
         self.notifier.remind_due(self.table, now)
@@ -211,6 +230,7 @@ class Parent:
             self.notifier.next_wakeup(self.table),
             self.hooks.next_deadline(),
             self.login_pages.next_wakeup(),
+            self.resolver.next_wakeup(),
             self.next_touch,
             *self.restart_at.values(),
         ]
@@ -243,6 +263,8 @@ class Parent:
         if child is self.net:
             self.device.network_lost()  # first: takes its requests out of the refresher's
             self.refresher.network_lost()
+            self.resolver.network_lost()
+            self.revoker.network_lost()
             self.login_pages.forget()
         # Restart on the same sockets; throttle a child that dies as soon as it starts.
         delay = RESTART_DELAY if instant() - child.started_at < 1.0 else 0.0
@@ -332,6 +354,7 @@ class Parent:
         except (configuration.ConfigError, ListenError) as e:
             return str(e)
         self.config = config  # first: the events below run the new token_event_cmd
+        self.resolver.reload()  # documents and secrets of the old configuration go
         warning = configuration.permission_warning(self.config_path, config)
         if warning:
             # At error level: a warning is not logged without -v, and this one matters.
@@ -362,6 +385,8 @@ class Parent:
 
     def shutdown(self) -> None:
         self.table.wipe_all()
+        self.resolver.shutdown()
+        self.revoker.wipe_all()
         # The socket goes first: once `pizauth shutdown` sees its connection close
         # (when the command child ends), nothing of the server is left to find.
         try:

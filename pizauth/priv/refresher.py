@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pizauth import ipc, runtime
-from pizauth.config import Config
+from pizauth.config import Account, Config
 from pizauth.ipc import NetTokenResult, RefreshKind, TokenOutcome
 from pizauth.priv.authurl import new_auth_request
 from pizauth.priv.clock import instant
 from pizauth.priv.failures import LastError
 from pizauth.priv.hooks import HookRunner
 from pizauth.priv.notifier import Notifier
+from pizauth.priv.provider import Outcome, Unready, configured
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenState, TokenTable
 from pizauth.text import shown
@@ -113,12 +114,17 @@ class Refresher:
         # Told how each code exchange ended (account, None or why it failed), so that
         # the browser waiting on the login can be answered (priv/loginpages.py).
         self.exchange_done: Callable[[str, str | None], None] = lambda name, error: None
+        # Each account's endpoints and client secret before a request (priv/provider.py);
+        # without a resolver, the configuration as written.
+        self.resolve: Callable[..., None] = configured(table.client_secret)
+        self.known: Callable[[Account], Account] = lambda account: account
+        self.forget_secret: Callable[[str], None] = lambda name: None
 
     # -- starting -------------------------------------------------------------------------------
 
     def start_auth(self, entry: Entry) -> Pending:
         """A new authorisation request; the notifier reminds of it at once."""
-        request = new_auth_request(entry.account, *self._ports())
+        request = new_auth_request(self.known(entry.account), *self._ports())
         pending = Pending(request)
         self.change(entry, pending)
         return pending
@@ -138,15 +144,16 @@ class Refresher:
         log.info("starting inner refresh")
         active.ongoing_refresh = True
         active.last_refresh_attempt = now
-        account = entry.account
-        self._request(
+        refresh_token = active.refresh_token
+        self._when_resolved(
             entry,
             RequestKind.REFRESH,
-            ipc.NetRefresh(
-                account.token_uri,
+            lambda account, secret: ipc.NetRefresh(
+                account.token_uri or "",
                 account.client_id,
-                self._client_secret(entry),
-                active.refresh_token.view(),
+                secret,
+                refresh_token.view(),
+                account.token_endpoint_auth_method,
             ),
         )
 
@@ -157,19 +164,55 @@ class Refresher:
         if pending.exchanging:
             return  # a second callback with the same state: the first one's code is in use
         pending.exchanging = True
-        account = entry.account
-        self._request(
+        self._when_resolved(
             entry,
             RequestKind.EXCHANGE,
-            ipc.NetExchange(
-                account.token_uri,
+            lambda account, secret: ipc.NetExchange(
+                account.token_uri or "",
                 account.client_id,
-                self._client_secret(entry),
+                secret,
                 code,
                 pending.request.code_verifier.view(),
                 pending.request.redirect_uri,
+                account.token_endpoint_auth_method,
             ),
         )
+
+    def _when_resolved(
+        self,
+        entry: Entry,
+        kind: RequestKind,
+        build: Callable[[Account, memoryview | None], ipc.Wire],
+    ) -> None:
+        """Send the request `build` makes once the token endpoint and client secret are
+        known (at once when the configuration has them), if the account has not changed."""
+        name, generation = entry.account.name, entry.generation
+
+        def resolved(outcome: Outcome) -> None:
+            current = self.table.get(name)
+            if current is None or current.generation != generation:
+                if kind == RequestKind.EXCHANGE:
+                    self.exchange_done(name, STALE_EXCHANGE)
+                return
+            if isinstance(outcome, Unready):
+                self._not_sent(current, kind, outcome)
+                return
+            secret = None if outcome.secret is None else outcome.secret.view()
+            self._request(current, kind, build(outcome.account, secret))
+
+        self.resolve(entry.account, "token_uri", True, resolved)
+
+    def _not_sent(self, entry: Entry, kind: RequestKind, why: Unready) -> None:
+        """No request could be made: a failed exchange, or a refresh that keeps the token
+        and is tried again after refresh_retry."""
+        name = entry.account.name
+        if kind == RequestKind.REFRESH and why.notify:
+            # A refresh's transient failure is not otherwise reported.
+            self.notifier.error(name, f"Refreshing {shown(name)} failed: {why.message}")
+        outcome = TokenOutcome.TRANSIENT if kind == RequestKind.REFRESH else TokenOutcome.PERMANENT
+        request_id = self._ids.allocate(self.requests)
+        self.requests[request_id] = NetRequest(kind, name, entry.generation)
+        self.result(request_id, NetTokenResult(outcome, why.message))
 
     def _client_secret(self, entry: Entry) -> memoryview | None:
         secret = self.table.client_secret(entry.account.name)  # a Secret: no str or bytes copy
@@ -199,6 +242,8 @@ class Refresher:
         request = self.requests.pop(request_id, None)
         if request is None:
             raise ipc.ProtocolError(f"token result for unknown request {request_id}")
+        if result.provider_error == "invalid_client":
+            self.forget_secret(request.account)  # a client_secret_cmd runs again next time
         if request.kind in (RequestKind.DEVICE_AUTH, RequestKind.DEVICE_POLL):
             assert self.device_result is not None
             self.device_result(request_id, request, result)

@@ -1,0 +1,346 @@
+"""Before a request to the provider: the account's endpoints and client secret.
+
+An endpoint written in the configuration is used as it is. One left out, for an
+account with an `issuer`, comes from the issuer's metadata, which the network
+child fetches (NET_METADATA) when an account first needs it; the answer is kept
+for the life of the configuration, and a failure to fetch is not, so the next
+need tries again. A document the network child judged unusable (another issuer,
+a malformed endpoint) is kept as such: none of its endpoints is used until a
+reload.
+
+A `client_secret_cmd` runs when its secret is first needed (never at start-up: a
+locked password store must not hold up the server), without blocking the loop
+(priv/secretcmd.py). The secret is kept in the locked arena until a reload, the
+shutdown, or the token endpoint's `invalid_client` (forget_secret), after which
+the next need runs the command again.
+
+Everything here answers through callbacks, possibly before `resolve` returns:
+the parent is one loop and never waits. A caller must check, when its callback
+runs, that the account is still in the state it started from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pizauth import ipc, runtime
+from pizauth.config import Account
+from pizauth.ipc import NetMetadataResult, NetOutcome
+from pizauth.priv import secretcmd
+from pizauth.priv.clock import instant
+from pizauth.priv.secmem import Secret
+from pizauth.text import shown
+from pizauth.uri import http_uri
+
+log = logging.getLogger("pizauth")
+
+# Each endpoint option of an account, and the metadata field that fills it in.
+ENDPOINTS = {
+    "auth_uri": "authorization_endpoint",
+    "token_uri": "token_endpoint",
+    "device_auth_uri": "device_authorization_endpoint",
+    "revoke_uri": "revocation_endpoint",
+}
+NETWORK_LOST = "network process restarted"
+RELOADED = "the configuration was reloaded"
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The account with every endpoint known filled in, and its client secret: the
+    resolver's or the table's Secret, to be used at once and never kept or wiped."""
+
+    account: Account
+    secret: Secret | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unready:
+    """Why the request cannot be made now. `transient`: it may work on the next try.
+    `notify`: error_notify_cmd should hear of it (the resolver says so once for a
+    document it cannot use, and for every failed client_secret_cmd)."""
+
+    message: str
+    transient: bool
+    notify: bool
+
+
+Outcome = Ready | Unready
+Done = Callable[[Outcome], None]
+
+
+def configured(table_secret: Callable[[str], Secret | None]) -> Callable[..., None]:
+    """A resolve() for when there is no resolver: the configuration as written."""
+
+    def resolve(
+        account: Account, endpoint: str, with_secret: bool, done: Done, optional: bool = False
+    ) -> None:
+        done(Ready(account, table_secret(account.name) if with_secret else None))
+
+    return resolve
+
+
+class Resolver:
+    """`send(frame)` queues a frame for the network child; `table_secret(name)` is the
+    configured client_secret as a Secret; watch/unwatch register descriptors with the
+    parent's selector (for client_secret_cmd)."""
+
+    def __init__(
+        self,
+        send: Callable[[bytearray], None],
+        table_secret: Callable[[str], Secret | None],
+        watch: Callable[[int, Callable[[], None]], None],
+        unwatch: Callable[[int], None],
+    ) -> None:
+        self._send = send
+        self._table_secret = table_secret
+        self.commands = secretcmd.SecretCommands(watch, unwatch)
+        # Per issuer: a usable document, or one judged unusable ("permanent").
+        self.metadata: dict[str, NetMetadataResult] = {}
+        self.fetching: dict[int, str] = {}  # request id -> issuer
+        # Fetches still under way when the configuration was reloaded: their results
+        # are dropped, not taken for a protocol error.
+        self.abandoned: set[int] = set()
+        self.waiting: dict[str, list[Callable[[NetMetadataResult], None]]] = {}
+        self.secrets: dict[str, Secret] = {}  # account -> from its client_secret_cmd
+        self.secret_waiting: dict[str, list[Callable[[Secret | None, str], None]]] = {}
+        self.reported: set[str] = set()  # accounts told of an unusable document
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self._ids = runtime.RequestIds()
+
+    # -- what callers use ---------------------------------------------------------------
+
+    def known(self, account: Account) -> Account:
+        """`account` with the endpoints a usable cached document gives filled in."""
+        if account.issuer is None:
+            return account
+        found = self.metadata.get(account.issuer)
+        if found is None or found.outcome is not NetOutcome.OK:
+            return account
+        return _filled(account, found)
+
+    def ready(self, account: Account, endpoint: str) -> bool:
+        """Whether `endpoint` of `account` is known now (no fetch needed)."""
+        return getattr(self.known(account), endpoint) is not None
+
+    def resolve(
+        self, account: Account, endpoint: str, with_secret: bool, done: Done, optional: bool = False
+    ) -> None:
+        """Call `done` once `endpoint` (a key of ENDPOINTS) and, with `with_secret`, the
+        client secret are known, or with why not. With `optional`, an endpoint neither
+        configured nor published is no error: `done` gets a Ready whose account lacks it
+        (and no secret is fetched for it)."""
+
+        def have(found: NetMetadataResult | None) -> None:
+            outcome = self._endpoint(account, endpoint, optional, found)
+            if isinstance(outcome, Unready):
+                done(outcome)
+            elif not with_secret or getattr(outcome, endpoint) is None:
+                done(Ready(outcome, None))
+            else:
+                self._secret(outcome, done)
+
+        if getattr(account, endpoint) is not None or account.issuer is None:
+            have(None)
+        elif account.issuer in self.metadata:
+            have(self.metadata[account.issuer])
+        else:
+            self._fetch(account.issuer, have)
+
+    def bounded(self, done: Done, limit: float, message: str) -> Done:
+        """`done`, called once: with the outcome, or with a transient Unready(`message`)
+        if it has not come within `limit` seconds (a client cannot wait for ever)."""
+        called = False
+
+        def once(outcome: Outcome) -> None:
+            nonlocal called
+            if not called:
+                called = True
+                done(outcome)
+
+        self.timers.append((instant() + limit, lambda: once(Unready(message, True, False))))
+        return once
+
+    def forget_secret(self, name: str) -> None:
+        """The provider refused the client (invalid_client): run the command again next time."""
+        secret = self.secrets.pop(name, None)
+        if secret is not None:
+            secret.wipe()
+            log.info("client secret of %s forgotten: the provider refused it", shown(name))
+
+    # -- the loop's timers ---------------------------------------------------------------
+
+    def next_wakeup(self) -> float | None:
+        times = [at for at, _ in self.timers]
+        deadline = self.commands.next_deadline()
+        if deadline is not None:
+            times.append(deadline)
+        return min(times, default=None)
+
+    def tick(self, now: float) -> None:
+        self.commands.enforce_timeouts(now)
+        due = [callback for at, callback in self.timers if at <= now]
+        self.timers = [(at, callback) for at, callback in self.timers if at > now]
+        for callback in due:
+            callback()
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def _endpoint(
+        self, account: Account, endpoint: str, optional: bool, found: NetMetadataResult | None
+    ) -> Account | Unready:
+        if found is None:
+            if getattr(account, endpoint) is None and not optional:
+                # The configuration refuses this; kept as an error rather than a crash.
+                return Unready(f"{endpoint} is not configured", False, True)
+            return account
+        if found.outcome is not NetOutcome.OK:
+            transient = found.outcome is NetOutcome.TRANSIENT
+            return Unready(found.message, transient, self._first_report(account, transient))
+        filled = _filled(account, found)
+        if getattr(filled, endpoint) is None and not optional:
+            message = (
+                f"the metadata of issuer {account.issuer} has no {ENDPOINTS[endpoint]}"
+                f" and {endpoint} is not configured"
+            )
+            return Unready(message, False, self._first_report(account, False))
+        return filled
+
+    def _first_report(self, account: Account, transient: bool) -> bool:
+        # An unusable document is told of once per account: later needs meet the same one.
+        if transient or account.name in self.reported:
+            return False
+        self.reported.add(account.name)
+        return True
+
+    def _fetch(self, issuer: str, then: Callable[[NetMetadataResult], None]) -> None:
+        waiting = self.waiting.get(issuer)
+        if waiting is not None:
+            waiting.append(then)  # one fetch per issuer, whoever needs it
+            return
+        self.waiting[issuer] = [then]
+        request_id = self._ids.allocate(self.fetching)
+        try:
+            frame = ipc.NetMetadata(issuer).encode(request_id)
+        except ipc.ProtocolError as e:  # an issuer over its limit: the config allows none
+            self._fetched(issuer, NetMetadataResult(NetOutcome.PERMANENT, str(e)))
+            return
+        self.fetching[request_id] = issuer
+        log.info("fetching the metadata of %s", issuer)
+        self._send(frame)
+
+    def result(self, request_id: int, result: NetMetadataResult) -> None:
+        """NET_METADATA_RESULT: a result for a fetch never asked for is a protocol error."""
+        issuer = self.fetching.pop(request_id, None)
+        if issuer is None:
+            if request_id in self.abandoned:
+                self.abandoned.discard(request_id)
+                return
+            raise ipc.ProtocolError(f"metadata result for unknown request {request_id}")
+        endpoints = (
+            result.authorization_endpoint,
+            result.token_endpoint,
+            result.device_authorization_endpoint,
+            result.revocation_endpoint,
+        )
+        # The network child judged them; checked again, as they reach the user's browser.
+        if any(uri and http_uri(uri, https_only=True) is None for uri in endpoints):
+            raise ipc.ProtocolError("malformed endpoint in a metadata result")
+        self._fetched(issuer, result)
+
+    def _fetched(self, issuer: str, result: NetMetadataResult) -> None:
+        if result.outcome is not NetOutcome.TRANSIENT:
+            self.metadata[issuer] = result
+        if result.outcome is not NetOutcome.OK:
+            log.info("metadata of %s: %s", issuer, result.message)
+        for then in self.waiting.pop(issuer, []):
+            then(result)
+
+    # -- the client secret ---------------------------------------------------------------
+
+    def _secret(self, account: Account, done: Done) -> None:
+        name = account.name
+        if account.client_secret_cmd is None:
+            done(Ready(account, self._table_secret(name)))
+            return
+        secret = self.secrets.get(name)
+        if secret is not None:
+            done(Ready(account, secret))
+            return
+
+        def then(secret: Secret | None, error: str) -> None:
+            if secret is None:
+                done(Unready(error, True, True))
+            else:
+                done(Ready(account, secret))
+
+        waiting = self.secret_waiting.get(name)
+        if waiting is not None:
+            waiting.append(then)  # the command is running for another request
+            return
+        self.secret_waiting[name] = [then]
+        log.info("running client_secret_cmd for %s", shown(name))
+
+        def finished(result: secretcmd.Result) -> None:
+            waiters = self.secret_waiting.pop(name, [])
+            if isinstance(result, secretcmd.CommandError):
+                log.info("client_secret_cmd for %s: %s", shown(name), result.message)
+                for waiter in waiters:
+                    waiter(None, result.message)
+                return
+            old = self.secrets.pop(name, None)
+            if old is not None:
+                old.wipe()
+            self.secrets[name] = result
+            for waiter in waiters:
+                waiter(result, "")
+
+        self.commands.start(
+            account.client_secret_cmd, secretcmd.CLIENT_SECRET, {"PIZAUTH_ACCOUNT": name}, finished
+        )
+
+    # -- endings -------------------------------------------------------------------------
+
+    def network_lost(self, why: str = NETWORK_LOST) -> None:
+        """The network child went away: fetches in flight fail, transiently."""
+        self.fetching.clear()
+        for issuer in list(self.waiting):
+            self._fetched(issuer, NetMetadataResult(NetOutcome.TRANSIENT, why))
+
+    def reload(self) -> None:
+        """A new configuration: forget every document and secret; whoever waits is told."""
+        self.commands.kill_all()  # no on_done: the waiters are told here
+        secret_waiting, self.secret_waiting = self.secret_waiting, {}
+        for name, waiters in secret_waiting.items():
+            for waiter in waiters:
+                waiter(None, f"client_secret_cmd for {shown(name)} not finished: {RELOADED}")
+        self.abandoned.update(self.fetching)
+        self.network_lost(RELOADED)
+        self._forget()
+
+    def shutdown(self) -> None:
+        """End every command and wipe every secret; nobody is told (all is ending)."""
+        self.commands.kill_all()
+        self.secret_waiting.clear()
+        self.waiting.clear()
+        self._forget()
+
+    def _forget(self) -> None:
+        for secret in self.secrets.values():
+            secret.wipe()
+        self.secrets.clear()
+        self.metadata.clear()
+        self.reported.clear()
+
+
+def _filled(account: Account, found: NetMetadataResult) -> Account:
+    """`account` with each endpoint it leaves out taken from `found`: the config wins."""
+    changes = {
+        field: getattr(found, meta)
+        for field, meta in ENDPOINTS.items()
+        if getattr(account, field) is None and getattr(found, meta)
+    }
+    return dataclasses.replace(account, **changes) if changes else account

@@ -1,0 +1,122 @@
+"""The parent's resolver (priv/provider.py) on its own: one fetch per issuer, the
+configuration wins, results after a reload are dropped, bad results refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pizauth import ipc
+from pizauth.config import Account
+from pizauth.ipc import NetMetadataResult, NetOutcome
+from pizauth.priv.provider import Ready, Resolver, Unready
+
+ISSUER = "https://issuer.example"
+OK = NetMetadataResult(
+    NetOutcome.OK, "", ISSUER + "/auth", ISSUER + "/token", "", ISSUER + "/revoke"
+)
+
+
+def account(name: str = "a", **changes: object) -> Account:
+    base = Account(
+        name=name,
+        auth_uri=None,
+        auth_uri_fields=(),
+        client_id="cid",
+        client_secret="s",
+        login_hint=None,
+        redirect_uri="http://localhost/",
+        scopes=(),
+        token_uri=None,
+        refresh_at_least=3600,
+        refresh_before_expiry=90,
+        refresh_retry=40,
+        issuer=ISSUER,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+class Net:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str]] = []
+
+    def send(self, frame: bytearray) -> None:
+        msg = ipc.decode(frame)
+        self.sent.append((msg.request_id, ipc.NetMetadata.decode(msg).issuer))
+
+
+def resolver(net: Net) -> Resolver:
+    return Resolver(net.send, lambda name: None, lambda fd, cb: None, lambda fd: None)
+
+
+def test_one_fetch_per_issuer_and_the_config_wins() -> None:
+    net = Net()
+    r = resolver(net)
+    got: list[object] = []
+    r.resolve(account("a"), "auth_uri", False, got.append)
+    r.resolve(account("b", token_uri="https://mine/token"), "token_uri", False, got.append)
+    r.resolve(account("b"), "revoke_uri", False, got.append)
+    assert [issuer for _, issuer in net.sent] == [ISSUER]
+    assert len(got) == 1  # the configured token_uri needed no fetch
+    assert got[0].account.token_uri == "https://mine/token"  # type: ignore[union-attr]
+    r.result(net.sent[0][0], OK)
+    assert [type(o) for o in got] == [Ready, Ready, Ready]
+    assert got[1].account.auth_uri == ISSUER + "/auth"  # type: ignore[union-attr]
+    assert got[2].account.revoke_uri == ISSUER + "/revoke"  # type: ignore[union-attr]
+    assert r.known(account("c", auth_uri="https://mine/auth")).auth_uri == "https://mine/auth"
+
+
+def test_transient_failures_are_not_kept() -> None:
+    net = Net()
+    r = resolver(net)
+    got: list[object] = []
+    r.resolve(account(), "auth_uri", False, got.append)
+    r.result(net.sent[0][0], NetMetadataResult(NetOutcome.TRANSIENT, "HTTP code 503"))
+    assert got == [Unready("HTTP code 503", True, False)]
+    r.resolve(account(), "auth_uri", False, got.append)
+    assert len(net.sent) == 2
+
+
+def test_missing_endpoint_is_told_once() -> None:
+    net = Net()
+    r = resolver(net)
+    got: list[object] = []
+    r.resolve(account(), "device_auth_uri", False, got.append)
+    r.result(net.sent[0][0], OK)
+    r.resolve(account(), "device_auth_uri", False, got.append)
+    assert [(o.transient, o.notify) for o in got] == [(False, True), (False, False)]  # type: ignore[union-attr]
+    # Optional: no error, no endpoint.
+    r.resolve(account(), "device_auth_uri", True, got.append, optional=True)
+    assert isinstance(got[-1], Ready) and got[-1].account.device_auth_uri is None
+
+
+def test_result_after_reload_is_dropped_and_unknown_ids_refused() -> None:
+    net = Net()
+    r = resolver(net)
+    got: list[object] = []
+    r.resolve(account(), "auth_uri", False, got.append)
+    r.reload()
+    assert isinstance(got[0], Unready) and got[0].transient
+    r.result(net.sent[0][0], OK)  # late: dropped, not cached
+    assert r.metadata == {}
+    with pytest.raises(ipc.ProtocolError):
+        r.result(net.sent[0][0], OK)
+
+
+def test_malformed_endpoint_from_the_network_child_is_refused() -> None:
+    net = Net()
+    r = resolver(net)
+    r.resolve(account(), "auth_uri", False, lambda o: None)
+    bad = NetMetadataResult(NetOutcome.OK, "", "javascript:alert(1)")
+    with pytest.raises(ipc.ProtocolError):
+        r.result(net.sent[0][0], bad)
+
+
+def test_bounded_answers_once() -> None:
+    r = resolver(Net())
+    got: list[object] = []
+    done = r.bounded(got.append, 0.0, "try again")
+    r.tick(float("inf"))
+    done(Ready(account(), None))
+    assert got == [Unready("try again", True, False)]

@@ -137,7 +137,14 @@ def load(path: str) -> Config:
     except UnicodeDecodeError:
         # Same wording as Rust's read_to_string.
         raise ConfigError(f'Can\'t read "{path}": stream did not contain valid UTF-8') from None
-    return parse(text)
+    try:
+        return parse(text)
+    except ConfigError as e:
+        # Name the file: the server may be started from a unit or a script, and a reload
+        # error reaches a terminal far from where the file was chosen.
+        from pizauth.text import shown
+
+        raise ConfigError(f"{shown(path, 512)}: {e}") from None
 
 
 def parse(text: str) -> Config:
@@ -288,10 +295,41 @@ def _parse_syntax(text: str) -> list[_Stmt | _AccountBlock]:
         # Only the first error (docs/compatibility.md "Syntax errors").
         loc = min(e.loc, len(text))
         line, col = _line_col(text, loc)
-        expected = e.msg or "Syntax error"
-        raise ConfigError(
-            f"Parsing error at line {line} column {col}. {expected}, found {_found(text, loc)}"
-        ) from None
+        problem = f"{e.msg or 'Syntax error'}, found {_found(text, loc)}"
+        start = _open_string_before(text, loc)
+        if start is not None:
+            # A string may span lines, so a missing closing quote only shows where the
+            # string swallowed the next one's opening quote: point at where it starts.
+            problem = (
+                f"A string starts here and runs on to line {line}: if it should end on "
+                f"this line, its closing '\"' is missing (at line {line} column {col}: "
+                f"{problem})"
+            )
+            line, col = _line_col(text, start)
+        elif text.startswith('"', loc):
+            problem += ' (a string not closed, or with an escape other than \\" or \\\\)'
+        line_start = text.rfind("\n", 0, loc) + 1
+        if text.startswith("#", loc) or text[line_start:].lstrip(" \t").startswith("#"):
+            problem += " (comments start with //)"
+        raise ConfigError(f"Parsing error at line {line} column {col}. {problem}") from None
+
+
+# What the grammar sees as single lexemes that may hold a '"' or "//", in the order it tries
+# them; anything else is one character at a time.
+_STRING_OR_COMMENT_RE = re.compile(_STRING_RE + r"|//[^\n]*")
+
+
+def _open_string_before(text: str, loc: int) -> int | None:
+    """Where the string that ends just before `loc` (only blanks between) starts, if it
+    spans lines: then its closing quote was probably meant to open the next string."""
+    pos, last = 0, None
+    while (m := _STRING_OR_COMMENT_RE.search(text, pos)) is not None and m.end() <= loc:
+        if m.group().startswith('"'):
+            last = m
+        pos = m.end()
+    if last is None or "\n" not in last.group() or text[last.end() : loc].strip(" \t\r\n"):
+        return None
+    return last.start()
 
 
 def _found(text: str, loc: int) -> str:
@@ -330,11 +368,23 @@ def _line_col(text: str, loc: int) -> tuple[int, int]:
     return text.count("\n", 0, loc) + 1, loc - line_start + 1
 
 
+# A quoted source line is cut here: a line holding a huge account name would bury the message.
+_MAX_QUOTED_LINE = 200
+
+
+def _shown(name: str) -> str:
+    from pizauth.text import shown  # lazily: only on error paths
+
+    return shown(name)
+
+
 def _error_at(text: str, loc: int, msg: str) -> ConfigError:
     """A positioned error for the span starting at `loc`, quoting its first line."""
     line, col = _line_col(text, loc)
     line_end = text.find("\n", loc)
     src = text[loc - col + 1 : line_end if line_end != -1 else len(text)].strip(_RUST_WS)
+    if len(src) > _MAX_QUOTED_LINE:
+        src = src[:_MAX_QUOTED_LINE] + "…"
     return ConfigError(f"Line {line}, column {col}:\n  {src}\n{msg}")
 
 
@@ -411,11 +461,13 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
         scheme = _uri_scheme(redirect_uri) if auth_flow == "code" else None
         if scheme == "https" and https_listen is None:
             raise ConfigError(
-                f"Account {name} has an 'https' redirect but the HTTPS server is set to 'none'"
+                f"Account {_shown(name)} has an 'https' redirect but the HTTPS server is set "
+                "to 'none'"
             )
         if scheme == "http" and http_listen is None:
             raise ConfigError(
-                f"Account {name} has an 'http' redirect but the HTTP server is set to 'none'"
+                f"Account {_shown(name)} has an 'http' redirect but the HTTP server is set "
+                "to 'none'"
             )
 
         def effective(key: str, default: int, fields: dict[str, Any] = fields) -> int:

@@ -53,6 +53,18 @@ def _username() -> str:
         return "unknown-user"
 
 
+def _passwd_home() -> str | None:
+    """The home directory in the password database, for when $HOME is unset (services,
+    `env -i`); None if there is none, or only a relative one."""
+    import pwd  # lazily, as in _username()
+
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return None
+    return home if os.path.isabs(home) else None
+
+
 def _make_private_dir(p: str, strict: bool = False) -> None:
     """Make `p` (one level, not recursive, as the original) or take the existing one,
     checked through a descriptor so that nothing is followed or changed by name: in a
@@ -125,7 +137,7 @@ def _config_candidates() -> list[str]:
     xdg = _env("XDG_CONFIG_HOME")
     if xdg is not None:
         candidates.append(os.path.join(xdg, CONFIG_LEAF))
-    home = _env("HOME")
+    home = _env("HOME") or (None if candidates else _passwd_home())
     if home is not None:
         candidates.append(os.path.join(home, ".config", CONFIG_LEAF))
     if not candidates:
@@ -161,14 +173,7 @@ def expand_home(p: str) -> str:
     already checked is absolute or starts with "~/"."""
     if not p.startswith("~/"):
         return p
-    home = _env("HOME")
-    if home is None:
-        import pwd  # lazily, as in _username()
-
-        try:
-            home = pwd.getpwuid(os.getuid()).pw_dir
-        except KeyError:
-            home = None
+    home = _env("HOME") or _passwd_home()
     # A relative home would make the path depend on the working directory.
     if not home or not os.path.isabs(home):
         raise PathError(f"Can't expand '~' in {display_path(p)}: no absolute home directory")

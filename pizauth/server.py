@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 from pizauth import config as configuration
 from pizauth import paths, sandbox
 from pizauth.priv.listeners import ListenError, bind_listener
-from pizauth.process import JOURNAL, KEPT, child_args, harden, log_sink, set_title, setup_logging
+from pizauth.process import (
+    JOURNAL,
+    KEPT,
+    STDERR,
+    child_args,
+    harden,
+    log_sink,
+    set_title,
+    setup_logging,
+)
 from pizauth.timeouts import SERVER_READY
 
 if TYPE_CHECKING:
@@ -130,6 +139,10 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
         return 1
 
     sink = log_sink(foreground)  # now: daemonise() replaces stderr
+    warning = configuration.permission_warning(config_path, config)
+    if warning and sink not in (STDERR, JOURNAL):
+        # Detached, the log goes elsewhere: say it also where the user started the server.
+        print(f"Warning: {warning}", file=sys.stderr)
     if not foreground:
         status = daemonise(keep_stderr=sink == JOURNAL)
         if status is not None:
@@ -142,6 +155,9 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
     kept, kept_fd = _keep_errors() if sink == KEPT else (None, None)
     setup_logging(verbosity, sink, progname, kept)
     sandbox.report()
+    if warning:
+        # At error level, as at reload: a warning is not logged without -v.
+        log.error("%s", warning)
 
     from pizauth.priv.parent import Parent, Sockets
 

@@ -703,8 +703,11 @@ def test_info_default_config(e):
 
 
 def test_info_neither_home_nor_xdg(e):
+    import pwd
+
     env = dict(e.env)
-    del env["HOME"]
+    env.pop("HOME", None)
+    env.pop("XDG_CONFIG_HOME", None)
     r = subprocess.run(
         [sys.executable, "-m", "pizauth.cli", "info"],
         env=env,
@@ -712,11 +715,10 @@ def test_info_neither_home_nor_xdg(e):
         capture_output=True,
         timeout=20,
     )
-    assert (r.returncode, r.stdout, r.stderr) == (
-        1,
-        b"",
-        b"Neither $XDG_CONFIG_HOME or $HOME set\n",
-    )
+    # The home directory comes from the password database then.
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert r.stdout.decode() == human(e, f"{home}/.config/pizauth.conf")
 
 
 # -- server dispatch -------------------------------------------------------------------

@@ -118,6 +118,7 @@ def test_case3_backslash_n_is_not_a_string() -> None:
     # `"\n"` lexes as four stray characters, so the error is at its first quote.
     assert error_text('auth_notify_cmd = "\\n";') == (
         "Parsing error at line 1 column 19. Expected a string, found '\"'"
+        ' (a string not closed, or with an escape other than \\" or \\\\)'
     )
 
 
@@ -827,8 +828,66 @@ def test_load_invalid_utf8(tmp_path) -> None:
 def test_load_propagates_config_errors(tmp_path) -> None:
     path = tmp_path / "pizauth.conf"
     path.write_text("")
-    with pytest.raises(ConfigError, match="^Must specify at least one account$"):
+    with pytest.raises(ConfigError) as exc_info:
         load(str(path))
+    # The file is named once, before the parser's own text.
+    assert str(exc_info.value) == f"{path}: Must specify at least one account"
+
+
+def test_load_names_the_file_before_a_positioned_error(tmp_path) -> None:
+    path = tmp_path / "pizauth.conf"
+    path.write_text('account "x" {\n  auth_uri = "http://a.com";\n}\n')
+    with pytest.raises(ConfigError) as exc_info:
+        load(str(path))
+    assert str(exc_info.value) == (
+        f'{path}: Line 1, column 1:\n  account "x" {{\nclient_id not specified'
+    )
+
+
+# --- hints for common mistakes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,line_col",
+    [
+        ("# comment\n" + MINIMAL_ACCOUNT, "line 1 column 1"),
+        ("  # indented\n" + MINIMAL_ACCOUNT, "line 1 column 3"),
+        ('account "x" {\n  # client_id = "b";\n}', "line 2 column 3"),
+        (MINIMAL_ACCOUNT + 'auth_notify_cmd = "a"; # trailing', "line 7 column 24"),
+    ],
+)
+def test_hash_comment_gets_a_hint(text: str, line_col: str) -> None:
+    msg = error_text(text)
+    assert msg.startswith(f"Parsing error at {line_col}. ")
+    assert msg.endswith(" (comments start with //)")
+
+
+def test_other_syntax_errors_get_no_comment_hint() -> None:
+    assert "comments" not in error_text("foo;")
+    assert "comments" not in error_text('auth_notify_cmd = "#";\nfoo')
+
+
+def test_unterminated_string_is_reported_where_it_starts() -> None:
+    # The closing quote is missing on line 2; the string runs on and takes line 3's
+    # opening quote as its end, so the grammar only fails on line 3.
+    text = 'account "x" {\n  auth_uri = "http://a.com;\n  client_id = "b";\n}'
+    assert error_text(text) == (
+        "Parsing error at line 2 column 14. A string starts here and runs on to line 3: "
+        "if it should end on this line, its closing '\"' is missing "
+        "(at line 3 column 16: Expected ';', found 'b')"
+    )
+
+
+def test_unterminated_last_string_is_reported_where_it_starts() -> None:
+    msg = error_text('auth_notify_cmd = "a";\nerror_notify_cmd = "b;\n')
+    assert msg.startswith("Parsing error at line 2 column 20. Expected a string, found '\"'")
+    assert "not closed" in msg
+
+
+def test_a_closed_string_spanning_lines_is_not_blamed_for_a_later_error() -> None:
+    # Only blanks between the string's end and the error make the string suspect.
+    text = 'auth_notify_cmd = "a\nb";\nfoo'
+    assert error_text(text).startswith("Parsing error at line 3 column 1. Expected")
 
 
 def test_twenty_accounts_parse_quickly() -> None:

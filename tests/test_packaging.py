@@ -366,8 +366,49 @@ def test_configuration_example_notify_commands_unescape() -> None:
         notify + 'account "x" { auth_uri = "http://a/"; token_uri = "http://a/"; client_id = ""; }'
     )
     assert parsed.auth_notify_cmd == (
-        'notify-send -t 30000 pizauth "Log in to $PIZAUTH_ACCOUNT: $PIZAUTH_URL"'
+        "notify-send -t 30000 pizauth"
+        ' "Log in to $PIZAUTH_ACCOUNT: run pizauth show $PIZAUTH_ACCOUNT"'
     )
+
+
+def documented_examples() -> list[str]:
+    """Every example a user may copy: README's code blocks and its inline code that sets a
+    `*_cmd`, and both man pages' literal blocks."""
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"^ *```[^\n]*\n(.*?)^ *```$", readme, re.M | re.S)
+    examples += [c for c in re.findall(r"`([^`\n]+)`", readme) if "_cmd = " in c]
+    for page in (MAN1, MAN5):
+        examples += literal_blocks(page.read_text())
+    return examples
+
+
+# The hooks run through the shell: "$PIZAUTH_URL" anywhere in a command line ends up in
+# some command's arguments, which every local user can read in /proc.
+URL_EXPANSION = re.compile(r"\$\{?PIZAUTH_URL\b")
+
+
+def test_no_example_puts_the_login_url_on_a_command_line() -> None:
+    examples = documented_examples()
+    notify = [e for e in examples if "auth_notify_cmd = " in e]
+    assert len(notify) >= 2  # README's and pizauth.conf(5)'s
+    assert [e for e in examples if URL_EXPANSION.search(e)] == []
+    # The check sees what it is meant to see.
+    assert URL_EXPANSION.search('auth_notify_cmd = "xdg-open \\"${PIZAUTH_URL}\\"";')
+
+
+def test_readme_notify_examples_parse_and_name_the_account() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = next(e for e in documented_examples() if "auth_notify_cmd = " in e and "error_" in e)
+    assert block in readme
+    parsed = config.parse(
+        block + 'account "x" { auth_uri = "http://a/"; token_uri = "http://a/"; client_id = ""; }'
+    )
+    assert parsed.auth_notify_cmd and "pizauth show $PIZAUTH_ACCOUNT" in parsed.auth_notify_cmd
+    assert parsed.error_notify_cmd and "$PIZAUTH_MSG" in parsed.error_notify_cmd
+    # The quick start says which redirect URI to register, and uses no deprecated option.
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "`http://localhost/`" in quick
+    assert not re.search(r"^\s*login_hint\s*=", quick, re.M)
 
 
 # -- installation ------------------------------------------------------------------------
@@ -824,11 +865,13 @@ def unit_settings(text: str) -> dict[str, dict[str, str]]:
 
 
 def install_unit(command: str, home: Path) -> Path:
-    """Install the unit as README.md says, with `command -v pizauth` giving `command`."""
+    """Install the unit as README.md says, with `command` as the `pizauth` it runs."""
     readme = (ROOT / "README.md").read_text()
-    match = re.search(r'^sed "s\|@PIZAUTH@\|\$\(command -v pizauth\)\|g" .*?\n.*?\n', readme, re.M)
-    assert match, "README.md has no sed line installing the unit"
-    script = match.group(0).replace("$(command -v pizauth)", command)
+    match = re.search(
+        r"^mkdir -p ~/.config/systemd/user\npizauth (systemd-unit > \S+)$", readme, re.M
+    )
+    assert match, "README.md has no line installing the unit"
+    script = f"mkdir -p ~/.config/systemd/user\n'{command}' {match.group(1)}\n"
     unit_dir = home / ".config" / "systemd" / "user"
     unit_dir.mkdir(parents=True, exist_ok=True)
     result = run(["bash", "-c", script], dict(os.environ, HOME=str(home)), cwd=ROOT)
@@ -906,6 +949,8 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "pizauth" not in result.stdout + result.stderr
     # ... which does check the command: a missing one fails.
-    bad = install_unit("/nonexistent/pizauth", tmp_path / "other")
+    bad = tmp_path / "other" / "pizauth.service"
+    bad.parent.mkdir()
+    bad.write_text(UNIT.read_text().replace("@PIZAUTH@", "/nonexistent/pizauth"))
     result = systemd_verify(bad, tmp_path)
     assert result.returncode != 0 and "/nonexistent/pizauth" in result.stderr

@@ -211,10 +211,17 @@ def test_missing_config_without_home(env, tmp_path):
 
 
 @pytest.mark.parametrize("value", [None, ""])
-def test_neither_xdg_config_home_nor_home(env, value):
+def test_neither_xdg_config_home_nor_home_uses_the_password_database(env, value, tmp_path):
+    import pwd
+
     if value is not None:
         env.setenv("XDG_CONFIG_HOME", value)
         env.setenv("HOME", value)
+    expected = os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".config", "pizauth.conf")
+    assert paths.config_path(None, must_exist=False) == expected
+    # A relative or missing home in the password database: nothing to fall back on.
+    fake = type("Entry", (), {"pw_dir": "relative/home"})
+    env.setattr(pwd, "getpwuid", lambda uid: fake)
     with pytest.raises(PathError) as e:
         paths.config_path(None)
     assert str(e.value) == "Neither $XDG_CONFIG_HOME or $HOME set"
@@ -244,8 +251,8 @@ def test_config_path_not_required_to_exist(env, tmp_path):
     assert paths.config_path("given", must_exist=False) == "given"
     env.delenv("XDG_CONFIG_HOME")
     env.delenv("HOME")
-    with pytest.raises(PathError):
-        paths.config_path(None, must_exist=False)
+    # The password database's home then (test_neither_xdg_config_home_nor_home_...).
+    assert paths.config_path(None, must_exist=False).endswith("/.config/pizauth.conf")
 
 
 def test_expand_home_uses_home(env, tmp_path):

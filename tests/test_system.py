@@ -193,11 +193,13 @@ def test_config_errors_are_clear(pizauth: Pizauth) -> None:
     pizauth.conf.write_text('account "x" {\n  auth_uri = "http://a.com";\n}\n')
     result = pizauth.run("server", "-d", "-c", str(pizauth.conf))
     assert result.returncode == 1
-    assert result.stderr == b'Line 1, column 1:\n  account "x" {\nclient_id not specified\n'
-    pizauth.conf.write_text("http_listen = \"127.0.0.1:0\"\n")
+    assert result.stderr == (
+        f'{pizauth.conf}: Line 1, column 1:\n  account "x" {{\nclient_id not specified\n'.encode()
+    )
+    pizauth.conf.write_text('http_listen = "127.0.0.1:0"\n')
     result = pizauth.run("server", "-d", "-c", str(pizauth.conf))
     assert result.returncode == 1
-    assert result.stderr.startswith(b"Parsing error at line 2 column 1.")
+    assert result.stderr.startswith(f"{pizauth.conf}: Parsing error at line 2 column 1.".encode())
     assert b"Traceback" not in result.stderr
     missing = pizauth.run("server", "-d", "-c", str(pizauth.tmp / "missing.conf"))
     assert missing.returncode == 1
@@ -449,7 +451,9 @@ def test_reload_keeps_tokens_unless_security_fields_change(pizauth: Pizauth) -> 
     pizauth.conf.write_text("broken")
     result = pizauth.run("reload")
     assert result.returncode == 1
-    assert result.stderr.startswith(b"ERROR - Parsing error at line 1 column 1.")
+    assert result.stderr.startswith(
+        f"ERROR - {pizauth.conf}: Parsing error at line 1 column 1.".encode()
+    )
     assert pizauth._token("a") == token_a
 
 

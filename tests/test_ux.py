@@ -8,11 +8,12 @@ import os
 import pty
 import select
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import PIZAUTH, Pizauth
+from conftest import PIZAUTH, Pizauth, wait_for
 from server_harness import ROOT
 
 
@@ -126,3 +127,101 @@ def run_demo(tmpdir: Path):
         capture_output=True,
         timeout=120,
     )
+
+
+# -- configuration: readable secrets, errors that name the file ------------------------------
+
+SECRET_WARNING = "holds a client_secret and is readable by others (mode 644)"
+
+
+def start_detached(pizauth: Pizauth):
+    """`pizauth server` as a user types it (it detaches); returns what the command printed.
+    The daemon is shut down again before returning."""
+    env = {k: v for k, v in pizauth.env.items() if k != "JOURNAL_STREAM"}
+    result = subprocess.run(
+        [PIZAUTH, "server", "-c", str(pizauth.conf)],
+        env=env,
+        cwd=pizauth.tmp,
+        capture_output=True,
+        timeout=30,
+    )
+    if result.returncode == 0:
+        assert pizauth.run("shutdown").returncode == 0
+        wait_for(lambda: not os.path.exists(pizauth.sock), 10, "the server to go")
+    return result
+
+
+@pytest.mark.parametrize(
+    "mode,secret,warned",
+    [(0o644, True, True), (0o600, True, False), (0o644, False, False), (0o640, True, False)],
+)
+def test_readable_config_with_secret_warns_at_start(
+    pizauth: Pizauth, mode: int, secret: bool, warned: bool
+) -> None:
+    block = pizauth.account_block()
+    if not secret:
+        block = "\n".join(line for line in block.splitlines() if "client_secret" not in line)
+    pizauth.write_config(accounts=block)
+    pizauth.conf.chmod(mode)
+    result = start_detached(pizauth)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode()
+    if mode == 0o640:  # group-readable is also readable by others than the user
+        assert "holds a client_secret and is readable by others (mode 640)" in err
+        return
+    if warned:
+        assert err == f"Warning: {pizauth.conf} {SECRET_WARNING}: run 'chmod 600 {pizauth.conf}'\n"
+    else:
+        assert err == ""
+
+
+def test_readable_config_warning_reaches_the_foreground_log_once(pizauth: Pizauth) -> None:
+    pizauth.write_config()
+    pizauth.conf.chmod(0o644)
+    pizauth.start()
+    assert f"ERROR - {pizauth.conf} {SECRET_WARNING}" in pizauth.log()
+    assert pizauth.log().count(SECRET_WARNING) == 1  # not printed a second time
+
+
+def test_config_errors_name_the_file_and_hint(pizauth: Pizauth) -> None:
+    bad = pizauth.tmp / "bad.conf"
+    bad.write_text("# my pizauth configuration\n" + pizauth.account_block())
+    result = pizauth.run("server", "-c", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"{bad}: Parsing error at line 1 column 1. Expected 'account' or a global option, "
+        "found '#' (comments start with //)\n"
+    )
+    bad.write_text('account "x" {\n  client_id = "a;\n  token_uri = "http://b/";\n}\n')
+    result = pizauth.run("server", "-d", "-c", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith(
+        f"{bad}: Parsing error at line 2 column 15. A string starts here and runs on to line 3"
+    )
+    # An error that already names the file does not name it twice.
+    result = pizauth.run("server", "-c", str(pizauth.tmp / "missing.conf"))
+    assert result.stderr.decode().count("missing.conf") == 1
+
+
+def test_long_account_name_is_shortened_in_config_errors(pizauth: Pizauth) -> None:
+    long = "n" * 5000
+    pizauth.write_config(accounts=pizauth.account_block(long, 'redirect_uri = "https://x/";'))
+    result = pizauth.run("server", "-c", str(pizauth.conf))
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert f"Account {'n' * 64}… has an 'https' redirect" in err and long not in err
+
+
+def test_info_without_home_or_xdg_config_home(pizauth: Pizauth) -> None:
+    import pwd
+
+    result = subprocess.run(
+        ["env", "-u", "HOME", "-u", "XDG_CONFIG_HOME", PIZAUTH, "info"],
+        env=pizauth.env,
+        cwd=pizauth.tmp,
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0 and result.stderr == b""
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    assert f"  config file: {home}/.config/pizauth.conf\n" in result.stdout.decode()

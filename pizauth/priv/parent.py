@@ -32,6 +32,7 @@ from pizauth.priv.loginpages import LoginPages
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.refresher import MAX_SLEEP, Refresher
 from pizauth.priv.refresher import next_wakeup as next_refresh
+from pizauth.priv.storekeeper import StoreKeeper
 from pizauth.priv.tokens import Empty, Pending, TokenTable
 from pizauth.text import shown
 from pizauth.timeouts import SHUTDOWN_FLUSH
@@ -71,6 +72,7 @@ class Parent:
         self.sel = selectors.DefaultSelector()
         self.hooks = HookRunner(self.watch, self.unwatch)
         self.notifier = Notifier(self.hooks, lambda: self.config)
+        self.keeper = StoreKeeper(config, self.table, self.notifier, self.watch, self.unwatch)
         self.refresher = Refresher(
             self.table,
             lambda: self.config,
@@ -158,6 +160,9 @@ class Parent:
             self.watch(kept_fd, lambda: kept.read_from(kept_fd))
         self.net.start()
         self.cmd.start()
+        # Before the loop: the children start meanwhile, but no request is answered (and
+        # READY is not sent) until the stored tokens are back.
+        self.keeper.restore_at_start()
         while not self.stopping:
             if self.reload_requested:
                 self.reload_requested = False
@@ -197,6 +202,7 @@ class Parent:
         self.refresher.refresh_due(now)
         self.notifier.remind_due(self.table, now)
         self.login_pages.expire(now)
+        self.keeper.tick(now)
 
     def next_wakeup(self, now: float) -> float:
         candidates = [
@@ -204,6 +210,7 @@ class Parent:
             self.notifier.next_wakeup(self.table),
             self.hooks.next_deadline(),
             self.login_pages.next_wakeup(),
+            self.keeper.next_wakeup(),
             self.next_touch,
             *self.restart_at.values(),
         ]
@@ -328,6 +335,7 @@ class Parent:
         if warning:
             # At error level: a warning is not logged without -v, and this one matters.
             log.error("%s", warning)
+        self.keeper.reloaded(config)
         for name in self.table.reload(config.accounts):
             self.notifier.event(name, TokenEvent.INVALIDATED)
         return None
@@ -353,7 +361,9 @@ class Parent:
                 self.refresher.change(entry, Empty())
 
     def shutdown(self) -> None:
+        self.keeper.last_write()  # the store stays, for the next start
         self.table.wipe_all()
+        self.keeper.close()
         # The socket goes first: once `pizauth shutdown` sees its connection close
         # (when the command child ends), nothing of the server is left to find.
         try:

@@ -28,6 +28,7 @@ from pizauth.priv.secmem import Secret
 from pizauth.priv.store import Status, Store, StoreError, WriteSchedule
 from pizauth.priv.tokens import TokenTable
 from pizauth.text import shown
+from pizauth.timeouts import STORE_LAST_KEY as LAST_KEY
 
 log = logging.getLogger("pizauth")
 
@@ -196,12 +197,18 @@ class StoreKeeper:
         self.closed = True
         if not pending:
             return
-        if self.key is not None:
-            self._save()
-        else:
-            log.error(
-                "token store: the last changes are not saved: the key command has not given a key"
-            )
+        if self.key is None:
+            # No key yet (no store at start, or its command failed or still runs): one
+            # more try, bounded, so that a stop is not held up for long.
+            self.commands.kill_all()
+            result = secretcmd.run_blocking(self.key_cmd, secretcmd.STORE_KEY, {}, LAST_KEY)
+            if isinstance(result, secretcmd.CommandError):
+                log.error("token store: the last changes are not saved: %s", result.message)
+                return
+            self.key = result
+            if self.store.status is Status.KEY_FAILED:
+                self._load()
+        self._save()
 
     def close(self) -> None:
         self.closed = True

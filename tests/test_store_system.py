@@ -429,3 +429,28 @@ def test_tokens_survive_a_restart_with_age(pizauth: Pizauth) -> None:
     restart(pizauth)
     assert pizauth._token() == token
     assert notified(pizauth) == ""
+
+
+def test_only_changes_of_tokens_ask_for_a_write() -> None:
+    """A pending login is stored as no token: starting or abandoning one writes nothing."""
+    from pizauth.priv.authurl import new_auth_request
+    from pizauth.priv.tokens import Empty, Pending
+
+    accounts = config.parse(
+        'account "acct" { auth_uri = "http://127.0.0.1:1/a"; token_uri = "http://127.0.0.1:1/t";'
+        ' client_id = "c"; }\n'
+    ).accounts
+    table = TokenTable(accounts)
+    calls: list[None] = []
+    table.on_change = lambda: calls.append(None)
+    pending = Pending(new_auth_request(accounts[0], 1, None))
+    table.transition("acct", pending)
+    table.transition("acct", Empty())
+    assert calls == []
+    table.transition("acct", Active(Secret(b"t"), 0.0, 10.0, None))
+    table.transition("acct", Active(Secret(b"u"), 0.0, 10.0, None))
+    table.transition("acct", Empty(), revoked=True)
+    assert len(calls) == 3
+    table.transition("acct", Active(Secret(b"v"), 0.0, 10.0, None))
+    assert table.reload([]) == ["acct"]  # a reload that drops a token
+    assert len(calls) == 5

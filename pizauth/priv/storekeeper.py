@@ -72,6 +72,15 @@ class StoreKeeper:
         """Run the key command and restore the store's tokens, if there is a store."""
         if self.store is None or not self.store.exists():
             return  # the key command runs before the first write
+        try:
+            self._restore_at_start()
+        except Exception:
+            # A bug must not stop the server, nor cost the file: it is kept, as unopened.
+            log.exception("internal error restoring the token store")
+            self.store.not_opened("internal error while opening it")
+
+    def _restore_at_start(self) -> None:
+        assert self.store is not None
         result = secretcmd.run_blocking(self.key_cmd, secretcmd.STORE_KEY, {})
         if isinstance(result, secretcmd.CommandError):
             self.store.key_failed(result.message)
@@ -128,9 +137,12 @@ class StoreKeeper:
     def tick(self, now: float) -> None:
         if self.store is None:
             return
-        self.commands.enforce_timeouts(now)
-        if self.schedule.take(now) and not self.closed:
-            self._write()
+        try:
+            self.commands.enforce_timeouts(now)
+            if self.schedule.take(now) and not self.closed:
+                self._write()
+        except Exception:
+            log.exception("internal error writing the token store")  # the loop goes on
 
     def _write(self) -> None:
         if self.key is not None:
@@ -140,6 +152,12 @@ class StoreKeeper:
             self.commands.start(self.key_cmd, secretcmd.STORE_KEY, {}, self._key_done)
 
     def _key_done(self, result: secretcmd.Result) -> None:
+        try:
+            self._key_arrived(result)
+        except Exception:
+            log.exception("internal error writing the token store")  # the loop goes on
+
+    def _key_arrived(self, result: secretcmd.Result) -> None:
         assert self.store is not None
         if self.closed:
             if isinstance(result, Secret):

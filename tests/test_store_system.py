@@ -454,3 +454,10 @@ def test_only_changes_of_tokens_ask_for_a_write() -> None:
     table.transition("acct", Active(Secret(b"v"), 0.0, 10.0, None))
     assert table.reload([]) == ["acct"]  # a reload that drops a token
     assert len(calls) == 5
+
+
+def test_a_token_store_path_longer_than_path_max_is_refused() -> None:
+    """info names the path in one reply frame: no path can make it too large."""
+    long_path = "/" + "a" * 4096
+    with pytest.raises(config.ConfigError, match="token_store must be shorter than 4096 bytes"):
+        config.parse(f'token_store = "{long_path}";\ntoken_store_key_cmd = "true";\n')

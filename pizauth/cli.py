@@ -415,6 +415,11 @@ def _cmd_info(ctx: _Ctx, args: list[str]) -> int:
             if isinstance(info.get("https_cert_sha256"), str):
                 # The fingerprint browsers show (docs/compatibility.md "Certificate fingerprint")
                 text += f"  HTTPS certificate SHA-256: {info['https_cert_sha256']}\n"
+            if isinstance(info.get("token_store"), str):
+                # Only when one is configured: otherwise the output is pizauth 1.1's.
+                text += f"  token store: {info['token_store']}\n"
+                if isinstance(info.get("token_store_error"), str):
+                    text += f"  token store not opened: {info['token_store_error']}\n"
     return _out(text.encode("utf-8", errors="replace"))
 
 

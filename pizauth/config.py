@@ -608,6 +608,8 @@ def _token_store_problem(path: str) -> str | None:
         return "token_store must be an absolute path or start with '~/'"
     if "\0" in path:
         return "token_store must not contain a NUL character"
+    if len(path.encode("utf-8", "replace")) >= 4096:
+        return "token_store must be shorter than 4096 bytes"  # PATH_MAX
     if path.endswith("/") or path.endswith("/.") or path.endswith("/.."):
         return "token_store must name a file, not a directory"
     return None

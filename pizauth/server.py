@@ -30,7 +30,7 @@ from pizauth.process import (
     set_title,
     setup_logging,
 )
-from pizauth.timeouts import SERVER_READY
+from pizauth.timeouts import SECRET_COMMAND, SERVER_READY
 
 if TYPE_CHECKING:
     from pizauth.priv.keptlog import KeptLog
@@ -78,15 +78,15 @@ def bind_control(sock_path: str) -> socket.socket:
     return sock
 
 
-def daemonise(keep_stderr: bool = False) -> int | None:
-    """Fork into the background. In the invoking process, wait for the daemon
-    and return the exit status; in the daemon, return None. With `keep_stderr`
-    (the journal's stream) the daemon keeps fd 2."""
+def daemonise(keep_stderr: bool = False, timeout: float = READY_TIMEOUT) -> int | None:
+    """Fork into the background. In the invoking process, wait for the daemon (up to
+    `timeout`) and return the exit status; in the daemon, return None. With
+    `keep_stderr` (the journal's stream) the daemon keeps fd 2."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid:
         os.close(ready_w)
-        answer = _read_until_eof(ready_r, READY_TIMEOUT)
+        answer = _read_until_eof(ready_r, timeout)
         os.close(ready_r)
         if answer.startswith(READY):
             return 0
@@ -133,6 +133,8 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
         config = configuration.load(config_path)
         http = bind_listener(config.http_listen, "http_listen")
         https = bind_listener(config.https_listen, "https_listen")
+        if config.token_store:
+            paths.expand_home(config.token_store)  # the parent expands it again; fail here
         control = bind_control(sock_path)
     except (StartError, ListenError, paths.PathError, configuration.ConfigError) as e:
         print(e, file=sys.stderr)
@@ -144,7 +146,10 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
         # Detached, the log goes elsewhere: say it also where the user started the server.
         print(f"Warning: {warning}", file=sys.stderr)
     if not foreground:
-        status = daemonise(keep_stderr=sink == JOURNAL)
+        # The token store's key command may take its whole timeout before the server
+        # serves (a password store waiting for a person).
+        timeout = READY_TIMEOUT + (SECRET_COMMAND if config.token_store else 0.0)
+        status = daemonise(keep_stderr=sink == JOURNAL, timeout=timeout)
         if status is not None:
             return status
     ready_fd = _ready_pipe()

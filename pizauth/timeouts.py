@@ -48,3 +48,10 @@ SERVER_READY = 30.0
 # exit within CHILD_STOP is killed.
 SHUTDOWN_FLUSH = 1.0
 CHILD_STOP = 2.0
+
+# token_store_key_cmd and client_secret_cmd: long enough for a person to unlock a
+# password store. `pizauth server` waits this much longer when a store is configured.
+SECRET_COMMAND = 180.0
+# At shutdown, a change not yet in the token store is written first; if the key is
+# not at hand, its command gets this long.
+STORE_LAST_KEY = 10.0

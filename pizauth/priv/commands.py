@@ -181,6 +181,11 @@ class Commands:
         if self.parent.https_pub_key:
             info["https_pub_key"] = self.parent.https_pub_key
             info["https_cert_sha256"] = self.parent.https_fingerprint  # an addition to pizauth 1.1
+        if self.parent.keeper.path is not None:
+            # Additions to pizauth 1.1, only when a token store is configured.
+            info["token_store"] = self.parent.keeper.path
+            if self.parent.keeper.error is not None:
+                info["token_store_error"] = self.parent.keeper.error
         self.reply(request_id, json.dumps(info, separators=(",", ":")))
 
     def reload(self, request_id: int, msg: ipc.CmdReload) -> None:
@@ -188,7 +193,9 @@ class Commands:
         self.reply(request_id, "ok:" if error is None else "error:" + error)
 
     def shutdown(self, request_id: int, msg: ipc.CmdShutdown) -> None:
-        # Wipe first: whatever happens next, no token outlives the request.
+        # Wipe first: whatever happens next, no token outlives the request. A change
+        # not yet in the token store is written before (the store stays for the next start).
+        self.parent.keeper.last_write()
         self.parent.table.wipe_all()
         self.reply(request_id, "ok:")
         self.parent.stopping = True

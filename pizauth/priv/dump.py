@@ -17,6 +17,7 @@ into Secret buffers, and every buffer this module allocates is wiped once used.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -27,12 +28,15 @@ from typing import NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from pizauth import ipc
+from pizauth import ipc, limits
 from pizauth.config import Account
 from pizauth.ipc import Buffer
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, DevicePending, Empty, Pending, TokenTable
+from pizauth.text import shown
+
+log = logging.getLogger("pizauth")
 
 # The original's key. Published, so this is obfuscation, not encryption.
 KEY = bytes.fromhex("66a247a85e48cfecaaed9b36eba97d5350d4286375097a44eeffb9c4546b65a3")
@@ -463,18 +467,37 @@ def decode(plaintext: Buffer) -> Dump:
 # -- restoring ----------------------------------------------------------------------------
 
 
-def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[str]:
-    """Merge a dump into `table`, by pizauth 1.1's rule; the accounts that received a token.
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """What a merge did: the accounts that received a token, and those whose token was
+    refused (with the reason, for the log)."""
 
-    Everything is decoded before anything changes, so an error leaves `table` as it was.
+    restored: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...]
+
+
+def _too_long(token: ActiveDump) -> str | None:
+    # A longer token could not have come from the network child, and would make the
+    # frame that refreshes it larger than a message may be.
+    for what, secret in (
+        ("access token", token.access_token),
+        ("refresh token", token.refresh_token),
+    ):
+        if secret is not None and len(secret) > limits.MAX_TOKEN:
+            return f"its {what} is longer than {limits.MAX_TOKEN} bytes"
+    return None
+
+
+def merge(table: TokenTable, plaintext: Buffer, clock: Now | None = None) -> Merged:
+    """Decode a dump's plaintext and merge it into `table` by pizauth 1.1's rule.
+
+    Everything is decoded before anything changes, so a DumpError leaves `table` as it
+    was. The caller wipes `plaintext`.
     """
-    plaintext = open_sealed(data)
-    try:
-        dumped = decode(plaintext)
-    finally:
-        ipc.wipe(plaintext)
+    dumped = decode(plaintext)
     clock = clock or now()
     restored = []
+    refused = []
     try:
         for name, entry in table.entries.items():
             account_dump, token = dumped.accounts.get(name, (None, None))
@@ -483,6 +506,10 @@ def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[s
             if token is None or account_dump != AccountDump.of(entry.account):
                 continue
             if not isinstance(entry.state, Empty | Pending | DevicePending):
+                continue
+            why = _too_long(token)
+            if why is not None:
+                refused.append((name, why))
                 continue
             state = Active(
                 token.access_token,
@@ -495,4 +522,20 @@ def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[s
             restored.append(name)
     finally:
         dumped.wipe()  # tokens that were not restored
-    return restored
+    return Merged(tuple(restored), tuple(refused))
+
+
+def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[str]:
+    """Merge a dump into `table`, by pizauth 1.1's rule; the accounts that received a token.
+
+    Everything is decoded before anything changes, so an error leaves `table` as it was.
+    A token too long to be refreshed is left out, and the log says so.
+    """
+    plaintext = open_sealed(data)
+    try:
+        merged = merge(table, plaintext, clock)
+    finally:
+        ipc.wipe(plaintext)
+    for name, why in merged.refused:
+        log.error("restore: token of %s not restored: %s", shown(name), why)
+    return list(merged.restored)

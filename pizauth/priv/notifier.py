@@ -97,6 +97,14 @@ class Notifier:
             # also in that account's status line, so a log kept for status skips it.
             log.error("%s", message, extra={"account": name})
 
+    def server_error(self, message: str) -> None:
+        """A failure that is no one account's (the token store): always logged, and
+        error_notify_cmd runs with PIZAUTH_ACCOUNT empty."""
+        log.error("%s", message)
+        cmd = self._config().error_notify_cmd
+        if cmd:
+            self.notifications.submit(cmd, {"PIZAUTH_ACCOUNT": "", "PIZAUTH_MSG": message}, HOOK)
+
     def event(self, name: str, event: TokenEvent | None) -> None:
         cmd = self._config().token_event_cmd
         # With no command nothing is queued, to be replayed once one is configured.

@@ -36,6 +36,7 @@ from pizauth.priv.provider import Resolver
 from pizauth.priv.refresher import MAX_SLEEP, Refresher
 from pizauth.priv.refresher import next_wakeup as next_refresh
 from pizauth.priv.revocation import Revoker
+from pizauth.priv.storekeeper import StoreKeeper
 from pizauth.priv.tokens import Empty, Pending, TokenTable
 from pizauth.text import shown
 from pizauth.timeouts import SHUTDOWN_FLUSH
@@ -75,6 +76,7 @@ class Parent:
         self.sel = selectors.DefaultSelector()
         self.hooks = HookRunner(self.watch, self.unwatch)
         self.notifier = Notifier(self.hooks, lambda: self.config)
+        self.keeper = StoreKeeper(config, self.table, self.notifier, self.watch, self.unwatch)
         self.refresher = Refresher(
             self.table,
             lambda: self.config,
@@ -181,6 +183,9 @@ class Parent:
             self.watch(kept_fd, lambda: kept.read_from(kept_fd))
         self.net.start()
         self.cmd.start()
+        # Before the loop: the children start meanwhile, but no request is answered (and
+        # READY is not sent) until the stored tokens are back.
+        self.keeper.restore_at_start()
         while not self.stopping:
             if self.reload_requested:
                 self.reload_requested = False
@@ -222,6 +227,7 @@ class Parent:
         self.device.tick(now)
         self.notifier.remind_due(self.table, now)
         self.login_pages.expire(now)
+        self.keeper.tick(now)
 
     def next_wakeup(self, now: float) -> float:
         candidates = [
@@ -231,6 +237,7 @@ class Parent:
             self.hooks.next_deadline(),
             self.login_pages.next_wakeup(),
             self.resolver.next_wakeup(),
+            self.keeper.next_wakeup(),
             self.next_touch,
             *self.restart_at.values(),
         ]
@@ -359,6 +366,7 @@ class Parent:
         if warning:
             # At error level: a warning is not logged without -v, and this one matters.
             log.error("%s", warning)
+        self.keeper.reloaded(config)
         for name in self.table.reload(config.accounts):
             self.notifier.event(name, TokenEvent.INVALIDATED)
         return None
@@ -384,9 +392,11 @@ class Parent:
                 self.refresher.change(entry, Empty())
 
     def shutdown(self) -> None:
+        self.keeper.last_write()  # the store stays, for the next start
         self.table.wipe_all()
         self.resolver.shutdown()
         self.revoker.wipe_all()
+        self.keeper.close()
         # The socket goes first: once `pizauth shutdown` sees its connection close
         # (when the command child ends), nothing of the server is left to find.
         try:

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pizauth import ipc, limits
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
+from pizauth.timeouts import SECRET_COMMAND
 
 # How long a command may take: long enough for a person to unlock a password store.
-TIMEOUT = 180.0
+TIMEOUT = SECRET_COMMAND
 # Store key material: enough for any key file or passphrase; less than 32 bytes is
 # too little entropy to be worth sealing tokens with.
 MIN_KEY = 32

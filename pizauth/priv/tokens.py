@@ -15,7 +15,7 @@ a reminder sent while a login completes can never throw that login away.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pizauth.config import Account
@@ -102,6 +102,9 @@ class TokenTable:
             a.name: Entry(a, next(self._generations), Empty()) for a in accounts
         }
         self.client_secrets = _client_secrets(accounts)
+        # Told whenever a token appears, changes or goes (every replace or reload that
+        # touches an Active state): the token store is rewritten after it.
+        self.on_change: Callable[[], None] = lambda: None
 
     def client_secret(self, name: str) -> Secret | None:
         """The account's client secret as a Secret (made once per configuration load)."""
@@ -133,10 +136,13 @@ class TokenTable:
         """Give `name` a new token state and generation, wiping the old state.
         Handlers use transition(); this is for restoring a dump."""
         entry = self.entries[name]
+        tokens_changed = isinstance(entry.state, Active) or isinstance(state, Active)
         if entry.state is not state:
             entry.state.wipe()
         entry.state = state
         entry.generation = next(self._generations)
+        if tokens_changed:
+            self.on_change()
         return entry
 
     def pending_with_state(self, state: str) -> Entry | None:
@@ -169,6 +175,8 @@ class TokenTable:
                 dropped.append(old.account.name)
             old.state.wipe()
         self.entries = new
+        if dropped:
+            self.on_change()
         return dropped
 
     def wipe_all(self) -> None:

@@ -405,7 +405,10 @@ def test_broken_reload_changes_nothing_and_sighup_reloads(pizauth: Pizauth) -> N
     line = broken.count("\n", 0, broken.index('account "new"')) + 1
     result = pizauth.run("reload")
     assert result.returncode == 1
-    expected = f'ERROR - Line {line}, column 1:\n  account "new" {{\nclient_id not specified\n'
+    expected = (
+        f'ERROR - {pizauth.conf}: Line {line}, column 1:\n  account "new" {{\n'
+        "client_id not specified\n"
+    )
     assert result.stderr == expected.encode()
     assert list(status(pizauth)) == ["acct"]  # "new" was not added
     assert pizauth._token("acct") == token

@@ -663,6 +663,22 @@ def auth_method(field: memoryview) -> str:
     return method
 
 
+def _client_fields(uri: str, client_id: str, secret: Buffer | None) -> list[Buffer]:
+    """The first four fields of every request to a provider endpoint (_CLIENT_LIMITS)."""
+    return [
+        uri.encode(),
+        client_id.encode(),
+        flag(secret is not None),
+        b"" if secret is None else secret,
+    ]
+
+
+def _client_from(fields: tuple[memoryview, ...]) -> tuple[str, str, memoryview | None]:
+    """(endpoint URI, client id, client secret or None) from those four fields."""
+    uri, client_id, has_secret, secret = fields[:4]
+    return text(uri), text(client_id), secret if read_flag(has_secret) else None
+
+
 @dataclass(frozen=True, slots=True)
 class NetExchange(Wire):
     """Exchange an authorisation code for tokens. Secrets (client secret, code
@@ -686,10 +702,7 @@ class NetExchange(Wire):
 
     def fields(self) -> Sequence[Buffer]:
         return [
-            self.token_uri.encode(),
-            self.client_id.encode(),
-            flag(self.client_secret is not None),
-            b"" if self.client_secret is None else self.client_secret,
+            *_client_fields(self.token_uri, self.client_id, self.client_secret),
             self.code.encode(),
             self.code_verifier,
             self.redirect_uri.encode(),
@@ -698,11 +711,9 @@ class NetExchange(Wire):
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetExchange:
-        uri, client_id, has_secret, secret, code, verifier, redirect_uri, method = fields
+        code, verifier, redirect_uri, method = fields[4:]
         return cls(
-            text(uri),
-            text(client_id),
-            secret if read_flag(has_secret) else None,
+            *_client_from(fields),
             text(code),
             verifier,
             text(redirect_uri),
@@ -724,21 +735,16 @@ class NetRefresh(Wire):
 
     def fields(self) -> Sequence[Buffer]:
         return [
-            self.token_uri.encode(),
-            self.client_id.encode(),
-            flag(self.client_secret is not None),
-            b"" if self.client_secret is None else self.client_secret,
+            *_client_fields(self.token_uri, self.client_id, self.client_secret),
             self.refresh_token,
             self.auth_method.encode(),
         ]
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRefresh:
-        uri, client_id, has_secret, secret, refresh_token, method = fields
+        refresh_token, method = fields[4:]
         return cls(
-            text(uri),
-            text(client_id),
-            secret if read_flag(has_secret) else None,
+            *_client_from(fields),
             refresh_token,
             auth_method(method),
         )
@@ -764,23 +770,18 @@ class NetDeviceAuth(Wire):
 
     def fields(self) -> Sequence[Buffer]:
         return [
-            self.device_auth_uri.encode(),
-            self.client_id.encode(),
-            flag(self.client_secret is not None),
-            b"" if self.client_secret is None else self.client_secret,
+            *_client_fields(self.device_auth_uri, self.client_id, self.client_secret),
             self.scope.encode(),
             self.auth_method.encode(),
         ]
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetDeviceAuth:
-        uri, client_id, has_secret, secret, scope, method = fields
+        scope, method = fields[4:]
         return cls(
-            text(uri),
-            text(client_id),
-            secret if read_flag(has_secret) else None,
+            *_client_from(fields),
             text(scope),
-            text(method),
+            auth_method(method),
         )
 
 
@@ -799,23 +800,18 @@ class NetDevicePoll(Wire):
 
     def fields(self) -> Sequence[Buffer]:
         return [
-            self.token_uri.encode(),
-            self.client_id.encode(),
-            flag(self.client_secret is not None),
-            b"" if self.client_secret is None else self.client_secret,
+            *_client_fields(self.token_uri, self.client_id, self.client_secret),
             self.device_code,
             self.auth_method.encode(),
         ]
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetDevicePoll:
-        uri, client_id, has_secret, secret, device_code, method = fields
+        device_code, method = fields[4:]
         return cls(
-            text(uri),
-            text(client_id),
-            secret if read_flag(has_secret) else None,
+            *_client_from(fields),
             device_code,
-            text(method),
+            auth_method(method),
         )
 
 
@@ -964,10 +960,7 @@ class NetRevoke(Wire):
 
     def fields(self) -> Sequence[Buffer]:
         return [
-            self.revoke_uri.encode(),
-            self.client_id.encode(),
-            flag(self.client_secret is not None),
-            b"" if self.client_secret is None else self.client_secret,
+            *_client_fields(self.revoke_uri, self.client_id, self.client_secret),
             self.token,
             self.token_type_hint.encode(),
             self.auth_method.encode(),
@@ -975,13 +968,11 @@ class NetRevoke(Wire):
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRevoke:
-        uri, client_id, has_secret, secret, token, hint, method = fields
+        token, hint, method = fields[4:]
         if text(hint) not in TOKEN_TYPE_HINTS:
             raise ProtocolError("bad token_type_hint")
         return cls(
-            text(uri),
-            text(client_id),
-            secret if read_flag(has_secret) else None,
+            *_client_from(fields),
             token,
             text(hint),
             auth_method(method),

@@ -204,6 +204,8 @@ class Server:
             f"{globals_}\n"
             f"{accounts if accounts is not None else self.account_block()}"
         )
+        # It holds a client secret: private, as the README asks (else the server warns).
+        self.conf.chmod(0o600)
 
     # -- lifecycle --
 

@@ -256,7 +256,13 @@ def hook_variables() -> set[str]:
 
 def test_hook_variables_are_those_the_server_sets() -> None:
     names = hook_variables()
-    assert names == {"PIZAUTH_ACCOUNT", "PIZAUTH_URL", "PIZAUTH_MSG", "PIZAUTH_EVENT"}
+    assert names == {
+        "PIZAUTH_ACCOUNT",
+        "PIZAUTH_URL",
+        "PIZAUTH_USER_CODE",
+        "PIZAUTH_MSG",
+        "PIZAUTH_EVENT",
+    }
     for page in (MAN1, MAN5):
         environment = section(page.read_text(), "ENVIRONMENT")
         documented = set(re.findall(r"^\.It Ev (PIZAUTH_\w+)$", environment, re.M))

@@ -461,3 +461,19 @@ def test_a_token_store_path_longer_than_path_max_is_refused() -> None:
     long_path = "/" + "a" * 4096
     with pytest.raises(config.ConfigError, match="token_store must be shorter than 4096 bytes"):
         config.parse(f'token_store = "{long_path}";\ntoken_store_key_cmd = "true";\n')
+
+
+def test_a_store_opened_late_gives_no_token_back_to_a_revoked_account(pizauth: Pizauth) -> None:
+    key = logged_in_store(pizauth, TWO_ACCOUNTS)
+    assert stored(store_path(pizauth), key)["other"] is not None
+    (pizauth.tmp / "key").rename(pizauth.tmp / "key.away")  # `cat` fails at start
+    pizauth.start()
+    wait_for(lambda: "not opened" in notified(pizauth), 5, "a notice")
+    # The user revokes "other" while the store is still closed...
+    assert pizauth.run("revoke", "other").returncode == 0
+    (pizauth.tmp / "key.away").rename(pizauth.tmp / "key")
+    token = pizauth.authorise("acct")  # ...then a change opens it at last
+    wait_stored(pizauth, key, "acct", token)
+    # "other" stays revoked: no old token comes back, in memory or in the store.
+    assert status(pizauth).endswith("other: No access token\n")
+    assert stored(store_path(pizauth), key)["other"] is None

@@ -50,6 +50,9 @@ class Child:
         self.channel: runtime.Channel | None = None
         self.pidfd: int | None = None
         self.started_at = 0.0
+        # Counts starts: request ids begin again in every new child, so an answer for an
+        # earlier one's request must never reach the new one (Parent.client_request_id).
+        self.incarnation = 0
         self.on_frame: Callable[[bytearray], None] = lambda frame: None
         self.on_exit: Callable[[], None] = lambda: None
 
@@ -75,6 +78,7 @@ class Child:
             MAX_OUTBOX,
         )
         self.started_at = instant()
+        self.incarnation += 1
         self.pidfd = os.pidfd_open(self.proc.pid)
         self._watch(fd, self._readable)
         self._watch(self.pidfd, self._exited)
@@ -114,7 +118,8 @@ class Child:
             self.channel.flush_blocking(timeout)
 
     def _readable(self) -> None:
-        assert self.channel is not None
+        if self.channel is None:
+            return  # dropped earlier in this turn of the loop (a failed write, say)
         try:
             frames = self.channel.read()
         except ipc.ProtocolError as e:

@@ -30,11 +30,18 @@ class Commands:
         self.parent = parent
 
     def reply(self, request_id: int, text: str) -> None:
-        self.parent.cmd.send(ipc.CmdReply(text.encode("utf-8")).encode(request_id))
+        client = self.parent.client_request_id(request_id)
+        if client is None:
+            return  # asked of a command child that has restarted since
+        self.parent.cmd.send(ipc.CmdReply(text.encode("utf-8")).encode(client))
 
     def reply_secret(self, request_id: int, payload: bytearray) -> None:
         """A reply carrying a token or a dump: every copy we made is wiped once sent."""
-        frame = ipc.CmdReply(payload).encode(request_id)
+        client = self.parent.client_request_id(request_id)
+        if client is None:
+            ipc.wipe(payload)
+            return
+        frame = ipc.CmdReply(payload).encode(client)
         ipc.wipe(payload)
         self.parent.cmd.send(frame, secret=True)
 
@@ -133,6 +140,7 @@ class Commands:
         to_revoke = token_to_revoke(entry.state)
         if not isinstance(entry.state, Empty):
             self.parent.refresher.change(entry, Empty(), revoked=True)
+        self.parent.keeper.revoked(entry.account.name)  # also out of a store opened later
         self.reply(request_id, "ok:")
         if to_revoke is not None:
             self.parent.revoker.revoke(entry.account, *to_revoke)  # in the background

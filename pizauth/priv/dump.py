@@ -22,6 +22,7 @@ import math
 import os
 import struct
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -488,8 +489,14 @@ def _too_long(token: ActiveDump) -> str | None:
     return None
 
 
-def merge(table: TokenTable, plaintext: Buffer, clock: Now | None = None) -> Merged:
-    """Decode a dump's plaintext and merge it into `table` by pizauth 1.1's rule.
+def merge(
+    table: TokenTable,
+    plaintext: Buffer,
+    clock: Now | None = None,
+    only: Collection[str] | None = None,
+) -> Merged:
+    """Decode a dump's plaintext and merge it into `table` by pizauth 1.1's rule; with
+    `only`, into those accounts alone.
 
     Everything is decoded before anything changes, so a DumpError leaves `table` as it
     was. The caller wipes `plaintext`.
@@ -504,6 +511,8 @@ def merge(table: TokenTable, plaintext: Buffer, clock: Now | None = None) -> Mer
             # A token only goes back to the very account it was issued for, and a
             # current token or login in progress is never overwritten by an old one.
             if token is None or account_dump != AccountDump.of(entry.account):
+                continue
+            if only is not None and name not in only:
                 continue
             if not isinstance(entry.state, Empty | Pending | DevicePending):
                 continue

@@ -16,7 +16,7 @@ import selectors
 import signal
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pizauth import config as configuration
 from pizauth import ipc, runtime
@@ -40,6 +40,9 @@ from pizauth.priv.storekeeper import StoreKeeper
 from pizauth.priv.tokens import Empty, Pending, TokenTable
 from pizauth.text import shown
 from pizauth.timeouts import SHUTDOWN_FLUSH
+
+# Request ids are u32 on the wire; above them, which start of the command child asked.
+REQUEST_ID_SPAN = 1 << 32
 
 if TYPE_CHECKING:
     from pizauth.priv.keptlog import KeptLog
@@ -117,7 +120,7 @@ class Parent:
             "command", "pizauth.cmd", {"socket": sockets.control.fileno()}, child_args
         )
         self.net.on_frame = self._dispatcher(self.net, self.net_handlers())
-        self.cmd.on_frame = self._dispatcher(self.cmd, self.cmd_handlers())
+        self.cmd.on_frame = self._dispatcher(self.cmd, self._tagged(self.cmd_handlers()))
         self.net.on_exit = lambda: self._child_exited(self.net)
         self.cmd.on_exit = lambda: self._child_exited(self.cmd)
 
@@ -198,14 +201,25 @@ class Parent:
                 break
             timeout = self.next_wakeup(now)
             for key, mask in self.sel.select(timeout):
-                read_cb, write_cb = key.data
-                if mask & selectors.EVENT_WRITE and write_cb is not None:
-                    write_cb()
-                if mask & selectors.EVENT_READ:
-                    read_cb()
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue  # unregistered by an earlier callback of this batch
+                self._serve(key, mask)
                 if self.stopping:
                     break
         self.shutdown()
+
+    def _serve(self, key: selectors.SelectorKey, mask: int) -> None:
+        """Run a ready descriptor's callbacks. One callback may drop a child whose
+        descriptor is later in the same batch: a key no longer registered is skipped.
+        A bug costs that one event, never the server and every token."""
+        read_cb, write_cb = key.data
+        try:
+            if mask & selectors.EVENT_WRITE and write_cb is not None:
+                write_cb()
+            if mask & selectors.EVENT_READ and self.sel.get_map().get(key.fd) is key:
+                read_cb()
+        except Exception:
+            log.exception("internal error in the parent's loop")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -221,7 +235,12 @@ class Parent:
         for name, when in list(self.restart_at.items()):
             if when <= now:
                 del self.restart_at[name]
-                (self.net if name == "network" else self.cmd).start()
+                if name == "network":
+                    # Requests made since it exited went nowhere: fail them now.
+                    self._network_lost()
+                    self.net.start()
+                else:
+                    self.cmd.start()
         self.resolver.tick(now)
         self.refresher.refresh_due(now)
         self.device.tick(now)
@@ -243,6 +262,24 @@ class Parent:
         ]
         soonest = min((t for t in candidates if t is not None), default=now + MAX_SLEEP)
         return min(max(soonest - now, 0.0), MAX_SLEEP)
+
+    def _tagged(self, handlers: runtime.Handlers) -> runtime.Handlers:
+        """The command child's handlers, given request ids that carry which start of the
+        child asked, so that Commands.reply can drop an answer the parent had deferred
+        (an issuer lookup, a device login) for a command child that has since restarted."""
+
+        def tag(handler: Callable[[int, Any], None]) -> Callable[[int, Any], None]:
+            return lambda request_id, msg: handler(
+                self.cmd.incarnation * REQUEST_ID_SPAN + request_id, msg
+            )
+
+        return {msg_type: tag(handler) for msg_type, handler in handlers.items()}
+
+    def client_request_id(self, tagged: int) -> int | None:
+        """The command child's own request id for a tagged one, or None if it was asked
+        by an earlier command child (its clients are gone; the new one must not get it)."""
+        incarnation, request_id = divmod(tagged, REQUEST_ID_SPAN)
+        return request_id if incarnation == self.cmd.incarnation else None
 
     def _dispatcher(self, child: Child, handlers: runtime.Handlers) -> Callable[[bytearray], None]:
         def dispatch(frame: bytearray) -> None:
@@ -268,14 +305,18 @@ class Parent:
         if self.stopping:
             return
         if child is self.net:
-            self.device.network_lost()  # first: takes its requests out of the refresher's
-            self.refresher.network_lost()
-            self.resolver.network_lost()
-            self.revoker.network_lost()
-            self.login_pages.forget()
+            self._network_lost()
         # Restart on the same sockets; throttle a child that dies as soon as it starts.
         delay = RESTART_DELAY if instant() - child.started_at < 1.0 else 0.0
         self.restart_at[child.name] = instant() + delay
+
+    def _network_lost(self) -> None:
+        """No answer will come for what the network child was asked: fail it all."""
+        self.device.network_lost()  # first: takes its requests out of the refresher's
+        self.refresher.network_lost()
+        self.resolver.network_lost()
+        self.revoker.network_lost()
+        self.login_pages.forget()
 
     # -- the command child ------------------------------------------------------------------
 

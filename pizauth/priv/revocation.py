@@ -46,14 +46,19 @@ class Revoker:
         self._send = send
         self.notifier = notifier
         self.pending: dict[int, tuple[str, Secret]] = {}  # request id -> account, token
+        # Tokens whose endpoint or client secret is still being found.
+        self.resolving: dict[int, Secret] = {}
         self._ids = runtime.RequestIds()
 
     def revoke(self, account: Account, token: Secret, hint: str) -> None:
         """Revoke `token` (which this now owns) at `account`'s revocation endpoint, if
         it has one; without one there is nothing to do, as in pizauth 1.1."""
         name = account.name
+        self.resolving[id(token)] = token  # wiped at shutdown if never resolved
 
         def resolved(outcome: Outcome) -> None:
+            if self.resolving.pop(id(token), None) is None:
+                return  # wiped at shutdown meanwhile
             if isinstance(outcome, Unready):
                 token.wipe()
                 self._failed(name, outcome.message)
@@ -113,3 +118,6 @@ class Revoker:
         for _, token in self.pending.values():
             token.wipe()
         self.pending.clear()
+        for token in self.resolving.values():
+            token.wipe()
+        self.resolving.clear()

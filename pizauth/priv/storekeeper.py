@@ -54,6 +54,7 @@ class StoreKeeper:
         self.commands = secretcmd.SecretCommands(watch, unwatch)
         self.key: Secret | None = None
         self.closed = False
+        self.generations_at_start: dict[str, int] | None = None
         if self.store is not None:
             table.on_change = self.changed
 
@@ -65,6 +66,12 @@ class StoreKeeper:
     def error(self) -> str | None:
         """Why the store file was not opened (it is kept, to be moved aside), if it was not."""
         return None if self.store is None else self.store.error
+
+    def revoked(self, name: str) -> None:
+        """`pizauth revoke NAME`: a store that opens only later (its key command failed
+        at start) must not give that account its old token back."""
+        if self.generations_at_start is not None:
+            self.generations_at_start.pop(name, None)
 
     # -- start ---------------------------------------------------------------------------
 
@@ -84,6 +91,11 @@ class StoreKeeper:
         result = secretcmd.run_blocking(self.key_cmd, secretcmd.STORE_KEY, {})
         if isinstance(result, secretcmd.CommandError):
             self.store.key_failed(result.message)
+            # Opened later, the store may give tokens back only to accounts untouched
+            # since: never to one revoked or invalidated meanwhile.
+            self.generations_at_start = {
+                name: entry.generation for name, entry in self.table.entries.items()
+            }
             self.notifier.server_error(
                 f"token store {self.store.path} not opened, starting without its tokens: "
                 f"{result.message} (it is tried again before the next write)"
@@ -104,8 +116,15 @@ class StoreKeeper:
             return
         if plaintext is None:
             return
+        only = None
+        if self.generations_at_start is not None:
+            only = {
+                name
+                for name, entry in self.table.entries.items()
+                if self.generations_at_start.get(name) == entry.generation
+            }
         try:
-            merged = dump.merge(self.table, plaintext)
+            merged = dump.merge(self.table, plaintext, only=only)
         except dump.DumpError as e:
             self.store.not_opened(str(e))
             self._not_opened(f"token store {self.store.path} is damaged: {e}")

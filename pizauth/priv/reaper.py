@@ -98,6 +98,9 @@ def main(argv: list[str]) -> int:
             pid, status = os.waitpid(-1, 0)
             if pid == hook:
                 break
+        # The hook is done: a SIGTERM from now on (a shutdown at this very moment) has
+        # nothing left to stop, and must not raise outside this `try`.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except _Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _kill_tree(hook)

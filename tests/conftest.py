@@ -23,7 +23,9 @@ from server_harness import (
     Provider,
     Server,
     children_of,
+    cmdline,
     http_get,
+    title,
     wait_for,
 )
 
@@ -37,7 +39,9 @@ __all__ = [
     "Pizauth",
     "as_nobody",
     "children_of",
+    "cmdline",
     "http_get",
+    "title",
     "wait_for",
 ]
 Pizauth = Server

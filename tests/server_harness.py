@@ -144,13 +144,17 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def title(pid: int) -> str:
-    """The process title setproctitle gave it ("pizauth: parent", ...)."""
+def cmdline(pid: int) -> bytes:
+    """Everything /proc shows as `pid`'s argv; empty once the process has gone."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return "?"
-    return raw.split(b"\0")[0].decode(errors="replace").strip() or "?"
+        return b""
+
+
+def title(pid: int) -> str:
+    """The process title setproctitle gave it ("pizauth: parent", ...), "?" once gone."""
+    return cmdline(pid).split(b"\0")[0].decode(errors="replace").strip() or "?"
 
 
 # -- the server --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLIENT_ID, CLIENT_SECRET, Client, Pizauth, Provider, wait_for
+from conftest import CLIENT_ID, CLIENT_SECRET, Client, Pizauth, Provider, cmdline, wait_for
 
 from pizauth import ipc, limits
 from pizauth.config import Account
@@ -255,7 +255,7 @@ def test_device_code_never_leaves_the_parent(pizauth: Pizauth) -> None:
     first = user_code(pizauth)
     p = pizauth.provider
     wait_for(lambda: len(p.device_polls(first)) >= 2, 10, "polls")
-    titles = [(Path(f"/proc/{pid}/cmdline").read_bytes()) for pid in pizauth.pids()]
+    titles = [cmdline(pid) for pid in pizauth.pids()]
     wait_for(lambda: len(lines(pizauth, "notified")) >= 2, 5, "a reminder")
     p.deny_device(first)
     wait_for(lambda: lines(pizauth, "errors"), 10, "error_notify_cmd")

@@ -14,7 +14,16 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import CLIENT_SECRET, URL_PREFIX, Pizauth, as_nobody, children_of, http_get, wait_for
+from conftest import (
+    CLIENT_SECRET,
+    URL_PREFIX,
+    Pizauth,
+    as_nobody,
+    children_of,
+    http_get,
+    title,
+    wait_for,
+)
 
 from pizauth.priv.children import RESTART_DELAY
 
@@ -333,15 +342,12 @@ def exited(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
-def named_child(pizauth: Pizauth, title: str) -> int | None:
+def named_child(pizauth: Pizauth, name: str) -> int | None:
     """The pid of the server process with this title (children and grandchildren)."""
     kids = children_of(pizauth.proc.pid)
     for pid in kids + [g for k in kids for g in children_of(k)]:
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode() == title:
-                return pid
-        except OSError:
-            pass
+        if title(pid) == name:
+            return pid
     return None
 
 
@@ -359,22 +365,22 @@ def test_crashed_children_are_restarted_and_nothing_is_lost(pizauth: Pizauth) ->
     url_b = pizauth.auth_url("b")
     port = urllib.parse.urlsplit(query(url_b)["redirect_uri"]).port
     # The network child's launcher too: without it no token request could be made.
-    for title in ("pizauth: network", "pizauth: command", "pizauth: network launcher"):
-        pid = named_child(pizauth, title)
-        assert pid is not None, title
+    for name in ("pizauth: network", "pizauth: command", "pizauth: network launcher"):
+        pid = named_child(pizauth, name)
+        assert pid is not None, name
         # A child that dies in its first second is restarted only after RESTART_DELAY
         # (against crash loops); this one has been serving, so it is restarted at once.
-        wait_for(lambda pid=pid: age(pid) > 1.1, 3, f"{title} to have run for a second")
+        wait_for(lambda pid=pid: age(pid) > 1.1, 3, f"{name} to have run for a second")
         os.kill(pid, signal.SIGKILL)
         # A new child of that kind serves again. The bound is not a performance figure:
         # a restart is a fresh interpreter, whose start-up a loaded machine stretches.
         bound = RESTART_DELAY + 10
         wait_for(
-            lambda pid=pid, title=title: (new := named_child(pizauth, title)) and new != pid,
+            lambda pid=pid, name=name: (new := named_child(pizauth, name)) and new != pid,
             bound,
-            f"{title} restarted",
+            f"{name} restarted",
         )
-        if title == "pizauth: command":
+        if name == "pizauth: command":
             wait_for(lambda: pizauth.run("status").returncode == 0, bound, "command child serving")
         else:
             wait_for(
@@ -393,10 +399,17 @@ def test_crashed_children_are_restarted_and_nothing_is_lost(pizauth: Pizauth) ->
 
 def test_children_exit_when_parent_dies(pizauth: Pizauth) -> None:
     pizauth.start()
-    children = children_of(pizauth.proc.pid)
-    assert len(children) == 2
-    everything = children + [g for c in children for g in children_of(c)]
-    assert len(everything) == 3  # and the network child's launcher
+
+    def tree() -> list[int]:
+        children = children_of(pizauth.proc.pid)
+        return children + [g for c in children for g in children_of(c)]
+
+    # The network child is the launcher's child. Wait for exactly these three: a process
+    # caught between fork and exec has no title of its own yet.
+    expected = ["pizauth: command", "pizauth: network", "pizauth: network launcher"]
+    wait_for(lambda: sorted(title(p) for p in tree()) == expected, 5, "the three children")
+    everything = tree()
+    assert sorted(title(p) for p in everything) == expected
     pizauth.proc.send_signal(signal.SIGKILL)
     pizauth.proc.wait()
     wait_for(lambda: all(exited(p) for p in everything), 1, "children exit")

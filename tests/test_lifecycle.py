@@ -27,6 +27,7 @@ from conftest import (
     Pizauth,
     children_of,
     http_get,
+    title,
     wait_for,
 )
 
@@ -76,13 +77,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def title(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def daemon_parents(cwd: Path) -> list[int]:

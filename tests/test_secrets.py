@@ -23,7 +23,7 @@ from pathlib import Path
 import conftest
 import pytest
 import server_harness
-from conftest import CLIENT_SECRET, Pizauth, children_of, wait_for
+from conftest import CLIENT_SECRET, Pizauth, children_of, title, wait_for
 
 from pizauth import sandbox
 from pizauth.priv import secmem
@@ -35,13 +35,6 @@ CHUNK = 1 << 20
 PR_CAPBSET_DROP = 24
 CAP_SYS_PTRACE = 19
 CAP_IPC_LOCK = 14
-
-
-def title(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode()
-    except OSError:
-        return ""
 
 
 def descendants(pid: int) -> list[int]:
@@ -172,9 +165,7 @@ def test_command_child_keeps_no_copy_of_a_restored_dump(
         assert found(pid, pieces) == {}, f"command child ({title(pid)}, pid {pid})"
 
 
-def test_parent_arena_is_locked_and_not_dumped(
-    pizauth: Pizauth, session: dict[str, bytes]
-) -> None:
+def test_parent_arena_is_locked_and_not_dumped(pizauth: Pizauth, session: dict[str, bytes]) -> None:
     pid = pizauth.proc.pid
     locked_kb = int(status_field(pid, "VmLck").split()[0])
     assert locked_kb > 0, "no locked memory in the parent"

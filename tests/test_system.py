@@ -412,7 +412,7 @@ def test_children_exit_when_parent_dies(pizauth: Pizauth) -> None:
     assert sorted(title(p) for p in everything) == expected
     pizauth.proc.send_signal(signal.SIGKILL)
     pizauth.proc.wait()
-    wait_for(lambda: all(exited(p) for p in everything), 1, "children exit")
+    wait_for(lambda: all(exited(p) for p in everything), 10, "children exit")
 
 
 def test_redirect_error_is_reported(pizauth: Pizauth) -> None:

@@ -731,13 +731,17 @@ def quiet_parent(tmp: Path) -> tuple[Parent, list[str], list[bytes], socket.sock
     return p, dropped, sent, control
 
 
-@pytest.fixture
-def parent(tmp_path: Path) -> Iterator[tuple[Parent, list[str], list[bytes]]]:
+def parent_under_test(tmp_path: Path) -> Iterator[tuple[Parent, list[str], list[bytes]]]:
+    """The `parent` fixture (other modules register it too): a quiet parent, checked for
+    internal errors, wiped after."""
     p, dropped, sent, control = quiet_parent(tmp_path)
     with no_internal_errors():
         yield p, dropped, sent
     p.table.wipe_all()
     control.close()
+
+
+parent = pytest.fixture(parent_under_test, name="parent")
 
 
 def frame(msg_type: int, fields: list[bytes], request_id: int = 7) -> bytearray:

@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import selectors
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from test_hostile import frame, no_internal_errors, quiet_parent
+from test_hostile import frame, parent_under_test
 
 from pizauth import ipc
 from pizauth.ipc import MsgType
 from pizauth.priv.children import Child
 from pizauth.priv.clock import instant
-from pizauth.priv.parent import REQUEST_ID_SPAN, Parent
+from pizauth.priv.parent import REQUEST_ID_SPAN
 from pizauth.priv.refresher import RequestKind
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active
 
-
-@pytest.fixture
-def parent(tmp_path: Path) -> Iterator[tuple[Parent, list[str], list[bytes]]]:
-    p, dropped, sent, control = quiet_parent(tmp_path)
-    with no_internal_errors():
-        yield p, dropped, sent
-    p.table.wipe_all()
-    control.close()
+parent = pytest.fixture(parent_under_test, name="parent")
 
 
 def replies(sent: list[bytes]) -> list[tuple[int, bytes]]:

@@ -4,13 +4,14 @@ restarted, killed, given wrong keys and damaged files (docs/token-store.md)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -371,34 +372,97 @@ def test_reload_that_drops_an_account_removes_it(pizauth: Pizauth) -> None:
     )
 
 
+# Every rename the parent makes, held for this many microseconds on entry.
+RENAME_DELAY_US = 300_000
+# The system calls Python's os.rename may use ("?": those this architecture lacks are fine).
+RENAME_CALLS = "?rename,renameat,renameat2"
+
+
+def tracer_of(pid: int) -> int | None:
+    """The pid of the process ptracing `pid` (0 for none), None if `pid` is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return None
+
+
+@contextlib.contextmanager
+def renames_delayed(strace: str, pid: int, log: Path) -> Iterator[None]:
+    """Hold each rename of process `pid` before it happens, from outside (strace injects
+    the delay; the server has no hook for it), until the block ends."""
+    with open(log, "wb") as out:
+        tracer = subprocess.Popen(
+            [
+                strace,
+                *("-f", "-qq", "-o", "/dev/null", "-p", str(pid)),
+                *("-e", f"trace={RENAME_CALLS}"),
+                *("-e", f"inject={RENAME_CALLS}:delay_enter={RENAME_DELAY_US}"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for(
+            lambda: tracer_of(pid) == tracer.pid or tracer.poll() is not None,
+            10,
+            "strace to attach",
+        )
+        if tracer.poll() is not None:
+            raise AssertionError(f"strace could not attach to {pid}: {log.read_text()}")
+        yield
+    finally:
+        if tracer.poll() is None:
+            tracer.terminate()  # strace detaches and exits
+        try:
+            tracer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait()
+
+
 def test_sigkill_during_rapid_writes_always_leaves_a_store_that_opens(
     pizauth: Pizauth,
 ) -> None:
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("needs strace (Debian package strace) to stretch the server's writes")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the server is not dumpable, so only CAP_SYS_PTRACE may trace it")
     key = new_key(pizauth)
     configure(pizauth)
-    # The gap between writing the new file and renaming it over the old one, stretched.
-    pizauth.env = {**pizauth.env, "PIZAUTH_TEST_STORE_WRITE_DELAY": "0.3"}
     pizauth.start()
     pizauth.authorise()
     directory = store_path(pizauth).parent
     wait_for(store_path(pizauth).exists, 5, "the first store")
     issued = set()
-    for _ in range(4):
+    stale: set[Path] = set()  # left by the previous kill, removed by the next start
+    for run in range(4):
         if pizauth.proc is None:
             pizauth.start()  # restores, which is a change, and so a write
-        issued.update(pizauth.provider.issued_access_tokens)
-        pizauth.run("refresh", "acct")  # another change while that write is going on
-        temp = wait_for(
-            lambda: list(directory.glob(".tokens.tmp-*")), 5, "a write in progress", pizauth.log
-        )
         assert pizauth.proc is not None
-        os.kill(pizauth.proc.pid, signal.SIGKILL)
-        pizauth.proc.wait()
+        # The gap between writing the new file and renaming it over the old one, stretched.
+        with renames_delayed(strace, pizauth.proc.pid, pizauth.tmp / f"strace.{run}.log"):
+            issued.update(pizauth.provider.issued_access_tokens)
+            pizauth.run("refresh", "acct")  # another change, and so a write
+            temp = wait_for(
+                lambda: [p for p in directory.glob(".tokens.tmp-*") if p not in stale],
+                5,
+                "a write in progress",
+                pizauth.log,
+            )
+            os.kill(pizauth.proc.pid, signal.SIGKILL)
+            pizauth.proc.wait()
         pizauth.stop()  # the children, by pid
         found = stored(store_path(pizauth), key)  # opens: the old store or the new one
         issued.update(pizauth.provider.issued_access_tokens)
         assert found["acct"] is not None and found["acct"].decode() in issued
         assert temp[0].exists()  # killed between write and rename: the temporary remains
+        stale.update(temp)
     pizauth.start()
     wait_for(lambda: not list(directory.glob(".tokens.tmp-*")), 5, "stale temporaries removed")
     assert status(pizauth).startswith("acct: Active access token")

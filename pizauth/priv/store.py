@@ -55,20 +55,6 @@ INFO = b"pizauth token store v1"
 # A store holds what a dump holds, and a dump fits in one message.
 MAX_PLAINTEXT = ipc.MAX_MESSAGE
 MAX_STORE = HEADER_LEN + MAX_PLAINTEXT + TAG_LEN
-# Test-only: seconds to sleep between writing a new store and renaming it into
-# place, so that a test can kill the server in the middle. Read once, at import.
-_TEST_DELAY_ENV = "PIZAUTH_TEST_STORE_WRITE_DELAY"
-
-
-def _test_delay() -> float:
-    try:
-        delay = float(os.environ.get(_TEST_DELAY_ENV, "0"))
-    except ValueError:
-        return 0.0
-    return delay if 0 < delay < 60 else 0.0
-
-
-_WRITE_DELAY = _test_delay()
 
 
 class StoreError(Exception):
@@ -250,8 +236,6 @@ def write_atomic(path: str, data: Buffer) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if _WRITE_DELAY:
-            time.sleep(_WRITE_DELAY)
         os.rename(temp, path)
     except BaseException:
         try:

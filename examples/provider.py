@@ -201,6 +201,7 @@ class Provider:
         self._cond = threading.Condition(self._lock)
         self._expires_in = expires_in
         self._deny_next = 0
+        self._fail_revocations = 0
         self._scripted: deque[tuple[int, bytes]] = deque()
         self._codes: dict[str, _Code] = {}
         self._access: dict[str, _AccessToken] = {}
@@ -322,6 +323,20 @@ class Provider:
             raise ValueError("deny_next must be >= 0")
         with self._lock:
             self._deny_next = value
+
+    @property
+    def fail_next_revocations(self) -> int:
+        """How many of the next /revoke requests are still to be answered 503
+        temporarily_unavailable (RFC 7009 §2.2.1) without revoking anything."""
+        with self._lock:
+            return self._fail_revocations
+
+    @fail_next_revocations.setter
+    def fail_next_revocations(self, value: int) -> None:
+        if value < 0:
+            raise ValueError("fail_next_revocations must be >= 0")
+        with self._lock:
+            self._fail_revocations = value
 
     def script_token_responses(self, *responses: tuple[int, str | bytes]) -> None:
         """Answer the next ``len(responses)`` /token requests with these, unprocessed."""
@@ -816,6 +831,10 @@ class Provider:
     ) -> tuple[int, dict[str, str], bytes]:
         with self._cond:
             try:
+                if self._fail_revocations:
+                    self._fail_revocations -= 1
+                    self._cond.notify_all()
+                    raise _TokenError(503, "temporarily_unavailable", "try again later")
                 if dups:
                     raise _TokenError(
                         400, "invalid_request", f"repeated parameter(s): {', '.join(dups)}"

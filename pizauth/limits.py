@@ -34,6 +34,11 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 # A provider reply body (token, device, metadata, revocation endpoints).
 MAX_REPLY_BODY = 1024 * 1024
 
+# Revocations at the provider waiting to be tried again (each holds a token of up to
+# MAX_TOKEN in the parent's locked memory). A user revokes a handful of accounts at
+# once; beyond this many, the one asked for first is given up and reported.
+MAX_REVOCATIONS_WAITING = 16
+
 # An account name. Names come from the config; a request naming a longer one is
 # answered "No account" by the command child without asking the parent.
 MAX_ACCOUNT_NAME = 64 * 1024

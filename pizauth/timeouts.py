@@ -36,6 +36,14 @@ TOKEN_REQUEST = 30.0
 # child within this time.
 WORKER_IO = 10.0
 
+# A revocation at the provider that failed for a transient reason is tried again
+# after each of these delays in turn, then given up. The first comes soon: most such
+# failures (a dropped connection, a restarted network process, a 503 from a busy
+# provider) pass within seconds. The later ones are spaced out, not to hammer a
+# provider that is down, and the whole schedule ends within six minutes, so the
+# token's copy does not linger.
+REVOKE_RETRIES = (5.0, 60.0, 300.0)
+
 # auth_notify_cmd, error_notify_cmd and token_event_cmd are killed after this...
 HOOK = 10.0
 # ...and transient_error_if_cmd after this.

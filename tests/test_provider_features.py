@@ -371,6 +371,31 @@ def test_revoke_failure_is_notified_and_the_token_stays_gone(
     assert server.token("acct") is None  # `show` offers a new login instead
 
 
+def test_revoke_is_tried_again_when_the_provider_is_unavailable(
+    server: Pizauth, cmd_provider: Provider
+) -> None:
+    extra = f'revoke_uri = "{cmd_provider.revoke_uri}";'
+    configure(server, server.account_block(extra=extra, client_secret=SECRET))
+    server.start("-v")
+    server.authorise()
+    refresh_token = refresh_and_wait(server, cmd_provider, 2)["refresh_token"]
+    cmd_provider.fail_next_revocations = 1  # 503 temporarily_unavailable, then served
+    assert server.run("revoke", "acct").returncode == 0
+    assert server.token("acct") is None  # gone locally at once, whatever the provider says
+    # The first retry comes within seconds (REVOKE_RETRIES), well within this wait.
+    assert cmd_provider.wait_for_revocations(1, 15), server.log()
+    assert cmd_provider.fail_next_revocations == 0  # the first attempt was refused
+    assert cmd_provider.errors == ["/revoke: temporarily_unavailable: try again later"]
+    [revocation] = cmd_provider.revocations
+    assert revocation["token"] == refresh_token
+    assert not cmd_provider.is_active(refresh_token)
+    log = server.log()
+    assert "failed (attempt 1 of 4): HTTP code 503" in log
+    assert refresh_token not in log
+    # A report would have come before the retry, which succeeded: none is coming.
+    assert notified(server.tmp) == []
+
+
 # -- secrets stay secret ---------------------------------------------------------------------
 
 

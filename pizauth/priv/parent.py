@@ -102,7 +102,10 @@ class Parent:
         self.refresher.known = self.resolver.known
         self.refresher.forget_secret = self.resolver.forget_secret
         self.revoker = Revoker(
-            self.resolver, lambda frame: self.net.send(frame, secret=True), self.notifier
+            self.resolver,
+            lambda frame: self.net.send(frame, secret=True),
+            self.notifier,
+            lambda name: self.config.account(name),
         )
         self.commands = Commands(self)
         self.device = DeviceFlow(self.table, self.refresher, self.commands.reply)
@@ -242,6 +245,7 @@ class Parent:
                 else:
                     self.cmd.start()
         self.resolver.tick(now)
+        self.revoker.tick(now)
         self.refresher.refresh_due(now)
         self.device.tick(now)
         self.notifier.remind_due(self.table, now)
@@ -256,6 +260,7 @@ class Parent:
             self.hooks.next_deadline(),
             self.login_pages.next_wakeup(),
             self.resolver.next_wakeup(),
+            self.revoker.next_wakeup(),
             self.keeper.next_wakeup(),
             self.next_touch,
             *self.restart_at.values(),

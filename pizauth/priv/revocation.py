@@ -5,25 +5,45 @@ back. With a revocation endpoint (revoke_uri, or the issuer's
 revocation_endpoint) the refresh token, or the access token when there is none,
 goes to the network child (NET_REVOKE), whose worker sends it authenticated as
 for the token endpoint and exits. The parent keeps its copy, a Secret, until
-the result (NET_REVOKE_RESULT) and then wipes it. Any failure is reported
-through error_notify_cmd; there is no second attempt.
+the revocation has ended, and then wipes it.
+
+A transient failure (the provider unreachable or busy, the network child lost,
+the endpoint or client secret not to be had for now) is tried again after each
+delay of REVOKE_RETRIES in turn; the copy waits in the meantime, so that a token
+the user asked to revoke does not stay valid because of one dropped connection.
+error_notify_cmd hears only of a revocation given up: a permanent failure at
+once, a transient one once the retries are spent. At most
+MAX_REVOCATIONS_WAITING wait; beyond that the one asked for first is given up.
+A waiting revocation survives a reload that leaves its account as it was; one
+whose account a reload changed or removed is given up, so that neither its
+token nor the new client secret goes to an endpoint the user has moved away
+from. A new login of the account does not cancel it. Shutdown wipes them all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pizauth import ipc, runtime
 from pizauth.config import Account
 from pizauth.ipc import NetOutcome, NetRevokeResult
+from pizauth.limits import MAX_REVOCATIONS_WAITING
+from pizauth.priv.clock import instant
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.provider import NETWORK_LOST, Outcome, Resolver, Unready
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, TokenState
 from pizauth.text import shown
+from pizauth.timeouts import REVOKE_RETRIES
 
 log = logging.getLogger("pizauth")
+
+ATTEMPTS = 1 + len(REVOKE_RETRIES)
+ACCOUNT_CHANGED = "not tried again: a reload changed or removed the account"
+TOO_MANY = f"not tried again: more than {MAX_REVOCATIONS_WAITING} revocations were waiting"
 
 
 def token_to_revoke(state: TokenState) -> tuple[Secret, str] | None:
@@ -36,36 +56,60 @@ def token_to_revoke(state: TokenState) -> tuple[Secret, str] | None:
     return Secret(state.access_token.view()), "access_token"
 
 
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One token to revoke (owned: wiped when the revocation ends), asked for at
+    `requested`, with the attempts made so far and how the last one failed."""
+
+    account: Account
+    token: Secret
+    hint: str
+    requested: float
+    attempts: int = 0
+    last_error: str = ""
+
+
 class Revoker:
-    """`send(frame)` queues a secret frame for the network child."""
+    """`send(frame)` queues a secret frame for the network child; `current(name)` is the
+    account of that name in the configuration in force; `clock()` the instant now."""
 
     def __init__(
-        self, resolver: Resolver, send: Callable[[bytearray], None], notifier: Notifier
+        self,
+        resolver: Resolver,
+        send: Callable[[bytearray], None],
+        notifier: Notifier,
+        current: Callable[[str], Account | None],
+        clock: Callable[[], float] = instant,
     ) -> None:
         self.resolver = resolver
         self._send = send
         self.notifier = notifier
-        self.pending: dict[int, tuple[str, Secret]] = {}  # request id -> account, token
-        # Tokens whose endpoint or client secret is still being found.
-        self.resolving: dict[int, Secret] = {}
+        self._current = current
+        self._clock = clock
+        self.pending: dict[int, Revocation] = {}  # request id -> sent to the network child
+        # Tokens whose endpoint or client secret is still being found, by id of the Secret.
+        self.resolving: dict[int, Revocation] = {}
+        self.waiting: list[tuple[float, Revocation]] = []  # (when to try again, what)
         self._ids = runtime.RequestIds()
 
     def revoke(self, account: Account, token: Secret, hint: str) -> None:
         """Revoke `token` (which this now owns) at `account`'s revocation endpoint, if
         it has one; without one there is nothing to do, as in pizauth 1.1."""
-        name = account.name
-        self.resolving[id(token)] = token  # wiped at shutdown if never resolved
+        self._attempt(Revocation(account, token, hint, self._clock()))
+
+    def _attempt(self, revocation: Revocation) -> None:
+        key = id(revocation.token)
+        self.resolving[key] = revocation  # wiped at shutdown if never resolved
 
         def resolved(outcome: Outcome) -> None:
-            if self.resolving.pop(id(token), None) is None:
+            if self.resolving.pop(key, None) is None:
                 return  # wiped at shutdown meanwhile
             if isinstance(outcome, Unready):
-                token.wipe()
-                self._failed(name, outcome.message)
+                self._failed(revocation, outcome.message, outcome.transient)
                 return
             target = outcome.account
             if target.revoke_uri is None:
-                token.wipe()
+                revocation.token.wipe()
                 return
             secret = outcome.secret
             request_id = self._ids.allocate(self.pending)
@@ -74,50 +118,95 @@ class Revoker:
                     target.revoke_uri,
                     target.client_id,
                     None if secret is None else secret.view(),
-                    token.view(),
-                    hint,
+                    revocation.token.view(),
+                    revocation.hint,
                     target.token_endpoint_auth_method,
                 ).encode(request_id)
             except ipc.ProtocolError as e:
-                token.wipe()
-                self._failed(name, str(e))
+                self._failed(revocation, str(e), transient=False)
                 return
-            self.pending[request_id] = (name, token)
-            log.info("revoking the token of %s at the provider", shown(name))
+            self.pending[request_id] = revocation
+            log.info("revoking the token of %s at the provider", shown(target.name))
             self._send(frame)
 
-        self.resolver.resolve(account, "revoke_uri", True, resolved, optional=True)
+        self.resolver.resolve(revocation.account, "revoke_uri", True, resolved, optional=True)
 
     def result(self, request_id: int, result: NetRevokeResult) -> None:
         """NET_REVOKE_RESULT: a result for a revocation never asked for is a protocol error."""
-        pending = self.pending.pop(request_id, None)
-        if pending is None:
+        revocation = self.pending.pop(request_id, None)
+        if revocation is None:
             raise ipc.ProtocolError(f"revocation result for unknown request {request_id}")
-        name, token = pending
-        token.wipe()
+        name = revocation.account.name
         if result.provider_error == "invalid_client":
             self.resolver.forget_secret(name)
         if result.outcome is NetOutcome.OK:
+            revocation.token.wipe()
             log.info("token of %s revoked at the provider", shown(name))
         else:
-            self._failed(name, result.message)
-
-    def _failed(self, name: str, message: str) -> None:
-        self.notifier.error(
-            name, f"Revoking the token of {shown(name)} at the provider failed: {message}"
-        )
+            self._failed(revocation, result.message, result.outcome is NetOutcome.TRANSIENT)
 
     def network_lost(self) -> None:
         pending, self.pending = self.pending, {}
-        for name, token in pending.values():
-            token.wipe()
-            self._failed(name, NETWORK_LOST)
+        for revocation in pending.values():
+            self._failed(revocation, NETWORK_LOST, transient=True)
+
+    # -- retries -------------------------------------------------------------------------
+
+    def _failed(self, revocation: Revocation, message: str, transient: bool) -> None:
+        failed = dataclasses.replace(
+            revocation, attempts=revocation.attempts + 1, last_error=message
+        )
+        if not transient or failed.attempts >= ATTEMPTS:
+            self._give_up(failed, message)
+            return
+        delay = REVOKE_RETRIES[failed.attempts - 1]
+        log.warning(
+            "revoking the token of %s at the provider failed (attempt %d of %d): %s;"
+            " trying again in %g s",
+            shown(failed.account.name),
+            failed.attempts,
+            ATTEMPTS,
+            message,
+            delay,
+        )
+        self.waiting.append((self._clock() + delay, failed))
+        if len(self.waiting) > MAX_REVOCATIONS_WAITING:
+            first = min(range(len(self.waiting)), key=lambda i: self.waiting[i][1].requested)
+            _, oldest = self.waiting.pop(first)
+            self._give_up(oldest, f"{oldest.last_error}; {TOO_MANY}")
+
+    def _give_up(self, revocation: Revocation, message: str) -> None:
+        revocation.token.wipe()
+        name = revocation.account.name
+        tried = f" after {revocation.attempts} attempts" if revocation.attempts > 1 else ""
+        self.notifier.error(
+            name, f"Revoking the token of {shown(name)} at the provider failed{tried}: {message}"
+        )
+
+    def next_wakeup(self) -> float | None:
+        return min((at for at, _ in self.waiting), default=None)
+
+    def tick(self, now: float) -> None:
+        """Try again each revocation whose delay has passed."""
+        due = [revocation for at, revocation in self.waiting if at <= now]
+        if not due:
+            return
+        self.waiting = [(at, revocation) for at, revocation in self.waiting if at > now]
+        for revocation in due:
+            current = self._current(revocation.account.name)
+            if current is None or current.security_key() != revocation.account.security_key():
+                self._give_up(revocation, f"{revocation.last_error}; {ACCOUNT_CHANGED}")
+            else:
+                self._attempt(revocation)
 
     def wipe_all(self) -> None:
         """At shutdown: forget every token still waiting for its revocation."""
-        for _, token in self.pending.values():
-            token.wipe()
+        for revocation in self.pending.values():
+            revocation.token.wipe()
         self.pending.clear()
-        for token in self.resolving.values():
-            token.wipe()
+        for revocation in self.resolving.values():
+            revocation.token.wipe()
         self.resolving.clear()
+        for _, revocation in self.waiting:
+            revocation.token.wipe()
+        self.waiting.clear()

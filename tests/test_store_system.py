@@ -398,7 +398,7 @@ def renames_delayed(strace: str, pid: int, log: Path) -> Iterator[None]:
         tracer = subprocess.Popen(
             [
                 strace,
-                *("-f", "-qq", "-o", "/dev/null", "-p", str(pid)),
+                *("-qq", "-o", "/dev/null", "-p", str(pid)),
                 *("-e", f"trace={RENAME_CALLS}"),
                 *("-e", f"inject={RENAME_CALLS}:delay_enter={RENAME_DELAY_US}"),
             ],

@@ -9,6 +9,8 @@ import dataclasses
 import logging
 
 import pytest
+from test_resolver import ISSUER
+from test_resolver import account as resolver_account
 
 from pizauth import ipc
 from pizauth.config import Account
@@ -21,29 +23,20 @@ from pizauth.timeouts import REVOKE_RETRIES
 
 TOKEN = b"1//refresh-token-to-revoke"
 REVOKE_URI = "https://provider.example/revoke"
-ISSUER = "https://issuer.example"
 BUSY = NetRevokeResult(NetOutcome.TRANSIENT, "HTTP code 503 (temporarily_unavailable)")
 GONE = NetRevokeResult(NetOutcome.PERMANENT, "HTTP code 404")
 OK = NetRevokeResult(NetOutcome.OK)
 
 
 def account(name: str = "acct", **changes: object) -> Account:
-    base = Account(
-        name=name,
-        auth_uri="https://provider.example/auth",
-        auth_uri_fields=(),
-        client_id="cid",
-        client_secret="s",
-        login_hint=None,
-        redirect_uri="http://localhost/",
-        scopes=(),
-        token_uri="https://provider.example/token",
-        refresh_at_least=3600,
-        refresh_before_expiry=90,
-        refresh_retry=40,
-        revoke_uri=REVOKE_URI,
-    )
-    return dataclasses.replace(base, **changes)
+    """An account with its endpoints in the config, revoke_uri included, and no issuer."""
+    in_config = {
+        "auth_uri": "https://provider.example/auth",
+        "token_uri": "https://provider.example/token",
+        "revoke_uri": REVOKE_URI,
+        "issuer": None,
+    }
+    return resolver_account(name, **{**in_config, **changes})
 
 
 class Net:

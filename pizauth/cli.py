@@ -281,10 +281,11 @@ def _cmd_show(ctx: _Ctx, args: list[str]) -> int:
     return _ask(lambda c: c.show_token(ctx.sock, free[0], with_url="u" not in found), True)
 
 
-def finish_show(outcome: bytes | ExchangeFailed) -> int:
+def finish_show(outcome: bytes | ExchangeFailed, sock: bytes) -> int:
     """Report a `show` reply other than a token, or a failed exchange, that the lean path
-    (pizauth.fastshow) received: the same output and exit status as `_cmd_show`."""
-    return _ask(lambda c: c.show_result(outcome), True)
+    (pizauth.fastshow) received on the socket at `sock`: the same output and exit status
+    as `_cmd_show`."""
+    return _ask(lambda c: c.show_result(outcome, os.fsdecode(sock)), True)
 
 
 def _cmd_refresh(ctx: _Ctx, args: list[str]) -> int:
@@ -323,9 +324,11 @@ def _cmd_dump(ctx: _Ctx, args: list[str]) -> int:
     if sys.stdout is not None and sys.stdout.isatty():
         # Binary output would garble the terminal, and a dump holds secrets: refuse
         # before asking the server for it.
+        # The example makes the file private: a plain `> file` would be readable by every
+        # local user under the usual umask 022.
         return _log_error(
-            "the dump is binary and holds secrets: redirect it to a file, "
-            "for example: pizauth dump > pizauth.dump"
+            "the dump is binary and holds secrets: redirect it to a file only you can read, "
+            "for example: (umask 077; pizauth dump > pizauth.dump)"
         )
     return _ask(lambda c: c.dump(ctx.sock))  # raw bytes, no newline, as pizauth 1.1
 
@@ -358,6 +361,11 @@ def _server_info(sock: str) -> dict | None:
     try:
         reply = client.request(sock, b"info:")
         info = json.loads(reply)
+    except client.Untrusted as e:
+        # Whatever answers there is not our server: say so, and show no port or key of
+        # its (a forged HTTPS key would vouch for another's listener).
+        _log_error(str(e))
+        return None
     except (client.ClientError, ValueError):
         return None
     if not isinstance(info, dict):

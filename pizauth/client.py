@@ -5,6 +5,11 @@ One request per connection, as in pizauth 1.1: connect, write the request, half-
 reply until EOF. Replies are handled as bytes so a token or status text reaches stdout
 exactly as the server sent it, whatever the locale.
 
+Before it sends a byte, every command checks who it is talking to (pizauth.fastshow's
+`check_socket` and `check_peer`, which the lean `show` path runs too): the runtime
+directory and the socket must be this user's own, and so must the process listening on
+it. Otherwise the command fails, naming the path and what is wrong with it.
+
 `pizauth show` runs every few minutes from mail clients, so this module stays lean: it
 uses the C module `_socket` rather than `socket` (whose Python wrapper also imports
 `selectors`, `enum`, `array`, ... — about 4 ms, more than all of pizauth's own code on
@@ -16,8 +21,8 @@ import _socket
 import os
 import time
 
-from pizauth.fastshow import ExchangeFailed, exchange
-from pizauth.paths import os_error_text
+from pizauth.fastshow import ExchangeFailed, Refused, check_peer, check_socket, exchange
+from pizauth.paths import display_path, os_error_text, socket_too_long
 from pizauth.timeouts import CLIENT_REPLY
 
 # How long to wait for the server at each step (connect, write, each read). The server
@@ -35,14 +40,41 @@ class ClientError(Exception):
     """A failed client command; str(exc) is what the user sees after «ERROR - »."""
 
 
+class Untrusted(ClientError):
+    """The control socket, its directory or the process listening on it is not this
+    user's own: nothing was sent."""
+
+
+def not_running(sock_path: str) -> ClientError:
+    """pizauth 1.1's message, then the socket tried: a cron job without $XDG_RUNTIME_DIR
+    looks elsewhere than the server it means (docs/compatibility.md "Socket path in
+    errors"). A script matching the old text as a prefix still matches."""
+    return ClientError(f"{NOT_RUNNING} (socket: {display_path(sock_path)})")
+
+
+def _untrusted(e: Refused) -> Untrusted:
+    return Untrusted(f"Refusing {display_path(os.fsdecode(e.path))}: {e.problem}")
+
+
 def _connect(sock_path: str, timeout: float | None) -> _socket.socket:
+    too_long = socket_too_long(sock_path)
+    if too_long is not None:
+        raise ClientError(too_long)
+    path = os.fsencode(sock_path)
+    try:
+        check_socket(path)
+    except Refused as e:
+        raise _untrusted(e) from None
+    except OSError:
+        # Nothing there (or nothing this user may look at): no server to talk to.
+        raise not_running(sock_path) from None
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
             try:
-                s.connect(sock_path)
+                s.connect(path)
                 break
             except BlockingIOError:
                 # A Unix socket whose backlog is full refuses a connect with a timeout at
@@ -51,33 +83,40 @@ def _connect(sock_path: str, timeout: float | None) -> _socket.socket:
                     raise
                 time.sleep(0.002)
     except OSError:
-        # Missing socket file, stale socket, a path too long for AF_UNIX, a full
-        # backlog that outlasts the timeout: to the user these all mean the same thing.
+        # A stale socket, one removed an instant ago, a full backlog that outlasts the
+        # timeout: to the user these all mean the same thing.
         s.close()
-        raise ClientError(NOT_RUNNING) from None
+        raise not_running(sock_path) from None
+    try:
+        check_peer(s, path)
+    except Refused as e:
+        s.close()
+        raise _untrusted(e) from None
     return s
 
 
 def request(sock_path: str, payload: bytes, *, timeout: float | None = REPLY_TIMEOUT) -> bytes:
     """Send one request to the server at `sock_path` and return its whole reply.
 
-    Raises ClientError: «…not running or not responding» if the connection cannot be
-    made or no reply arrives within `timeout`, «Socket not writeable» if the request
-    cannot be sent, otherwise the OS error text.
+    Raises ClientError: Untrusted if the socket or its listener is not this user's own,
+    «…not running or not responding (socket: PATH)» if the connection cannot be made or
+    no reply arrives within `timeout`, «Socket not writeable» if the request cannot be
+    sent, otherwise the OS error text.
     """
     s = _connect(sock_path, timeout)
     try:
         return exchange(s, payload)
     except ExchangeFailed as e:
-        raise failure(e) from None
+        raise failure(e, sock_path) from None
 
 
-def failure(e: ExchangeFailed) -> ClientError:
-    """What the user is told when the exchange on a connected socket failed."""
+def failure(e: ExchangeFailed, sock_path: str) -> ClientError:
+    """What the user is told when the exchange on the connected socket at `sock_path`
+    failed."""
     if not e.sent:
         return ClientError(NOT_WRITEABLE)
     if isinstance(e.error, TimeoutError):
-        return ClientError(NOT_RUNNING)
+        return not_running(sock_path)
     return ClientError(os_error_text(e.error))
 
 
@@ -133,15 +172,16 @@ def _token_request(kind: bytes, account: str, with_url: bool) -> bytes:
 
 def show_token(sock_path: str, account: str, with_url: bool = True) -> bytes:
     """The access token for `account` (without a newline)."""
-    return show_result(request(sock_path, _token_request(b"showtoken", account, with_url)))
+    reply = request(sock_path, _token_request(b"showtoken", account, with_url))
+    return show_result(reply, sock_path)
 
 
-def show_result(reply: bytes | ExchangeFailed) -> bytes:
-    """The token in a `showtoken` reply, else the ClientError `show` reports. The lean
-    path (pizauth.fastshow) hands over every outcome but a token here, so that both say
-    the same."""
+def show_result(reply: bytes | ExchangeFailed, sock_path: str) -> bytes:
+    """The token in a `showtoken` reply from the socket at `sock_path`, else the
+    ClientError `show` reports. The lean path (pizauth.fastshow) hands over every outcome
+    but a token here, so that both say the same."""
     if isinstance(reply, ExchangeFailed):
-        raise failure(reply)
+        raise failure(reply, sock_path)
     kind, rest = _split(reply)
     if kind == b"access_token" and rest is not None:
         return rest
@@ -203,4 +243,4 @@ def shutdown(sock_path: str, *, timeout: float | None = REPLY_TIMEOUT) -> None:
         exchange(s, b"shutdown:")
     except ExchangeFailed as e:
         if not e.sent:
-            raise failure(e) from None
+            raise failure(e, sock_path) from None

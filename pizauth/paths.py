@@ -1,9 +1,12 @@
 """Runtime directory, control-socket and configuration-file paths.
 
-This module is on the `pizauth show` path, so it imports nothing but `os`.
+This module is on the `pizauth show` path, so it imports nothing but `os` (and the lean
+pizauth.fastshow, which that path has loaded already).
 """
 
 import os
+
+from pizauth.fastshow import SOCKET_PATH_MAX
 
 RUNTIME_LEAF = "pizauth"
 SOCKET_LEAF = "pizauth.sock"
@@ -130,6 +133,19 @@ def runtime_dir() -> str:
 def socket_path(rundir: str) -> str:
     """The control socket inside the runtime directory."""
     return os.path.join(rundir, SOCKET_LEAF)
+
+
+def socket_too_long(sock: str) -> str | None:
+    """The message for a control socket path longer than a Unix socket's address can hold
+    (the server could not bind it, a client not connect to it); None if it fits."""
+    size = len(os.fsencode(sock))
+    if size <= SOCKET_PATH_MAX:
+        return None
+    return (
+        f"Control socket path too long: {display_path(sock)} is {size} bytes, "
+        f"a Unix socket's path can have at most {SOCKET_PATH_MAX}; "
+        "set $XDG_RUNTIME_DIR to a shorter directory"
+    )
 
 
 def _config_candidates() -> list[str]:

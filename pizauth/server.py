@@ -70,7 +70,8 @@ def bind_control(sock_path: str) -> socket.socket:
         sock.close()
         if e.errno == errno.EADDRINUSE:
             raise StartError("pizauth authenticator already running") from None
-        raise StartError(f"Can't bind {sock_path}: {e.strerror}") from None
+        # Python's own errors (a path too long) have no errno and no strerror.
+        raise StartError(f"Can't bind {sock_path}: {e.strerror or e}") from None
     finally:
         os.umask(old)
     sock.listen(socket.SOMAXCONN)  # mail clients run `pizauth show` in bursts
@@ -127,6 +128,11 @@ def _ready_pipe() -> int | None:
 def main(explicit_config: str | None, foreground: bool, verbosity: int, progname: str) -> int:
     try:
         sock_path = paths.socket_path(paths.runtime_dir())
+        too_long = paths.socket_too_long(sock_path)
+        if too_long is not None:
+            # Before anything is looked at or bound there (docs/compatibility.md "Socket
+            # path too long").
+            raise StartError(too_long)
         if already_running(sock_path):
             raise StartError("pizauth authenticator already running")
         config_path = paths.config_path(explicit_config)

@@ -54,7 +54,7 @@ def usage_error(problem: str, progname: str = "pizauth") -> str:
     return f"{progname}: {problem}\n" + USAGE.replace("pizauth ", f"{progname} ")
 
 
-NOT_RUNNING = "ERROR - pizauth authenticator not running or not responding\n"
+NOT_RUNNING = "pizauth authenticator not running or not responding"
 
 
 class Env:
@@ -69,6 +69,8 @@ class Env:
         self.home.mkdir()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
         self.env.update(XDG_RUNTIME_DIR=str(self.rt), HOME=str(self.home))
+        # pizauth 1.1's line, then the socket tried.
+        self.not_running = f"ERROR - {NOT_RUNNING} (socket: {self.sock})\n"
 
     def run(self, *args, env=None, **kw) -> subprocess.CompletedProcess:
         full_env = dict(self.env, **(env or {}))
@@ -319,7 +321,7 @@ def test_empty_xdg_runtime_dir_uses_tmpdir(e):
 )
 def test_not_running(e, args):
     r = e.run(*args)
-    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", NOT_RUNNING)
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", e.not_running)
 
 
 def test_stale_socket_is_not_running(e):
@@ -328,7 +330,7 @@ def test_stale_socket_is_not_running(e):
     s.bind(str(e.sock))
     s.close()  # the file stays, nobody listens
     r = e.run("status", "-v")
-    assert (r.returncode, r.stderr.decode()) == (1, NOT_RUNNING)
+    assert (r.returncode, r.stderr.decode()) == (1, e.not_running)
 
 
 # -- requests and replies --------------------------------------------------------------
@@ -501,7 +503,7 @@ def test_error_is_red_on_a_terminal(inproc, monkeypatch):
     err = Tty()
     monkeypatch.setattr(sys, "stderr", err)
     assert cli.main(["pizauth", "status"]) == 1
-    assert err.getvalue() == "\x1b[31m" + NOT_RUNNING[:-1] + "\x1b[0m\n"
+    assert err.getvalue() == "\x1b[31m" + inproc.not_running[:-1] + "\x1b[0m\n"
 
 
 # -- dump and restore ------------------------------------------------------------------
@@ -529,9 +531,9 @@ def test_dump_error_reply_writes_nothing(e):
 
 def test_dump_and_restore_not_running(e):
     r = e.run("dump")
-    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", NOT_RUNNING)
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", e.not_running)
     r = e.run("restore", input=DUMP)
-    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", NOT_RUNNING)
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (1, b"", e.not_running)
 
 
 @pytest.mark.parametrize("data", [DUMP, b"", bytes(range(256)) * 300])
@@ -759,7 +761,7 @@ def test_request_timeout(e):
     start = time.monotonic()
     with pytest.raises(client.ClientError) as exc:
         client.request(str(e.sock), b"status:", timeout=0.3)
-    assert str(exc.value) == "pizauth authenticator not running or not responding"
+    assert str(exc.value) == f"{NOT_RUNNING} (socket: {e.sock})"
     assert time.monotonic() - start < 1.5
     srv.finish()
 
@@ -799,7 +801,7 @@ def test_show_imports_only_what_it_needs(e):
         timeout=20,
     )
     lines = r.stderr.decode().splitlines()
-    assert NOT_RUNNING.strip() in lines  # it did run
+    assert e.not_running.strip() in lines  # it did run
     # Modules imported by site (e.g. .pth hooks of the venv) are not ours to judge.
     ours = lines[lines.index("@@start") + 1 :]
     imported = {ln.split("|")[-1].strip() for ln in ours if ln.startswith("import time:")}

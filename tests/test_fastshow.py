@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,16 +143,16 @@ def test_other_command_lines_go_to_the_full_parser(two: Pizauth, args: Args) -> 
 def test_unusual_runtime_directories_are_left_to_the_full_path(
     two: Pizauth, tmp_path: Path
 ) -> None:
-    # No $XDG_RUNTIME_DIR (or an empty one): a directory in $TMPDIR, with its checks.
-    tmpdir = tmp_path / "tmpdir"
-    tmpdir.mkdir()
-    for value in (None, ""):
-        env = {k: v for k, v in two.env.items() if k != "XDG_RUNTIME_DIR"}
-        if value is not None:
-            env["XDG_RUNTIME_DIR"] = value
-        env["TMPDIR"] = str(tmpdir)
-        result = same(["show", "acct"], env, two.tmp)
-        assert b"not running" in result.stderr
+    # No $XDG_RUNTIME_DIR (or an empty one): a directory in $TMPDIR, with its checks. A
+    # short one: pytest's tmp_path may be too long a directory for a socket path.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmpdir:
+        for value in (None, ""):
+            env = {k: v for k, v in two.env.items() if k != "XDG_RUNTIME_DIR"}
+            if value is not None:
+                env["XDG_RUNTIME_DIR"] = value
+            env["TMPDIR"] = tmpdir
+            result = same(["show", "acct"], env, two.tmp)
+            assert b"not running" in result.stderr
     # A symbolic link where the runtime directory should be: refused.
     link = tmp_path / "link"
     link.symlink_to(two.runtime)
@@ -167,7 +168,10 @@ def test_unusual_runtime_directories_are_left_to_the_full_path(
 def test_no_server_is_reported_alike(two: Pizauth) -> None:
     two.stop()
     result = same(["show", "acct"], two.env, two.tmp)
-    assert result.stderr == b"ERROR - pizauth authenticator not running or not responding\n"
+    assert result.stderr == (
+        b"ERROR - pizauth authenticator not running or not responding (socket: %s)\n"
+        % two.sock.encode()
+    )
 
 
 def test_a_closed_stdout_pipe_is_exit_status_1_alike(two: Pizauth) -> None:

@@ -466,7 +466,8 @@ def test_daemon_serves_when_server_returns_and_sigterm_cleans_up(pizauth: Pizaut
     wait_for(lambda: not any(alive(p) for p in [pid, *children]), 5, "daemon gone")
     assert not socket_path(pizauth).exists()
     assert pizauth.run("status").stderr == (
-        b"ERROR - pizauth authenticator not running or not responding\n"
+        b"ERROR - pizauth authenticator not running or not responding (socket: %s)\n"
+        % pizauth.sock.encode()
     )
 
 

@@ -471,7 +471,9 @@ def no_server_env(tmp_path: Path, path: str) -> dict[str, str]:
     return dict(env, XDG_RUNTIME_DIR=str(tmp_path / "rt"), PATH=path)
 
 
-NOT_RUNNING = "ERROR - pizauth authenticator not running or not responding\n"
+def not_running(env: dict[str, str]) -> str:
+    sock = f"{env['XDG_RUNTIME_DIR']}/pizauth/pizauth.sock"
+    return f"ERROR - pizauth authenticator not running or not responding (socket: {sock})\n"
 
 
 def test_pip_install_puts_man_pages_and_completions_in_the_venv(tmp_path: Path) -> None:
@@ -490,7 +492,7 @@ def test_pip_install_puts_man_pages_and_completions_in_the_venv(tmp_path: Path) 
     for command in (str(venv / "bin" / "pizauth"), str(link)):
         assert run([command, "--version"], env).stdout == f"pizauth {VERSION}\n"
         show = run([command, "show", "acct"], env)
-        assert (show.returncode, show.stdout, show.stderr) == (1, "", NOT_RUNNING)
+        assert (show.returncode, show.stdout, show.stderr) == (1, "", not_running(env))
 
 
 def test_pip_install_user_runs_with_the_interpreter_it_was_installed_for(
@@ -518,7 +520,7 @@ def test_pip_install_user_runs_with_the_interpreter_it_was_installed_for(
     version = run([str(script), "--version"], env)
     assert (version.returncode, version.stdout, version.stderr) == (0, f"pizauth {VERSION}\n", "")
     show = run([str(script), "show", "acct"], env)
-    assert (show.returncode, show.stdout, show.stderr) == (1, "", NOT_RUNNING)
+    assert (show.returncode, show.stdout, show.stderr) == (1, "", not_running(env))
     # Without a pythonX.Y on PATH it can only try python3, as before.
     bare = run([str(script), "--version"], dict(env, PATH=f"{decoys}{os.pathsep}/nonexistent"))
     assert (bare.returncode, bare.stderr) == (7, "wrong interpreter\n")

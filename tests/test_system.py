@@ -156,7 +156,10 @@ def test_info_json_keys(pizauth: Pizauth) -> None:
 
 def test_already_running_and_not_running(pizauth: Pizauth) -> None:
     result = pizauth.run("status")
-    assert result.stderr == b"ERROR - pizauth authenticator not running or not responding\n"
+    assert result.stderr == (
+        b"ERROR - pizauth authenticator not running or not responding (socket: %s)\n"
+        % pizauth.sock.encode()
+    )
     assert result.returncode == 1
     pizauth.start()
     second = pizauth.run("server", "-d", "-c", str(pizauth.conf))

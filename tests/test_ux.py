@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -99,6 +100,40 @@ def test_dump_to_a_terminal_refuses(pizauth: Pizauth) -> None:
     assert status == 1
     assert "redirect it to a file" in out and "ERROR - " in out
     assert pizauth.run("dump").stdout  # to a pipe it still works
+
+
+def test_the_dump_advice_makes_a_file_only_the_user_can_read(pizauth: Pizauth) -> None:
+    pizauth.start()
+    pizauth.authorise()
+    status, out = run_in_pty([PIZAUTH, "dump"], pizauth.env, pizauth.tmp)
+    assert status == 1
+    # The example, as a user copies it from the terminal (red: ends before the colour reset).
+    found = re.search(r"for example: (.+?)(?:\x1b\[0m)?\r?\n", out)
+    assert found, out
+    advice = found.group(1)
+    # A shell with the usual umask, which leaves a new file readable by everyone.
+    bindir = os.path.dirname(PIZAUTH)
+    env = dict(pizauth.env, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(
+        ["/bin/sh", "-c", f"umask 022; {advice}"],
+        env=env,
+        cwd=pizauth.tmp,
+        capture_output=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stderr) == (0, b""), advice
+    (made,) = [p for p in pizauth.tmp.iterdir() if "dump" in p.name]
+    assert made.stat().st_size > 0  # the dump is in it...
+    assert made.stat().st_mode & 0o077 == 0, oct(made.stat().st_mode)  # ...for the user alone
+    # and a restore takes it back.
+    restored = subprocess.run(
+        ["/bin/sh", "-c", f"pizauth restore < {made.name}"],
+        env=env,
+        cwd=pizauth.tmp,
+        capture_output=True,
+        timeout=30,
+    )
+    assert (restored.returncode, restored.stderr) == (0, b"")
 
 
 # -- the demo ------------------------------------------------------------------------------

@@ -200,6 +200,30 @@ def test_detached_without_syslog_keeps_errors_for_status(pizauth: Pizauth) -> No
         stop_detached(pizauth, env)
 
 
+def test_status_drops_the_permission_warning_once_it_no_longer_applies(pizauth: Pizauth) -> None:
+    assert not os.path.exists("/dev/log"), "this test is for a machine without syslog"
+    env = detached_env(pizauth)
+    pizauth.write_config()
+    pizauth.conf.chmod(0o644)
+    start_detached(pizauth, env, subprocess.DEVNULL)
+    warning = f"ERROR - {pizauth.conf} holds a client_secret and is readable by others"
+    try:
+        assert pizauth.run("status").stdout.decode().count(warning) == 1
+        # Still true at a reload: said once, not piled up.
+        assert pizauth.run("reload").returncode == 0
+        assert pizauth.run("status").stdout.decode().count(warning) == 1
+        # `chmod 600` and reload, as the warning asks: it goes.
+        pizauth.conf.chmod(0o600)
+        assert pizauth.run("reload").returncode == 0
+        assert pizauth.run("status").stdout.decode() == "acct: No access token\n"
+        # And comes back if the file becomes readable again.
+        pizauth.conf.chmod(0o640)
+        assert pizauth.run("reload").returncode == 0
+        assert "(mode 640)" in pizauth.run("status").stdout.decode()
+    finally:
+        stop_detached(pizauth, env)
+
+
 def test_journal_stream_gets_the_log(pizauth: Pizauth) -> None:
     log = pizauth.tmp / "journal"
     pizauth.write_config()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -666,6 +667,37 @@ def test_notify_socket_ready_after_startup_cmd(pizauth: Pizauth, notify_socket) 
     pizauth.proc = server  # so the fixture shuts it down
     assert sock.recv(4096) == b"READY=1"
     assert ready.exists(), "READY=1 sent before startup_cmd finished"
+
+
+def test_rust_era_startup_cmd_systemd_notify_fails_without_speaking_for_the_server(
+    pizauth: Pizauth, notify_socket
+) -> None:
+    # docs/compatibility.md "startup_cmd = "systemd-notify --ready"": the server notifies
+    # systemd itself; the old hook fails (and says so), and never reaches the socket.
+    if shutil.which("systemd-notify") is None and not os.environ.get("CI"):
+        pytest.skip("systemd-notify is not installed (.ci/run installs systemd)")
+    path, sock = notify_socket
+    pizauth.env["NOTIFY_SOCKET"] = str(path)
+    pizauth.conf.write_text(
+        'http_listen = "127.0.0.1:0";\nhttps_listen = none;\n'
+        'startup_cmd = "systemd-notify --ready";\n' + pizauth.account_block()
+    )
+    pizauth.conf.chmod(0o600)
+    with open(pizauth.tmp / "server.log", "wb") as log:
+        pizauth.proc = subprocess.Popen(
+            [PIZAUTH, "server", "-d", "-c", str(pizauth.conf)],
+            env=pizauth.env,
+            cwd=pizauth.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    assert sock.recv(4096) == b"READY=1"
+    failed = "ERROR - 'systemd-notify --ready' returned 1"
+    wait_for(lambda: failed in pizauth.log(), 10, "the hook's failure", pizauth.log)
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):  # the hook has ended and sent nothing
+        sock.recv(4096)
+    assert pizauth.run("status").returncode == 0
 
 
 # -- 13. errors without error_notify_cmd (docs/compatibility.md) ------------------------------

@@ -403,3 +403,13 @@ def test_demo_provider_prints_what_the_readme_shows() -> None:
         proc.wait(timeout=10)
     assert lines == [x.replace(documented_port, port) for x in shown.output]
     assert f"--port {documented_port}" in readme
+    # The blocks it prints are a configuration pizauth takes as it is.
+    from pizauth import config
+
+    printed = "\n".join(lines)
+    blocks = printed.split("Example pizauth.conf:", 1)[1].rsplit("Authorisation", 1)[0]
+    parsed = config.parse(blocks)
+    assert [(a.name, a.auth_flow) for a in parsed.accounts] == [
+        ("demo", "code"),
+        ("demo-device", "device"),
+    ]

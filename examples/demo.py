@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provider import Client, Provider  # noqa: E402
 
 PIZAUTH = str(Path(sys.executable).with_name("pizauth"))
-PREFIX = "ERROR - Access token unavailable until authorised with URL "
 
 
 def step(text: str) -> None:
@@ -80,6 +79,8 @@ def demo(work: Path) -> int:
     env = {**os.environ, "XDG_RUNTIME_DIR": str(work / "runtime"), "SHELL": "/bin/sh"}
     with Provider([Client("demo-client", "demo-secret")], expires_in=4) as provider:
         conf = work / "pizauth.conf"
+        # Readable by you alone, as the README asks of yours: it holds a client secret.
+        conf.touch(mode=0o600)
         conf.write_text(
             f"""// A configuration like a real one, pointed at the local provider.
 http_listen = "127.0.0.1:0";
@@ -101,7 +102,9 @@ account "officesmtp" {{
             return 1
         try:
             step("A mail client asks for a token: none yet, so pizauth gives a URL")
-            url = run(env, "show", "officesmtp").stderr.strip().removeprefix(PREFIX)
+            run(env, "show", "officesmtp")
+            step("The user takes the URL alone, for the browser")
+            url = run(env, "login", "officesmtp").stdout.strip()
             step("The user opens the URL; the provider signs them in and redirects")
             status, location, _ = browser_get(url)
             print(f"  provider: {status}, redirect to {location.split('?')[0]}?code=...&state=...")

@@ -1019,8 +1019,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     client = Client("demo-client", "demo-secret")
     with Provider([client], expires_in=args.expires_in, port=args.port) as provider:
-        print(f"auth_uri:  {provider.auth_uri}")
-        print(f"token_uri: {provider.token_uri}")
+        print(f"auth_uri:        {provider.auth_uri}")
+        print(f"token_uri:       {provider.token_uri}")
+        print(f"device_auth_uri: {provider.device_auth_uri}")
+        print(f"revoke_uri:      {provider.revoke_uri}")
+        print(f"issuer:          {provider.issuer}")
         print(
             f"""
 Example pizauth.conf:
@@ -1032,7 +1035,16 @@ account "demo" {{
     client_secret = "{client.client_secret}";
 }}
 
-Authorisation requests are approved automatically. Ctrl-C to stop.""",
+account "demo-device" {{
+    auth_flow = "device";
+    device_auth_uri = "{provider.device_auth_uri}";
+    token_uri = "{provider.token_uri}";
+    client_id = "{client.client_id}";
+    client_secret = "{client.client_secret}";
+}}
+
+Authorisation requests are approved automatically; a device login is approved
+on the page at its URL. Ctrl-C to stop.""",
             flush=True,
         )
         try:

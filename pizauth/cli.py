@@ -38,6 +38,7 @@ _USAGE_LINES = (
 # After the original's lines, which stay as they were for anyone matching them: the
 # commands and options it did not list.
 _MORE_USAGE_LINES = (
+    "login <account>",
     "systemd-unit",
     "-V | --version",
     "-h | --help",
@@ -288,6 +289,31 @@ def finish_show(outcome: bytes | ExchangeFailed, sock: bytes) -> int:
     return _ask(lambda c: c.show_result(outcome, os.fsdecode(sock)), True)
 
 
+def _cmd_login(ctx: _Ctx, args: list[str]) -> int:
+    """The login URL alone on stdout, for a browser or a clipboard (`| wl-copy`), starting
+    a login if none is under way; a device login's code and the last error on stderr."""
+    found, free = _parse(args)
+    _check(free, ("account name",))
+    from pizauth import client
+
+    try:
+        pending = client.login(ctx.sock, free[0])
+    except client.ClientError as e:
+        return _log_error(str(e))
+    if pending is None:
+        sys.stderr.write(
+            f"{ctx.progname}: {shown(free[0])} already has an access token: no login needed"
+            f" ('{ctx.progname} revoke {shown(free[0])}' forgets it)\n"
+        )
+        return 0
+    url, code, last_error = pending
+    if code:
+        sys.stderr.write(f"Enter the code {code.decode(errors='replace')} at this URL\n")
+    if last_error:
+        sys.stderr.write(last_error.decode(errors="replace") + "\n")
+    return _out(url + b"\n")
+
+
 def _cmd_refresh(ctx: _Ctx, args: list[str]) -> int:
     found, free = _parse(args, _SHOW_OPTS)
     _check(free, ("account name",))
@@ -451,6 +477,7 @@ def _cmd_systemd_unit(ctx: _Ctx, args: list[str]) -> int:
 _COMMANDS = {
     "dump": _cmd_dump,
     "info": _cmd_info,
+    "login": _cmd_login,
     "refresh": _cmd_refresh,
     "reload": _cmd_reload,
     "restore": _cmd_restore,

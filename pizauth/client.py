@@ -244,3 +244,24 @@ def shutdown(sock_path: str, *, timeout: float | None = REPLY_TIMEOUT) -> None:
     except ExchangeFailed as e:
         if not e.sent:
             raise failure(e, sock_path) from None
+
+
+def login(sock_path: str, account: str) -> tuple[bytes, bytes, bytes] | None:
+    """The URL of `account`'s pending login, starting one if none is under way, as
+    (URL, user code or b"", last error line or b""); None if the account has a token.
+
+    It asks what `pizauth show` asks, so a login starts exactly as `show` starts one; the
+    token of an account that has one is read and dropped, never printed.
+    """
+    reply = request(sock_path, _token_request(b"showtoken", account, True))
+    kind, rest = _split(reply)
+    if kind == b"access_token" and rest is not None:
+        return None
+    if kind == b"pending" and rest:
+        # `URL` or, for a device login, `URL and code CODE`; a «Last error» line may follow
+        # (docs/protocol.md). A URL has no spaces.
+        first, _, last_error = rest.partition(b"\n")
+        url, _, code = first.partition(b" and code ")
+        if url and b" " not in url:
+            return url, code, last_error
+    raise _fail(reply, pending_ok=True)

@@ -194,6 +194,27 @@ def _unescape(quoted: str) -> str:
     return _UNESCAPE_RE.sub(r"\1", quoted[1:-1])
 
 
+# The options, as the grammar takes them (space-separated keywords).
+_ACCOUNT_STRING_OPTIONS = (
+    "auth_flow auth_uri client_id client_secret client_secret_cmd device_auth_uri"
+    " issuer login_hint redirect_uri revoke_uri token_endpoint_auth_method token_uri"
+)
+_ACCOUNT_TIME_OPTIONS = "refresh_at_least refresh_before_expiry refresh_retry"
+_GLOBAL_STRING_OPTIONS = (
+    "auth_error_cmd auth_notify_cmd error_notify_cmd startup_cmd token_event_cmd"
+    " token_store token_store_key_cmd transient_error_if_cmd"
+)
+_GLOBAL_TIME_OPTIONS = "auth_notify_interval refresh_at_least refresh_before_expiry refresh_retry"
+_GLOBAL_LISTEN_OPTIONS = "https_listen http_listen"
+# For hints after an unknown option (not auth_error_cmd: it has its own error).
+ACCOUNT_OPTIONS = frozenset(
+    f"{_ACCOUNT_STRING_OPTIONS} {_ACCOUNT_TIME_OPTIONS} auth_uri_fields scopes".split()
+)
+GLOBAL_OPTIONS = frozenset(
+    f"{_GLOBAL_STRING_OPTIONS} {_GLOBAL_TIME_OPTIONS} {_GLOBAL_LISTEN_OPTIONS}".split()
+) - {"auth_error_cmd"}
+
+
 @functools.cache
 def _grammar() -> pp.ParserElement:
     # pyparsing is imported here, not at module level, so that importing this module for its
@@ -245,12 +266,8 @@ def _grammar() -> pp.ParserElement:
     field = pp.MatchFirst(
         [
             auth_uri_fields,  # before auth_uri, which is a prefix of it
-            stmt(
-                "auth_flow auth_uri client_id client_secret client_secret_cmd device_auth_uri"
-                " issuer login_hint redirect_uri revoke_uri token_endpoint_auth_method token_uri",
-                string,
-            ),
-            stmt("refresh_at_least refresh_before_expiry refresh_retry", time),
+            stmt(_ACCOUNT_STRING_OPTIONS, string),
+            stmt(_ACCOUNT_TIME_OPTIONS, time),
             scopes,
         ]
     )
@@ -265,13 +282,9 @@ def _grammar() -> pp.ParserElement:
     toplevel = pp.MatchFirst(
         [
             account,
-            stmt(
-                "auth_error_cmd auth_notify_cmd error_notify_cmd startup_cmd token_event_cmd"
-                " token_store token_store_key_cmd transient_error_if_cmd",
-                string,
-            ),
-            stmt("auth_notify_interval refresh_at_least refresh_before_expiry refresh_retry", time),
-            stmt("https_listen http_listen", string_or_none),
+            stmt(_GLOBAL_STRING_OPTIONS, string),
+            stmt(_GLOBAL_TIME_OPTIONS, time),
+            stmt(_GLOBAL_LISTEN_OPTIONS, string_or_none),
         ]
     )
     grammar = pp.ZeroOrMore(toplevel) + pp.StringEnd().set_name("'account' or a global option")
@@ -311,7 +324,37 @@ def _parse_syntax(text: str) -> list[_Stmt | _AccountBlock]:
         line_start = text.rfind("\n", 0, loc) + 1
         if text.startswith("#", loc) or text[line_start:].lstrip(" \t").startswith("#"):
             problem += " (comments start with //)"
+        problem += _option_hint(text, loc, e.msg or "")
         raise ConfigError(f"Parsing error at line {line} column {col}. {problem}") from None
+
+
+_WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _option_hint(text: str, loc: int, expected: str) -> str:
+    """After an unknown option, the known one it most resembles, or where it belongs if
+    it is an option of the other level (docs/compatibility.md "Unknown options")."""
+    import difflib
+
+    word = _WORD_RE.match(text, loc)
+    if word is None:
+        return ""
+    name = word.group()
+    if "an account option" in expected:
+        if name in GLOBAL_OPTIONS:
+            return f" ('{name}' is a global option: put it outside every account block)"
+        close = difflib.get_close_matches(name, sorted(ACCOUNT_OPTIONS), n=1)
+        return f' (did you mean "{close[0]}"?)' if close else ""
+    if "a global option" in expected:
+        if name in ACCOUNT_OPTIONS:
+            return f" ('{name}' is an account option: put it inside an account block)"
+        close = difflib.get_close_matches(name, sorted(GLOBAL_OPTIONS | {"account"}), n=1)
+        if close:
+            return f' (did you mean "{close[0]}"?)'
+        close = difflib.get_close_matches(name, sorted(ACCOUNT_OPTIONS), n=1)
+        if close:
+            return f' (did you mean "{close[0]}"? It goes inside an account block)'
+    return ""
 
 
 # What the grammar sees as single lexemes that may hold a '"' or "//", in the order it tries
@@ -401,10 +444,31 @@ def _time_seconds(text: str, tok: _Value) -> int:
     return secs
 
 
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def _listen_problem(key: str, address: str) -> str | None:
+    """What is wrong with a listener's `host:port`, if anything: caught here, with its
+    line, rather than at bind time (docs/compatibility.md "Listener ports"). Port 0 is
+    pizauth 1.1's "any free port", the default."""
+    from pizauth.text import shown  # lazily: only on error paths
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        return f"Invalid {key} '{shown(address)}': expected HOST:PORT, such as 127.0.0.1:8765"
+    if _PORT_RE.fullmatch(port) is None or int(port) > 65535:
+        return (
+            f"Invalid {key} port '{shown(port)}' in '{shown(address)}': a port is 1 to 65535,"
+            " or 0 for any free port"
+        )
+    return None
+
+
 def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
     # Values so far, keyed by option name: str | None for strings and `none`, int for times.
     opts: dict[str, Any] = {}
     opt_locs: dict[str, int] = {}
+    listen_locs: dict[str, int] = {}  # where each listener's value is
     accounts: dict[str, dict[str, Any]] = {}
     for item in items:
         if isinstance(item, _AccountBlock):
@@ -426,6 +490,8 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
                 raise _error_at(text, value.loc, problem)
         if item.key == "token_store_key_cmd" and not value.value:
             raise _error_at(text, value.loc, "token_store_key_cmd must not be empty")
+        if item.key in ("http_listen", "https_listen"):
+            listen_locs[item.key] = value.loc
         is_time = item.key in _TIME_OPTIONS
         opts[item.key] = _time_seconds(text, value) if is_time else value.value
         opt_locs[item.key] = item.loc
@@ -500,6 +566,13 @@ def _validate(text: str, items: list[_Stmt | _AccountBlock]) -> Config:
                 revoke_uri=fields.get("revoke_uri"),
             )
         )
+
+    # Last, so that a file pizauth 1.1 refused gets 1.1's first error; 1.1 refused these
+    # only when it bound the listener.
+    for key, address in (("http_listen", http_listen), ("https_listen", https_listen)):
+        problem = None if address is None else _listen_problem(key, address)
+        if problem is not None:
+            raise _error_at(text, listen_locs[key], problem)
 
     return Config(
         accounts=tuple(built),

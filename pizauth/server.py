@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pizauth import config as configuration
 from pizauth import paths, sandbox
+from pizauth.priv.keptlog import CONFIG_PERMISSIONS
 from pizauth.priv.listeners import ListenError, bind_listener
 from pizauth.process import (
     JOURNAL,
@@ -168,7 +169,7 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
     sandbox.report()
     if warning:
         # At error level, as at reload: a warning is not logged without -v.
-        log.error("%s", warning)
+        log.error("%s", warning, extra={"kept_as": CONFIG_PERMISSIONS})
 
     from pizauth.priv.parent import Parent, Sockets
 

@@ -53,6 +53,15 @@ class HarnessError(AssertionError):
     """A step of the harness could not be carried out (a test failure, not a crash)."""
 
 
+def has_line(path: Path) -> bool:
+    """Whether `path` holds a whole line yet. A hook's `echo … >> FILE` creates the file
+    before it writes, so a file that exists may still be empty."""
+    try:
+        return b"\n" in path.read_bytes()
+    except FileNotFoundError:
+        return False
+
+
 def wait_for(
     condition: Callable[[], T],
     timeout: float = 5.0,

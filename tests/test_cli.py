@@ -33,6 +33,7 @@ USAGE = """Usage:
   pizauth show [-u] <account>
   pizauth shutdown
   pizauth status
+  pizauth login <account>
   pizauth systemd-unit
   pizauth -V | --version
   pizauth -h | --help

@@ -100,6 +100,20 @@ def test_show_gives_url_and_code_and_repeats_them(pizauth: Pizauth) -> None:
     assert '"http_port":"none"' in info and '"https_port":"none"' in info
 
 
+def test_login_prints_the_url_alone_and_the_code_on_stderr(pizauth: Pizauth) -> None:
+    device_config(pizauth)
+    pizauth.start()
+    result = pizauth.run("login", "dev")
+    p = pizauth.provider
+    [code] = p.user_codes
+    assert result.returncode == 0
+    assert result.stdout.decode() == f"{p.verification_uri}?user_code={code}\n"
+    assert result.stderr.decode() == f"Enter the code {code} at this URL\n"
+    # The same login as `show`'s: asking again starts no other.
+    assert pizauth.run("login", "dev").stdout == result.stdout
+    assert len(p.device_requests) == 1
+
+
 def test_without_complete_uri_the_verification_uri_is_shown(tmp_path: Path) -> None:
     with Provider(
         [Client(CLIENT_ID, CLIENT_SECRET)], device_interval=1, verification_uri_complete=False

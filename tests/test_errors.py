@@ -11,7 +11,7 @@ import socket
 import subprocess
 
 from conftest import URL_PREFIX, Pizauth, http_get, wait_for
-from server_harness import PIZAUTH
+from server_harness import PIZAUTH, has_line
 
 from pizauth.text import MAX_SHOWN
 
@@ -200,6 +200,30 @@ def test_detached_without_syslog_keeps_errors_for_status(pizauth: Pizauth) -> No
         stop_detached(pizauth, env)
 
 
+def test_status_drops_the_permission_warning_once_it_no_longer_applies(pizauth: Pizauth) -> None:
+    assert not os.path.exists("/dev/log"), "this test is for a machine without syslog"
+    env = detached_env(pizauth)
+    pizauth.write_config()
+    pizauth.conf.chmod(0o644)
+    start_detached(pizauth, env, subprocess.DEVNULL)
+    warning = f"ERROR - {pizauth.conf} holds a client_secret and is readable by others"
+    try:
+        assert pizauth.run("status").stdout.decode().count(warning) == 1
+        # Still true at a reload: said once, not piled up.
+        assert pizauth.run("reload").returncode == 0
+        assert pizauth.run("status").stdout.decode().count(warning) == 1
+        # `chmod 600` and reload, as the warning asks: it goes.
+        pizauth.conf.chmod(0o600)
+        assert pizauth.run("reload").returncode == 0
+        assert pizauth.run("status").stdout.decode() == "acct: No access token\n"
+        # And comes back if the file becomes readable again.
+        pizauth.conf.chmod(0o640)
+        assert pizauth.run("reload").returncode == 0
+        assert "(mode 640)" in pizauth.run("status").stdout.decode()
+    finally:
+        stop_detached(pizauth, env)
+
+
 def test_journal_stream_gets_the_log(pizauth: Pizauth) -> None:
     log = pizauth.tmp / "journal"
     pizauth.write_config()
@@ -249,7 +273,7 @@ def test_long_account_names_are_shortened(pizauth: Pizauth) -> None:
     pizauth.provider.script_token_responses((401, INVALID_CLIENT))
     _, page = login_page(pizauth, long)
     assert f"Authentication for {cut} failed" in page and long not in page
-    wait_for(errors.exists, 10, "error_notify_cmd")
+    wait_for(lambda: has_line(errors), 10, "error_notify_cmd")
     # The message is shortened; the account variable is the name itself.
     assert errors.read_text().startswith(f"{long}|Authentication for {cut} failed: HTTP code 401")
     # Lookups use the whole name.

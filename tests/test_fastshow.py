@@ -197,7 +197,8 @@ def test_a_closed_stdout_pipe_is_exit_status_1_alike(two: Pizauth) -> None:
 
 class FakeServer:
     """A control socket at the runtime directory of `env` that answers every connection
-    with `reply` (None: closes without reading) and records the requests."""
+    with `reply` (None: closes once the request has arrived, without reading it) and
+    records the requests."""
 
     def __init__(self, runtime: Path) -> None:
         (runtime / "pizauth").mkdir(parents=True, mode=0o700)
@@ -219,6 +220,10 @@ class FakeServer:
             with conn:
                 conn.settimeout(10)
                 if self.reply is None:
+                    # Close with the request unread, once it has arrived: closing earlier
+                    # would race the client's write (a refused write, not an unanswered
+                    # request), and the two runs compared below could meet different ends.
+                    conn.recv(1, socket.MSG_PEEK)
                     self.requests.append(b"")
                     continue
                 data = b""

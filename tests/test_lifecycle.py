@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -259,7 +260,7 @@ def test_refresh_400_invalidates_and_runs_error_notify_cmd(pizauth: Pizauth) -> 
     pizauth.authorise()
     pizauth.provider.script_token_responses((400, INVALID_GRANT))
     assert pizauth.run("refresh", "acct").returncode == 0
-    wait_for(errors.exists, 5, "error notification")
+    wait_for(lambda: lines(errors), 5, "error notification")
     [line] = lines(errors)
     account, _, message = line.partition("|")
     assert account == "acct"
@@ -300,7 +301,7 @@ def test_hook_past_timeout_is_killed_with_its_children(pizauth: Pizauth) -> None
     assert f"ERROR - '{cmd}' exceeded timeout\n" in pizauth.log()
     # The event queue goes on after a timeout.
     assert pizauth.run("revoke", "acct").returncode == 0
-    wait_for(events.exists, 5, "next event")
+    wait_for(lambda: lines(events), 5, "next event")
     assert lines(events) == ["acct token_revoked"]
 
 
@@ -540,7 +541,7 @@ def test_code_exchange_error_description_reaches_error_notify_cmd(pizauth: Pizau
     )
     status_code, body = follow_login(pizauth)
     assert status_code == 200, body
-    wait_for(errors.exists, 5, "error notification")
+    wait_for(lambda: lines(errors), 5, "error notification")
     [line] = lines(errors)
     assert line.startswith("acct|Authentication for acct failed: "), line
     assert description in line
@@ -667,6 +668,37 @@ def test_notify_socket_ready_after_startup_cmd(pizauth: Pizauth, notify_socket) 
     pizauth.proc = server  # so the fixture shuts it down
     assert sock.recv(4096) == b"READY=1"
     assert ready.exists(), "READY=1 sent before startup_cmd finished"
+
+
+def test_rust_era_startup_cmd_systemd_notify_fails_without_speaking_for_the_server(
+    pizauth: Pizauth, notify_socket
+) -> None:
+    # docs/compatibility.md "startup_cmd = "systemd-notify --ready"": the server notifies
+    # systemd itself; the old hook fails (and says so), and never reaches the socket.
+    if shutil.which("systemd-notify") is None and not os.environ.get("CI"):
+        pytest.skip("systemd-notify is not installed (.ci/run installs systemd)")
+    path, sock = notify_socket
+    pizauth.env["NOTIFY_SOCKET"] = str(path)
+    pizauth.conf.write_text(
+        'http_listen = "127.0.0.1:0";\nhttps_listen = none;\n'
+        'startup_cmd = "systemd-notify --ready";\n' + pizauth.account_block()
+    )
+    pizauth.conf.chmod(0o600)
+    with open(pizauth.tmp / "server.log", "wb") as log:
+        pizauth.proc = subprocess.Popen(
+            [PIZAUTH, "server", "-d", "-c", str(pizauth.conf)],
+            env=pizauth.env,
+            cwd=pizauth.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    assert sock.recv(4096) == b"READY=1"
+    failed = "ERROR - 'systemd-notify --ready' returned 1"
+    wait_for(lambda: failed in pizauth.log(), 10, "the hook's failure", pizauth.log)
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):  # the hook has ended and sent nothing
+        sock.recv(4096)
+    assert pizauth.run("status").returncode == 0
 
 
 # -- 13. errors without error_notify_cmd (docs/compatibility.md) ------------------------------

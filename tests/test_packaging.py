@@ -565,6 +565,9 @@ BASH_ESCAPED = ["work", "wo:rk2", "my\\ account", 'q\\"uo\\\\te']
         ("pizauth show ", BASH_ESCAPED),
         ("pizauth refresh ", BASH_ESCAPED),
         ("pizauth revoke ", BASH_ESCAPED),
+        ("pizauth login ", BASH_ESCAPED),
+        ("pizauth login -", ["-h", "--help"]),
+        ("pizauth l", ["login"]),
         ("pizauth show w", ["work", "wo:rk2"]),
         ("pizauth show -u ", BASH_ESCAPED),
         ("pizauth show -- ", BASH_ESCAPED),
@@ -789,6 +792,7 @@ def test_zsh_completes_commands_and_accounts(user: dict[str, str]) -> None:
     assert sorted(zsh_complete(user, "pizauth show ")) == sorted(ACCOUNTS)
     assert sorted(zsh_complete(user, "pizauth revoke w")) == ["wo:rk2", "work"]
     assert sorted(zsh_complete(user, "pizauth refresh -u ")) == sorted(ACCOUNTS)
+    assert sorted(zsh_complete(user, "pizauth login ")) == sorted(ACCOUNTS)
     assert zsh_complete(user, "pizauth show my\\ ") == ["my account"]
     assert not set(ACCOUNTS) & set(zsh_complete(user, "pizauth show work "))
 
@@ -840,6 +844,8 @@ def test_fish_completion_is_valid_fish() -> None:
         ("pizauth show ", sorted(ACCOUNTS)),
         ("pizauth revoke w", ["wo:rk2", "work"]),
         ("pizauth refresh -u ", sorted(ACCOUNTS)),
+        ("pizauth login ", sorted(ACCOUNTS)),
+        ("pizauth login work ", []),
         ("pizauth show work ", []),
         ("pizauth status ", []),
         ("pizauth show -", ["--help", "--verbose", "-h", "-u", "-v"]),

@@ -24,6 +24,7 @@ from conftest import (
     title,
     wait_for,
 )
+from server_harness import has_line
 
 from pizauth.priv.children import RESTART_DELAY
 
@@ -429,7 +430,7 @@ def test_redirect_error_is_reported(pizauth: Pizauth) -> None:
     status, _, body = http_get(headers["location"])
     assert status == 400
     assert b"access_denied" in body
-    assert wait_for(notified.exists, 5, "error notification")
+    assert wait_for(lambda: has_line(notified), 5, "error notification")
     assert notified.read_text() == "acct|Authentication for acct failed: access_denied\n"
     assert b"acct: No access token" in pizauth.run("status").stdout
 

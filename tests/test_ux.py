@@ -4,6 +4,7 @@ long account names, and the README's getting-started pieces."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PIZAUTH, Pizauth, wait_for
+from conftest import PIZAUTH, Pizauth, http_get, wait_for
 from server_harness import ROOT
 
 
@@ -150,6 +151,14 @@ def test_demo_runs_and_removes_its_directory() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"token valid at the provider: True" in result.stdout
     assert left == []  # no pizauth-demo-* left behind
+    # Its pizauth.conf is private, as the README asks: no warning the user did not cause,
+    # at start or in `status`.
+    assert b"readable by others" not in result.stdout + result.stderr, result.stdout
+    assert b"Warning" not in result.stdout and b"ERROR - /" not in result.stdout
+    # The URL it opens is what `pizauth login` printed, alone on its line.
+    assert re.search(
+        rb"\$ pizauth login officesmtp\n  http://127\.0\.0\.1:\d+/authorize\?\S+\n", result.stdout
+    )
 
 
 def run_demo(tmpdir: Path):
@@ -238,6 +247,103 @@ def test_config_errors_name_the_file_and_hint(pizauth: Pizauth) -> None:
     assert result.stderr.decode().count("missing.conf") == 1
 
 
+@pytest.mark.parametrize("key", ["http_listen", "https_listen"])
+@pytest.mark.parametrize("port", ["80800", "65536", "99999999999999999999", "8o80", ""])
+def test_listen_port_out_of_range_is_a_config_error(pizauth: Pizauth, key: str, port: str) -> None:
+    # Before, 80800 listened on 15264 (80800 - 65536) and 65536 on a random port.
+    other = "https_listen = none;" if key == "http_listen" else ""
+    pizauth.conf.write_text(f'{key} = "127.0.0.1:{port}";\n{other}\n' + pizauth.account_block())
+    pizauth.conf.chmod(0o600)
+    result = pizauth.run("server", "-c", str(pizauth.conf))
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"{pizauth.conf}: Line 1, column {len(key) + 4}:\n"
+        f'  {key} = "127.0.0.1:{port}";\n'
+        f"Invalid {key} port '{port}' in '127.0.0.1:{port}': a port is 1 to 65535,"
+        " or 0 for any free port\n"
+    )
+    assert not os.path.exists(pizauth.sock)
+
+
+def test_listen_ports_at_the_ends_of_the_range_still_work(pizauth: Pizauth) -> None:
+    # 0 is pizauth 1.1's "any free port" (the default); 65535 is the highest port, above
+    # Linux's default range for ports picked at random, so free here.
+    pizauth.write_config(https=True)
+    pizauth.conf.write_text(
+        pizauth.conf.read_text().replace(
+            'http_listen = "127.0.0.1:0"', 'http_listen = "127.0.0.1:65535"'
+        )
+    )
+    pizauth.start()
+    info = json.loads(pizauth.run("info", "-j").stdout)["server_info"]
+    assert info["http_port"] == "65535" and info["https_port"] not in ("0", "none")
+
+
+def test_reload_with_an_out_of_range_port_fails_and_changes_nothing(pizauth: Pizauth) -> None:
+    pizauth.start()
+    before = pizauth.run("info", "-j").stdout
+    pizauth.conf.write_text(pizauth.conf.read_text().replace("127.0.0.1:0", "127.0.0.1:70000"))
+    result = pizauth.run("reload")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"ERROR - {pizauth.conf}: Line 1, column 15:\n"
+        '  http_listen = "127.0.0.1:70000";\n'
+        "Invalid http_listen port '70000' in '127.0.0.1:70000': a port is 1 to 65535,"
+        " or 0 for any free port\n"
+    )
+    assert pizauth.run("info", "-j").stdout == before
+
+
+@pytest.mark.parametrize(
+    ("where", "line", "hint"),
+    [
+        ("account", '  scope = ["mail"];', ' (did you mean "scopes"?)'),
+        ("account", '  clientid = "x";', ' (did you mean "client_id"?)'),
+        (
+            "account",
+            "  http_listen = none;",
+            " ('http_listen' is a global option: put it outside every account block)",
+        ),
+        ("global", 'auth_notfy_cmd = "x";', ' (did you mean "auth_notify_cmd"?)'),
+        ("global", 'acount "x" {}', ' (did you mean "account"?)'),
+        (
+            "global",
+            'scopes = ["mail"];',
+            " ('scopes' is an account option: put it inside an account block)",
+        ),
+        (
+            "global",
+            'scope = ["mail"];',
+            ' (did you mean "scopes"? It goes inside an account block)',
+        ),
+        ("global", "xyzzy = 1;", ""),
+    ],
+)
+def test_unknown_option_suggests_the_closest_known_one(
+    pizauth: Pizauth, where: str, line: str, hint: str
+) -> None:
+    if where == "account":
+        pizauth.write_config(accounts=pizauth.account_block(extra=line.strip()))
+    else:
+        pizauth.write_config(globals_=line.strip())
+    text = pizauth.conf.read_text().splitlines()
+    number = next(i for i, x in enumerate(text, 1) if x.strip() == line.strip())
+    column = text[number - 1].index(line.strip()) + 1
+    found = line.strip().split()[0]
+    expected = (
+        "Expected an account option or '}'"
+        if where == "account"
+        else "Expected 'account' or a global option"
+    )
+    result = pizauth.run("server", "-c", str(pizauth.conf))
+    assert result.returncode == 1
+    # pizauth 1.1's message as before, with the hint after it.
+    assert result.stderr.decode() == (
+        f"{pizauth.conf}: Parsing error at line {number} column {column}. {expected}, "
+        f"found '{found}'{hint}\n"
+    )
+
+
 def test_long_account_name_is_shortened_in_config_errors(pizauth: Pizauth) -> None:
     long = "n" * 5000
     pizauth.write_config(accounts=pizauth.account_block(long, 'redirect_uri = "https://x/";'))
@@ -260,3 +366,64 @@ def test_info_without_home_or_xdg_config_home(pizauth: Pizauth) -> None:
     assert result.returncode == 0 and result.stderr == b""
     home = pwd.getpwuid(os.getuid()).pw_dir
     assert f"  config file: {home}/.config/pizauth.conf\n" in result.stdout.decode()
+
+
+# -- pizauth login: the URL alone -------------------------------------------------------------
+
+
+def test_login_prints_the_url_alone_and_it_logs_in(pizauth: Pizauth) -> None:
+    pizauth.start()
+    result = pizauth.run("login", "acct")
+    assert result.returncode == 0 and result.stderr == b"", result
+    url = result.stdout.decode()
+    assert url.endswith("\n") and url.count("\n") == 1
+    url = url[:-1]
+    assert url.startswith(pizauth.provider.auth_uri + "?")
+    # The login it started is the one `show` reports, and asking again starts no other.
+    assert pizauth.auth_url() == url
+    assert pizauth.run("login", "acct").stdout.decode() == url + "\n"
+    # That URL, opened in a browser, logs in.
+    status, headers, _ = http_get(url)
+    assert status == 302
+    status, _, _ = http_get(headers["location"])
+    assert status == 200
+    token = wait_for(lambda: pizauth.token("acct"), 15, "the token")
+    # With a token, nothing to open: stdout stays empty (a `| wl-copy` copies nothing),
+    # stderr says why, and the token is never printed.
+    result = pizauth.run("login", "acct")
+    assert result.returncode == 0 and result.stdout == b""
+    assert result.stderr.decode() == (
+        "pizauth: acct already has an access token: no login needed"
+        " ('pizauth revoke acct' forgets it)\n"
+    )
+    assert token.encode() not in result.stderr
+
+
+def test_login_errors_are_those_of_show(pizauth: Pizauth) -> None:
+    assert pizauth.run("login", "acct").stderr == pizauth.show("acct").stderr  # not running
+    pizauth.start()
+    result = pizauth.run("login", "nope")
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode() == "ERROR - No account 'nope'\n"
+    usage = pizauth.run("login")
+    assert usage.returncode == 1 and usage.stderr.startswith(b"pizauth: missing account name\n")
+
+
+def test_login_shows_the_last_error_on_stderr(pizauth: Pizauth) -> None:
+    pizauth.start()
+    url = pizauth.run("login", "acct").stdout.decode().strip()
+    status, headers, _ = http_get(url)
+    # The provider refuses: the redirect carries error=access_denied.
+    location = (
+        headers["location"].split("?")[0]
+        + "?error=access_denied&state="
+        + (url.split("state=")[1].split("&")[0])
+    )
+    http_get(location)
+    wait_for(lambda: "last error" in pizauth.run("status").stdout.decode(), 10, "the error")
+    result = pizauth.run("login", "acct")
+    assert result.returncode == 0
+    assert result.stdout.decode().startswith(pizauth.provider.auth_uri + "?")
+    assert result.stdout.decode().count("\n") == 1
+    assert result.stderr.decode().startswith("Last error (")
+    assert "access_denied" in result.stderr.decode()

@@ -29,6 +29,7 @@ from pizauth.priv.device import DeviceFlow
 from pizauth.priv.device import next_wakeup as next_poll
 from pizauth.priv.failures import callback_error
 from pizauth.priv.hooks import HookRunner
+from pizauth.priv.keptlog import CONFIG_PERMISSIONS
 from pizauth.priv.listeners import ListenError, Sockets, port_of
 from pizauth.priv.loginpages import LoginPages
 from pizauth.priv.notifier import Notifier
@@ -409,9 +410,11 @@ class Parent:
         self.config = config  # first: the events below run the new token_event_cmd
         self.resolver.reload()  # documents and secrets of the old configuration go
         warning = configuration.permission_warning(self.config_path, config)
+        if self.kept is not None:
+            self.kept.forget(CONFIG_PERMISSIONS)  # `chmod 600` then reload: it goes
         if warning:
             # At error level: a warning is not logged without -v, and this one matters.
-            log.error("%s", warning)
+            log.error("%s", warning, extra={"kept_as": CONFIG_PERMISSIONS})
         self.keeper.reloaded(config)
         for name in self.table.reload(config.accounts):
             self.notifier.event(name, TokenEvent.INVALIDATED)

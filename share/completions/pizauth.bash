@@ -83,8 +83,8 @@ _pizauth()
         if [[ $cur == -* ]]; then
             mapfile -t COMPREPLY < <(compgen -W '-V --version -h --help' -- "$cur")
         else
-            mapfile -t COMPREPLY < <(compgen -W 'dump info refresh reload restore revoke
-                server show shutdown status systemd-unit' -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W 'dump info login refresh reload restore
+                revoke server show shutdown status systemd-unit' -- "$cur")
         fi
         return 0
     fi
@@ -92,7 +92,7 @@ _pizauth()
     local sub=${words[1]} flags="" config=0 account=0
     case $sub in
         show | refresh) flags="-u" account=1 ;;
-        revoke) account=1 ;;
+        login | revoke) account=1 ;;
         info) flags="-j -c --config=" config=1 ;;
         server) flags="-c --config= -d -v --verbose" config=1 ;;
         dump | reload | restore | shutdown | status | systemd-unit) ;;

@@ -41,12 +41,13 @@ function __pizauth_wants_account --description 'True if no account has been give
     return 0
 end
 
-set -l __pizauth_cmds dump info refresh reload restore revoke server show shutdown status systemd-unit
+set -l __pizauth_cmds dump info login refresh reload restore revoke server show shutdown status systemd-unit
 
 complete -c pizauth -f
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -s V -l version -d 'Print the version'
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a dump -d 'Write the tokens in a form restore accepts'
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a info -d 'Show version, paths and server details'
+complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a login -d 'Print the login URL of an account'
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a refresh -d 'Get a new access token now'
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a reload -d 'Read the configuration file again'
 complete -c pizauth -n "not __fish_seen_subcommand_from $__pizauth_cmds" -a restore -d 'Give the server tokens from a dump'
@@ -62,7 +63,7 @@ complete -c pizauth -n "__fish_seen_subcommand_from $__pizauth_cmds" -s h -l hel
 complete -c pizauth -n "__fish_seen_subcommand_from $__pizauth_cmds" -s v -l verbose -d 'Log more'
 
 complete -c pizauth -n "__fish_seen_subcommand_from show refresh" -s u -d 'Leave the URL out of the error message'
-complete -c pizauth -n "__fish_seen_subcommand_from show refresh revoke; and __pizauth_wants_account" -a '(__pizauth_accounts)' -d Account
+complete -c pizauth -n "__fish_seen_subcommand_from login show refresh revoke; and __pizauth_wants_account" -a '(__pizauth_accounts)' -d Account
 complete -c pizauth -n "__fish_seen_subcommand_from info" -s j -d 'Print JSON'
 complete -c pizauth -n "__fish_seen_subcommand_from info server" -s c -l config -r -F -d 'Configuration file'
 complete -c pizauth -n "__fish_seen_subcommand_from server" -s d -d 'Stay in the foreground'

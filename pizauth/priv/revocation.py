@@ -32,6 +32,7 @@ from pizauth.config import Account
 from pizauth.ipc import NetOutcome, NetRevokeResult
 from pizauth.limits import MAX_REVOCATIONS_WAITING
 from pizauth.priv.clock import instant
+from pizauth.priv.failures import retry_delay
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.provider import NETWORK_LOST, Outcome, Resolver, Unready
 from pizauth.priv.secmem import Secret
@@ -143,7 +144,8 @@ class Revoker:
             revocation.token.wipe()
             log.info("token of %s revoked at the provider", shown(name))
         else:
-            self._failed(revocation, result.message, result.outcome is NetOutcome.TRANSIENT)
+            transient = result.outcome is NetOutcome.TRANSIENT
+            self._failed(revocation, result.message, transient, result.retry_after)
 
     def network_lost(self) -> None:
         pending, self.pending = self.pending, {}
@@ -152,14 +154,21 @@ class Revoker:
 
     # -- retries -------------------------------------------------------------------------
 
-    def _failed(self, revocation: Revocation, message: str, transient: bool) -> None:
+    def _failed(
+        self,
+        revocation: Revocation,
+        message: str,
+        transient: bool,
+        retry_after: int | None = None,
+    ) -> None:
         failed = dataclasses.replace(
             revocation, attempts=revocation.attempts + 1, last_error=message
         )
         if not transient or failed.attempts >= ATTEMPTS:
             self._give_up(failed, message)
             return
-        delay = REVOKE_RETRIES[failed.attempts - 1]
+        # The provider's Retry-After may put the next attempt off, within bounds.
+        delay = retry_delay(REVOKE_RETRIES[failed.attempts - 1], retry_after)
         log.warning(
             "revoking the token of %s at the provider failed (attempt %d of %d): %s;"
             " trying again in %g s",

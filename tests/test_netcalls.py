@@ -291,6 +291,26 @@ def test_device_authorization_basic(provider: Provider, session) -> None:
     assert provider.device_requests == [{"client_id": "basic", "scope": SCOPES}]
 
 
+def test_device_authorization_basic_with_an_oauthlib_provider(provider: Provider, session) -> None:
+    """oauthlib (django-oauth-toolkit) refuses a device authorization request whose body
+    does not name client_id, even with HTTP Basic: pizauth names it."""
+    provider.device_requires_client_id = True
+    creds = tokenclient.basic_credentials("basic", BASIC_SECRET)
+    refused = session.post(
+        provider.device_auth_uri, data={"scope": SCOPES}, headers={"Authorization": creds}
+    )
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+    auth = start(provider, session, "basic", "basic")
+    assert auth.outcome == "ok", auth.message
+    assert provider.device_requests[-1] == {"client_id": "basic", "scope": SCOPES}
+    # ...and then polls with it too, the secret in the header only.
+    provider.approve_device(auth.user_code)
+    result = poll(provider, session, auth, "basic")
+    assert result.outcome == "ok", result.message
+    assert provider.token_requests[-1]["client_id"] == "basic"
+    assert "client_secret" not in provider.token_requests[-1]
+
+
 def test_device_authorization_wrong_method(provider: Provider, session) -> None:
     auth = start(provider, session, "basic", "post")
     assert (auth.outcome, auth.provider_error) == ("permanent", "invalid_client")

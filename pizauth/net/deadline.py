@@ -7,9 +7,10 @@ of the headers or the body), so the whole exchange ends on time. Bounds nest: an
 one never outlasts the outer one, and the outer one is re-armed when the inner ends.
 
 The timer is a signal, so it works in the main thread only; a network worker
-(net/worker.py) is a single-threaded process and makes its calls there. Elsewhere
-(a test calling the token client from a thread) `within` checks the bound only
-between reads, and the launcher's kill of an overdue worker is the last word.
+(net/worker.py) is a single-threaded process and makes its calls there. In another
+thread `within` only keeps the bounds for check() and remaining(), which the token
+client consults between reads; and for a worker, the launcher's kill of an overdue
+worker is the last word whatever happens.
 """
 
 from __future__ import annotations

@@ -192,6 +192,9 @@ def serve_launcher(sock: socket.socket) -> None:  # pragma: no cover - forked
     """Start a worker on each descriptor received on `sock`, never more than MAX_WORKERS
     at once, until the network child closes it."""
     workers: dict[int, float] = {}  # pid -> when to kill it (monotonic)
+    # Set when a descriptor was refused, until a worker is reaped: a flood is refused at
+    # once, not ADMIT_WAIT per descriptor, so that it cannot hold up the requests after it.
+    full = False
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     while True:
@@ -209,10 +212,13 @@ def serve_launcher(sock: socket.socket) -> None:  # pragma: no cover - forked
                 os.close(fd)
             return  # the network child is gone
         for fd in fds:
-            if _make_room(workers):
+            if _make_room(workers, 0.0 if full else ADMIT_WAIT):
+                full = False
                 _start_worker(sock, fd, data[0], workers)
             else:
-                log.warning("every token request worker slot is taken; refusing a request")
+                if not full:
+                    log.warning("every token request worker slot is taken; refusing requests")
+                full = True
                 _answer(fd, REFUSED)
 
 
@@ -239,9 +245,9 @@ def _kill_overdue(workers: dict[int, float]) -> None:  # pragma: no cover - fork
                 pass
 
 
-def _make_room(workers: dict[int, float]) -> bool:  # pragma: no cover - forked
-    """True once fewer than MAX_WORKERS workers are alive, waiting up to ADMIT_WAIT."""
-    end = time.monotonic() + ADMIT_WAIT
+def _make_room(workers: dict[int, float], wait: float) -> bool:  # pragma: no cover - forked
+    """True once fewer than MAX_WORKERS workers are alive, waiting up to `wait` seconds."""
+    end = time.monotonic() + wait
     while True:
         _reap(workers)
         if len(workers) < MAX_WORKERS:

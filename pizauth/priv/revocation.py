@@ -45,6 +45,8 @@ log = logging.getLogger("pizauth")
 ATTEMPTS = 1 + len(REVOKE_RETRIES)
 ACCOUNT_CHANGED = "not tried again: a reload changed or removed the account"
 TOO_MANY = f"not tried again: more than {MAX_REVOCATIONS_WAITING} revocations were waiting"
+NOT_AT_PROVIDER = "The token of {} was forgotten locally but not revoked at the provider"
+NO_ENDPOINT = "the account has no revocation endpoint (revoke_uri, or the issuer's metadata)"
 
 
 def token_to_revoke(state: TokenState) -> tuple[Secret, str] | None:
@@ -111,6 +113,7 @@ class Revoker:
             target = outcome.account
             if target.revoke_uri is None:
                 revocation.token.wipe()
+                self._only_local(target)
                 return
             secret = outcome.secret
             request_id = self._ids.allocate(self.pending)
@@ -131,6 +134,21 @@ class Revoker:
             self._send(frame)
 
         self.resolver.resolve(revocation.account, "revoke_uri", True, resolved, optional=True)
+
+    def _only_local(self, account: Account) -> None:
+        """Say that a token was forgotten here but is still valid at the provider. The
+        reply to `revoke` is pizauth 1.1's `ok:`, which a 1.1 client takes only as it is,
+        so it cannot carry this: the log says it, and error_notify_cmd too for an account
+        with an issuer, whose metadata was looked in for a revocation endpoint and had
+        none. An account with neither (every pizauth 1.1 configuration) only forgets
+        locally, as it did in 1.1, without a notification."""
+        name = account.name
+        message = f"{NOT_AT_PROVIDER.format(shown(name))}: {NO_ENDPOINT}"
+        if account.issuer is None:
+            log.info("%s", message)
+            return
+        log.warning("%s", message)
+        self.notifier.error(name, message)
 
     def result(self, request_id: int, result: NetRevokeResult) -> None:
         """NET_REVOKE_RESULT: a result for a revocation never asked for is a protocol error."""

@@ -61,6 +61,9 @@ WORKER_IO = 10.0
 # provider that is down, and the whole schedule ends within six minutes, so the
 # token's copy does not linger.
 REVOKE_RETRIES = (5.0, 60.0, 300.0)
+# A provider's Retry-After may put each of those off, up to this: the token's copy waits
+# in the parent meanwhile, so the whole schedule still ends within a quarter of an hour.
+REVOKE_RETRY_AFTER_MAX = 300.0
 
 # auth_notify_cmd, error_notify_cmd and token_event_cmd are killed after this...
 HOOK = 10.0

@@ -19,7 +19,7 @@ from pizauth.limits import MAX_REVOCATIONS_WAITING
 from pizauth.priv.provider import Resolver
 from pizauth.priv.revocation import ATTEMPTS, Revoker
 from pizauth.priv.secmem import Secret
-from pizauth.timeouts import RETRY_AFTER_MAX, REVOKE_RETRIES
+from pizauth.timeouts import RETRY_AFTER_MAX, REVOKE_RETRIES, REVOKE_RETRY_AFTER_MAX
 
 TOKEN = b"1//refresh-token-to-revoke"
 REVOKE_URI = "https://provider.example/revoke"
@@ -319,7 +319,8 @@ def test_a_result_for_no_revocation_is_a_protocol_error() -> None:
         (None, REVOKE_RETRIES[0]),  # none given: the usual schedule
         (1, REVOKE_RETRIES[0]),  # sooner than we would anyway: not obeyed
         (120, 120.0),  # later: obeyed
-        (10**9, RETRY_AFTER_MAX),  # beyond the bound (a child that lies): clamped
+        (3600, REVOKE_RETRY_AFTER_MAX),  # within the network's bound, beyond the revoker's
+        (10**9, REVOKE_RETRY_AFTER_MAX),  # beyond every bound (a child that lies)
     ],
 )
 def test_retry_after_puts_the_next_attempt_off_within_bounds(

@@ -24,13 +24,15 @@ class LastError:
     at: float  # an instant (priv/clock.py)
 
 
-def retry_delay(normal: float, retry_after: int | None) -> float:
+def retry_delay(
+    normal: float, retry_after: int | None, limit: float = RETRY_AFTER_MAX
+) -> float:
     """How long to wait before trying a transient failure again: `normal`, or longer if
-    the provider's Retry-After asked for more, but never more than RETRY_AFTER_MAX (the
-    network child bounds it too; this process does not trust it to)."""
+    the provider's Retry-After asked for more, but never more than `limit` (the network
+    child bounds it to RETRY_AFTER_MAX too; this process does not trust it to)."""
     if retry_after is None:
         return normal
-    return max(normal, min(float(retry_after), RETRY_AFTER_MAX))
+    return max(normal, min(float(retry_after), limit))
 
 
 def callback_error(error: str, description: str | None) -> str:

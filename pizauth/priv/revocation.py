@@ -38,7 +38,7 @@ from pizauth.priv.provider import NETWORK_LOST, Outcome, Resolver, Unready
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, TokenState
 from pizauth.text import shown
-from pizauth.timeouts import REVOKE_RETRIES
+from pizauth.timeouts import REVOKE_RETRIES, REVOKE_RETRY_AFTER_MAX
 
 log = logging.getLogger("pizauth")
 
@@ -186,7 +186,9 @@ class Revoker:
             self._give_up(failed, message)
             return
         # The provider's Retry-After may put the next attempt off, within bounds.
-        delay = retry_delay(REVOKE_RETRIES[failed.attempts - 1], retry_after)
+        delay = retry_delay(
+            REVOKE_RETRIES[failed.attempts - 1], retry_after, REVOKE_RETRY_AFTER_MAX
+        )
         log.warning(
             "revoking the token of %s at the provider failed (attempt %d of %d): %s;"
             " trying again in %g s",

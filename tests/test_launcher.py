@@ -112,3 +112,17 @@ def test_a_worker_that_outlives_its_deadline_is_killed(
     finally:
         launcher.sock.close()
         os.waitpid(launcher.pid, 0)
+
+
+def test_requests_beyond_the_bound_wait_a_bounded_time(
+    launcher: Launcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The honest network child queues a request while every slot is busy with a call
+    of its own, but not for ever: it fails as Busy (a transient failure) in the end."""
+    monkeypatch.setattr(worker, "WORKER_SLOT_WAIT", 0.5)
+    for _ in range(MAX_WORKERS):
+        assert launcher._slots.acquire(blocking=False)  # sixteen calls under way
+    start = time.monotonic()
+    with pytest.raises(Busy):
+        launcher.call(ipc.NetMetadata("https://issuer.example").encode(1), MsgType.NET_METADATA)
+    assert 0.5 <= time.monotonic() - start < 2

@@ -24,9 +24,7 @@ class LastError:
     at: float  # an instant (priv/clock.py)
 
 
-def retry_delay(
-    normal: float, retry_after: int | None, limit: float = RETRY_AFTER_MAX
-) -> float:
+def retry_delay(normal: float, retry_after: int | None, limit: float = RETRY_AFTER_MAX) -> float:
     """How long to wait before trying a transient failure again: `normal`, or longer if
     the provider's Retry-After asked for more, but never more than `limit` (the network
     child bounds it to RETRY_AFTER_MAX too; this process does not trust it to)."""

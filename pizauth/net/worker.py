@@ -16,9 +16,9 @@ The launcher only ever sees descriptors (each with the type of the request it wi
 carry), never a request or a result. It runs at most limits.MAX_WORKERS workers at
 once, whatever it is asked: a worker counts until the launcher has reaped it, and a
 descriptor that finds every slot taken is answered REFUSED, which the network child
-turns into a transient failure. It kills a worker that outlives its deadline
-(DEADLINES) by WORKER_KILL_MARGIN, so that a worker that escapes its own timer
-(net/deadline.py) still ends.
+turns into a transient failure. It kills a worker still running WORKER_IO and
+WORKER_KILL_MARGIN after its deadline (DEADLINES), so that a worker that escapes its
+own timer (net/deadline.py) still ends.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def _start_worker(
         pid = os.fork()
     except OSError as e:
         log.error("cannot start a token request worker: %s", e)
-        os.close(fd)  # the network child sees end-of-file: the request failed
+        _answer(fd, REFUSED)  # nothing was sent: the request may be tried again
         return
     if pid == 0:
         try:

@@ -195,6 +195,12 @@ class Provider:
         # Microsoft style: the first segment of issuer_path is served as "{tenantid}".
         self.metadata_tenant_issuer = False
         self.metadata_drop: set[str] = set()  # endpoint names left out of the document
+        # oauthlib (django-oauth-toolkit) style: a device authorization request must name
+        # its client_id in the body, even when the client authenticates with HTTP Basic.
+        self.device_requires_client_id = False
+        # The Retry-After header (RFC 9110 §10.2.3) of scripted 429 and 503 /token replies
+        # and of the 503 of fail_next_revocations; None sends none.
+        self.retry_after: str | None = None
 
         self._lock = threading.Lock()
         # One Condition on the same lock: waiters see every state change atomically.
@@ -537,7 +543,10 @@ class Provider:
             try:
                 if self._scripted:
                     status, body = self._scripted.popleft()
-                    return status, {"Content-Type": "application/json"}, body
+                    headers = {"Content-Type": "application/json"}
+                    if status in (429, 503) and self.retry_after is not None:
+                        headers["Retry-After"] = self.retry_after
+                    return status, headers, body
                 try:
                     payload = self._token_locked(params, dups, authorization)
                 except _TokenError as e:
@@ -723,6 +732,8 @@ class Provider:
     ) -> dict[str, Any]:
         if dups:
             raise _TokenError(400, "invalid_request", f"repeated parameter(s): {', '.join(dups)}")
+        if self.device_requires_client_id and "client_id" not in p:
+            raise _TokenError(400, "invalid_request", "Missing client_id parameter.")
         client = self._authenticate(p, authorization)
         scope = p.get("scope", "")
         if scope and not _SCOPE_RE.fullmatch(scope):
@@ -834,7 +845,8 @@ class Provider:
                 if self._fail_revocations:
                     self._fail_revocations -= 1
                     self._cond.notify_all()
-                    raise _TokenError(503, "temporarily_unavailable", "try again later")
+                    wait = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+                    raise _TokenError(503, "temporarily_unavailable", "try again later", wait)
                 if dups:
                     raise _TokenError(
                         400, "invalid_request", f"repeated parameter(s): {', '.join(dups)}"

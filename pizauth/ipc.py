@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 from pizauth import limits
+from pizauth.timeouts import RETRY_AFTER_MAX
 
 Buffer = bytes | bytearray | memoryview
 
@@ -271,6 +272,20 @@ def number(field: memoryview, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ProtocolError("number field out of range")
     return value
+
+
+# A provider's Retry-After, in whole seconds, as the network child read it: from 0 up to
+# timeouts.RETRY_AFTER_MAX; the field is empty when there was none.
+MAX_RETRY_AFTER = int(RETRY_AFTER_MAX)
+MAX_RETRY_AFTER_DIGITS = len(str(MAX_RETRY_AFTER))
+
+
+def _optional_number(value: int | None) -> bytes:
+    return b"" if value is None else str(value).encode()
+
+
+def _retry_after(field: memoryview) -> int | None:
+    return number(field, 0, MAX_RETRY_AFTER) if field.nbytes else None
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -593,6 +608,7 @@ class NetTokenResult(Wire):
         len("invalid"),
         limits.MAX_TOKEN,
         limits.MAX_ERROR_CODE,
+        MAX_RETRY_AFTER_DIGITS,
     )
     outcome: TokenOutcome
     message: str = ""  # why it failed
@@ -601,6 +617,8 @@ class NetTokenResult(Wire):
     refresh_kind: RefreshKind = RefreshKind.ABSENT
     refresh_token: Buffer = b""
     provider_error: str = ""  # the provider's OAuth error code, e.g. "invalid_client"
+    # With a transient failure: the seconds the provider's Retry-After asked for, if any.
+    retry_after: int | None = None
 
     def fields(self) -> Sequence[Buffer]:
         return [
@@ -611,11 +629,12 @@ class NetTokenResult(Wire):
             self.refresh_kind.value.encode(),
             self.refresh_token,
             self.provider_error.encode(),
+            _optional_number(self.retry_after),
         ]
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetTokenResult:
-        outcome, message, access, expires, kind, refresh, provider_error = fields
+        outcome, message, access, expires, kind, refresh, provider_error, wait = fields
         result = cls(
             outcome=choice(outcome, TokenOutcome),
             message=text(message),
@@ -624,6 +643,7 @@ class NetTokenResult(Wire):
             refresh_kind=choice(kind, RefreshKind),
             refresh_token=refresh,
             provider_error=text(provider_error),
+            retry_after=_retry_after(wait),
         )
         if result.outcome is TokenOutcome.OK and not access.nbytes:
             raise ProtocolError("empty access token")
@@ -984,17 +1004,32 @@ class NetRevokeResult(Wire):
     """How a NET_REVOKE with the same request id ended."""
 
     TYPE = MsgType.NET_REVOKE_RESULT
-    LIMITS = (len("permanent"), limits.MAX_RESULT_MESSAGE, limits.MAX_ERROR_CODE)
+    LIMITS = (
+        len("permanent"),
+        limits.MAX_RESULT_MESSAGE,
+        limits.MAX_ERROR_CODE,
+        MAX_RETRY_AFTER_DIGITS,
+    )
     outcome: NetOutcome
     message: str = ""
     provider_error: str = ""
+    # With a transient failure: the seconds the provider's Retry-After asked for, if any.
+    retry_after: int | None = None
 
     def fields(self) -> Sequence[Buffer]:
-        return [self.outcome.value.encode(), self.message.encode(), self.provider_error.encode()]
+        return [
+            self.outcome.value.encode(),
+            self.message.encode(),
+            self.provider_error.encode(),
+            _optional_number(self.retry_after),
+        ]
 
     @classmethod
     def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRevokeResult:
-        return cls(choice(fields[0], NetOutcome), text(fields[1]), text(fields[2]))
+        outcome, message, provider_error, wait = fields
+        return cls(
+            choice(outcome, NetOutcome), text(message), text(provider_error), _retry_after(wait)
+        )
 
 
 MESSAGES: dict[MsgType, type[Wire]] = {

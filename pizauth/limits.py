@@ -67,3 +67,11 @@ MAX_PAGE = 2 * MAX_REDIRECT_REQUEST + 2 * MAX_ACCOUNT_NAME + 256
 # The HTTPS certificate's public key (PEM) and its fingerprint, as `info` shows them.
 MAX_PUBLIC_KEY = 4 * 1024
 MAX_FINGERPRINT = 256
+
+# Network workers (one per call to a provider) running at once. The launcher refuses to
+# run more whatever the network child asks, counting each until it has reaped it; the
+# network child queues requests beyond this (for at most timeouts.WORKER_SLOT_WAIT).
+# A user's accounts make a few calls at a time; 16 leaves room for a burst of logins,
+# revocations and metadata fetches while bounding what a subverted network child can
+# make the launcher fork.
+MAX_WORKERS = 16

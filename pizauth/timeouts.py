@@ -28,9 +28,27 @@ VERDICT = 20.0
 REDIRECT_READ = 10.0
 REDIRECT_REQUEST = 30.0
 
-# A token endpoint: to connect, and then for the whole reply.
+# A call to a provider (token, device authorization, metadata or revocation endpoint):
+# to connect, and then the whole exchange, from the connection to the reply's last byte,
+# however slowly the provider sends it (pizauth/net/deadline.py enforces it).
 CONNECT = 10.0
 TOKEN_REQUEST = 30.0
+# A code exchange is sent again when it cannot have reached the provider or the provider
+# said it was overloaded: all its attempts, and the pauses between them, end within this.
+CODE_EXCHANGE = 90.0
+# The device authorization request: a `pizauth show` waits for it, so it ends before the
+# command child gives up on the parent (COMMAND_REPLY) and the user hears why it failed.
+DEVICE_AUTHORIZATION = 25.0
+# A network worker still running this long after its deadline is killed by the launcher.
+WORKER_KILL_MARGIN = 5.0
+# A request that finds every worker slot taken waits this long for one, then fails as a
+# transient failure (tried again later, as an outage would be).
+WORKER_SLOT_WAIT = 30.0
+
+# A provider's Retry-After (on HTTP 429 or 503 from a token or revocation endpoint) is
+# obeyed, but never trusted to make us retry sooner than we would anyway, nor to put a
+# retry off by more than this: a provider's mistake must not silence an account for days.
+RETRY_AFTER_MAX = 3600.0
 
 # A network worker reads its request from, and writes its result to, the network
 # child within this time.
@@ -43,6 +61,9 @@ WORKER_IO = 10.0
 # provider that is down, and the whole schedule ends within six minutes, so the
 # token's copy does not linger.
 REVOKE_RETRIES = (5.0, 60.0, 300.0)
+# A provider's Retry-After may put each of those off, up to this: the token's copy waits
+# in the parent meanwhile, so the whole schedule still ends within a quarter of an hour.
+REVOKE_RETRY_AFTER_MAX = 300.0
 
 # auth_notify_cmd, error_notify_cmd and token_event_cmd are killed after this...
 HOOK = 10.0

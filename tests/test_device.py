@@ -147,6 +147,29 @@ def test_approve_gives_a_token_and_token_new(pizauth: Pizauth) -> None:
     assert not [e for e in p.errors if "slow_down" in e]
 
 
+def test_basic_login_with_a_provider_that_wants_client_id_in_the_body(tmp_path: Path) -> None:
+    """An oauthlib-based provider (django-oauth-toolkit) refuses a device authorization
+    request whose body does not name client_id, even with HTTP Basic: pizauth sends it,
+    and keeps the secret out of the body."""
+    client = Client(CLIENT_ID, CLIENT_SECRET, token_endpoint_auth_method="client_secret_basic")
+    with Provider([client], device_interval=1) as p:
+        p.device_requires_client_id = True
+        pizauth = Pizauth(tmp_path, p)
+        try:
+            device_config(pizauth, 'token_endpoint_auth_method = "client_secret_basic";')
+            pizauth.start()
+            code = user_code(pizauth)
+            assert p.device_requests == [{"client_id": CLIENT_ID, "scope": "mail offline_access"}]
+            p.approve_device(code)
+            assert wait_for(lambda: pizauth._token("dev"), 10, "device token", pizauth.log)
+            assert all(r["client_id"] == CLIENT_ID for r in p.token_requests)
+            assert not any("client_secret" in r for r in p.token_requests)
+            assert p.errors == []
+        finally:
+            pizauth.stop()
+        assert not pizauth.log_problems()
+
+
 def test_polls_keep_the_interval_and_slow_down_adds_five_seconds(pizauth: Pizauth) -> None:
     device_config(pizauth)
     pizauth.start()

@@ -314,12 +314,12 @@ def test_every_message_fits_a_frame_at_its_limits() -> None:
 @pytest.mark.parametrize(
     ("fields", "why"),
     [
-        ([b"maybe", b"", b"", b"", b"absent", b"", b""], "bad outcome"),
-        ([b"ok", b"", b"", b"60", b"absent", b"", b""], "ok without a token"),
-        ([b"ok", b"", b"at", b"soon", b"absent", b"", b""], "expires_in not digits"),
-        ([b"ok", b"", b"at", b"-1", b"absent", b"", b""], "negative expires_in"),
-        ([b"ok", b"", b"at", b"9" * 12, b"absent", b"", b""], "expires_in over its limit"),
-        ([b"ok", b"", b"at", b"60", b"sometimes", b"", b""], "bad refresh kind"),
+        ([b"maybe", b"", b"", b"", b"absent", b"", b"", b""], "bad outcome"),
+        ([b"ok", b"", b"", b"60", b"absent", b"", b"", b""], "ok without a token"),
+        ([b"ok", b"", b"at", b"soon", b"absent", b"", b"", b""], "expires_in not digits"),
+        ([b"ok", b"", b"at", b"-1", b"absent", b"", b"", b""], "negative expires_in"),
+        ([b"ok", b"", b"at", b"9" * 12, b"absent", b"", b"", b""], "expires_in over its limit"),
+        ([b"ok", b"", b"at", b"60", b"sometimes", b"", b"", b""], "bad refresh kind"),
     ],
 )
 def test_bad_token_results_are_protocol_errors(fields: list[bytes], why: str) -> None:

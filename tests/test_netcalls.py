@@ -190,8 +190,11 @@ def test_client_auth_fields() -> None:
         [("client_id", "c"), ("client_secret", "s")],
         {},
     )
+    # With Basic the secret is in the header only, and client_id in the body too (RFC 6749
+    # §2.3.1 allows it; oauthlib-based servers require it).
     form, headers = tokenclient.client_auth("c", "s", CLIENT_SECRET_BASIC)
-    assert form == [] and headers["Authorization"] == tokenclient.basic_credentials("c", "s")
+    assert form == [("client_id", "c")]
+    assert headers["Authorization"] == tokenclient.basic_credentials("c", "s")
     # A public client names itself in the body whatever the method.
     assert tokenclient.client_auth("c", None, CLIENT_SECRET_BASIC) == ([("client_id", "c")], {})
     with pytest.raises(ValueError):
@@ -206,7 +209,7 @@ def test_exchange_and_refresh_with_basic(provider: Provider, session) -> None:
     assert result.outcome == "ok", result.message
     assert provider.is_valid_access_token(result.access_token)
     sent = provider.token_requests[-1]
-    assert "client_secret" not in sent and "client_id" not in sent
+    assert "client_secret" not in sent and sent["client_id"] == "basic"
     refresh_form = [
         ("client_id", "basic"),
         ("refresh_token", result.refresh_token),
@@ -216,6 +219,7 @@ def test_exchange_and_refresh_with_basic(provider: Provider, session) -> None:
     again = tokenclient.refresh(session, provider.token_uri, refresh_form, CLIENT_SECRET_BASIC)
     assert again.outcome == "ok", again.message
     assert "client_secret" not in provider.token_requests[-1]
+    assert provider.token_requests[-1]["client_id"] == "basic"
     assert provider.errors == []
 
 
@@ -283,7 +287,28 @@ def test_device_authorization_defaults() -> None:
 def test_device_authorization_basic(provider: Provider, session) -> None:
     auth = start(provider, session, "basic", "basic")
     assert auth.outcome == "ok", auth.message
-    assert provider.device_requests == [{"scope": SCOPES}]  # no id or secret in the body
+    # The secret in the Basic header only; client_id in the body too.
+    assert provider.device_requests == [{"client_id": "basic", "scope": SCOPES}]
+
+
+def test_device_authorization_basic_with_an_oauthlib_provider(provider: Provider, session) -> None:
+    """oauthlib (django-oauth-toolkit) refuses a device authorization request whose body
+    does not name client_id, even with HTTP Basic: pizauth names it."""
+    provider.device_requires_client_id = True
+    creds = tokenclient.basic_credentials("basic", BASIC_SECRET)
+    refused = session.post(
+        provider.device_auth_uri, data={"scope": SCOPES}, headers={"Authorization": creds}
+    )
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+    auth = start(provider, session, "basic", "basic")
+    assert auth.outcome == "ok", auth.message
+    assert provider.device_requests[-1] == {"client_id": "basic", "scope": SCOPES}
+    # ...and then polls with it too, the secret in the header only.
+    provider.approve_device(auth.user_code)
+    result = poll(provider, session, auth, "basic")
+    assert result.outcome == "ok", result.message
+    assert provider.token_requests[-1]["client_id"] == "basic"
+    assert "client_secret" not in provider.token_requests[-1]
 
 
 def test_device_authorization_wrong_method(provider: Provider, session) -> None:
@@ -520,6 +545,7 @@ def test_poll_sends_basic_and_no_secret_in_body(hostile: Hostile, session) -> No
     assert urllib.parse.parse_qsl(body.decode()) == [
         ("grant_type", device.DEVICE_GRANT),
         ("device_code", "dc-1"),
+        ("client_id", "cid"),
     ]
 
 

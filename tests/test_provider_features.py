@@ -305,8 +305,10 @@ def test_client_secret_basic_login_and_refresh(tmp_path: Path) -> None:
             server.start()
             server.authorise()
             refresh_and_wait(server, provider, 2)
+            # The secret only in the Basic header; client_id in the body as well.
             for request in provider.token_requests:
-                assert "client_secret" not in request and "client_id" not in request, request
+                assert "client_secret" not in request, request
+                assert request["client_id"] == CLIENT_ID, request
             assert not provider.errors
         finally:
             server.stop()

@@ -19,13 +19,17 @@ from pizauth.limits import MAX_REVOCATIONS_WAITING
 from pizauth.priv.provider import Resolver
 from pizauth.priv.revocation import ATTEMPTS, Revoker
 from pizauth.priv.secmem import Secret
-from pizauth.timeouts import REVOKE_RETRIES
+from pizauth.timeouts import RETRY_AFTER_MAX, REVOKE_RETRIES, REVOKE_RETRY_AFTER_MAX
 
 TOKEN = b"1//refresh-token-to-revoke"
 REVOKE_URI = "https://provider.example/revoke"
 BUSY = NetRevokeResult(NetOutcome.TRANSIENT, "HTTP code 503 (temporarily_unavailable)")
 GONE = NetRevokeResult(NetOutcome.PERMANENT, "HTTP code 404")
 OK = NetRevokeResult(NetOutcome.OK)
+LOCAL_ONLY = (
+    "The token of acct was forgotten locally but not revoked at the provider: the account has"
+    " no revocation endpoint (revoke_uri, or the issuer's metadata)"
+)
 
 
 def account(name: str = "acct", **changes: object) -> Account:
@@ -216,10 +220,24 @@ def test_a_permanent_failure_to_find_the_endpoint_is_reported_at_once() -> None:
     assert wiped(token) and h.revoker.next_wakeup() is None
 
 
-def test_without_an_endpoint_nothing_is_sent_and_the_copy_is_wiped() -> None:
+def test_without_an_endpoint_nothing_is_sent_and_the_copy_is_wiped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pizauth")
     h = Harness({"acct": account(revoke_uri=None)})
     token = h.revoke()
+    # A pizauth 1.1 account: no notification, as in 1.1; the log says what happened.
     assert h.net.revokes == [] and h.errors.reports == [] and wiped(token)
+    assert LOCAL_ONLY in caplog.text
+
+
+def test_an_issuer_without_a_revocation_endpoint_is_told() -> None:
+    h = Harness({"acct": account(revoke_uri=None, issuer=ISSUER)})
+    token = h.revoke()
+    [(fetch_id, _)] = h.net.fetches
+    h.resolver.result(fetch_id, NetMetadataResult(NetOutcome.OK, ""))  # no revocation_endpoint
+    assert h.net.revokes == [] and wiped(token)
+    assert h.errors.reports == [("acct", LOCAL_ONLY)]
 
 
 def test_a_retry_survives_a_reload_that_leaves_the_account_as_it_was() -> None:
@@ -293,3 +311,39 @@ def test_a_result_for_no_revocation_is_a_protocol_error() -> None:
     h.answer(OK)
     with pytest.raises(ipc.ProtocolError):
         h.answer(OK)  # the same request id again
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "delay"),
+    [
+        (None, REVOKE_RETRIES[0]),  # none given: the usual schedule
+        (1, REVOKE_RETRIES[0]),  # sooner than we would anyway: not obeyed
+        (120, 120.0),  # later: obeyed
+        (3600, REVOKE_RETRY_AFTER_MAX),  # within the network's bound, beyond the revoker's
+        (10**9, REVOKE_RETRY_AFTER_MAX),  # beyond every bound (a child that lies)
+    ],
+)
+def test_retry_after_puts_the_next_attempt_off_within_bounds(
+    retry_after: int | None, delay: float
+) -> None:
+    h = Harness()
+    token = h.revoke()
+    h.answer(dataclasses.replace(BUSY, retry_after=retry_after))
+    assert h.revoker.next_wakeup() == h.now + delay
+    h.advance_to(h.now + delay - 0.1)
+    assert len(h.net.revokes) == 1  # not before the provider's time
+    h.advance_to(h.now + 0.1)
+    assert len(h.net.revokes) == 2
+    h.answer(OK)
+    assert wiped(token) and h.errors.reports == []
+
+
+def test_retry_after_travels_from_the_network_child() -> None:
+    """The field survives the frame, and a value past its bound is a protocol error."""
+    frame = dataclasses.replace(BUSY, retry_after=120).encode(7)
+    assert ipc.NetRevokeResult.decode(ipc.decode(frame)).retry_after == 120
+    too_long = ipc.encode(
+        MsgType.NET_REVOKE_RESULT, 7, [b"transient", b"", b"", str(RETRY_AFTER_MAX + 1).encode()]
+    )
+    with pytest.raises(ipc.ProtocolError):
+        ipc.NetRevokeResult.decode(ipc.decode(too_long))

@@ -20,8 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pizauth import ipc, limits
-from pizauth.net import tokenclient
+from pizauth.net import reply, tokenclient
 from pizauth.net.tokenclient import TokenResult, exchange_code, refresh
+from pizauth.net.worker import to_wire
+
+RETRY_AFTER_MAX = reply.RETRY_AFTER_MAX
 
 UNEXPECTED_EXCHANGE = "invalid response received"
 UNEXPECTED_REFRESH = "Received JSON in unexpected format"
@@ -609,9 +612,10 @@ BODIES = st.one_of(
 
 
 class FakeResponse:
-    def __init__(self, status: int, payload: bytes) -> None:
+    def __init__(self, status: int, payload: bytes, retry_after: str | None = None) -> None:
         self.status_code = status
         self.payload = payload
+        self.headers = {} if retry_after is None else {"Retry-After": retry_after}
 
     def iter_content(self, size: int) -> Iterator[bytes]:
         for i in range(0, len(self.payload), size):
@@ -625,8 +629,8 @@ class FakeResponse:
 
 
 class FakeSession:
-    def __init__(self, status: int, payload: bytes) -> None:
-        self.response = FakeResponse(status, payload)
+    def __init__(self, status: int, payload: bytes, retry_after: str | None = None) -> None:
+        self.response = FakeResponse(status, payload, retry_after)
 
     def request(self, *args: object, **kwargs: object) -> FakeResponse:
         return self.response
@@ -645,16 +649,75 @@ def assert_well_formed(result: TokenResult) -> None:
         assert result.refresh_kind in ("absent", "string", "invalid")
     else:
         assert result.message and not result.access_token and not result.refresh_token
+    if result.retry_after is not None:
+        assert result.outcome == "transient" and 0 <= result.retry_after <= RETRY_AFTER_MAX
+    ipc.NetTokenResult.decode(ipc.decode(to_wire(result).encode(1)))  # the parent accepts it
+
+
+# Retry-After values a hostile or broken server might send.
+RETRY_AFTERS = st.none() | st.one_of(
+    st.integers(-(10**30), 10**30).map(str),
+    st.sampled_from(
+        [
+            "",
+            " 120 ",
+            "9" * 5000,
+            "-1",
+            "1.5",
+            "0x10",
+            "١٢٣",  # Arabic-Indic digits: str.isdigit() says yes, int() would take them
+            "Wed, 21 Oct 2015 07:28:00 GMT",  # long past
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "Sat, 01 Jan 10000 00:00:00 GMT",
+            "Mon, 32 Foo 2024 99:99:99 GMT",
+            "Sun, 06 Nov 1994 08:49:37 +9999",
+            "nan",
+            "\x00\r\n",
+        ]
+    ),
+    st.text(max_size=80),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     status=st.sampled_from([200, 201, 204, 302, 400, 401, 429, 500, 503]) | st.integers(100, 599),
     payload=BODIES,
+    retry_after=RETRY_AFTERS,
 )
-def test_any_reply_gives_a_well_formed_result(status, payload):
-    assert_well_formed(refresh(FakeSession(status, payload), "http://t/", REFRESH_FORM))
+def test_any_reply_gives_a_well_formed_result(status, payload, retry_after):
+    session = FakeSession(status, payload, retry_after)
+    assert_well_formed(refresh(session, "http://t/", REFRESH_FORM))
     sleeps = Sleeps()
-    assert_well_formed(
-        exchange_code(FakeSession(status, payload), "http://t/", EXCHANGE_FORM, sleeps)
-    )
+    assert_well_formed(exchange_code(session, "http://t/", EXCHANGE_FORM, sleeps))
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=RETRY_AFTERS, now=st.floats(0, 2**40))
+def test_any_retry_after_is_bounded(value, now):
+    wait = reply.retry_after(value, now)
+    assert wait is None or (isinstance(wait, int) and 0 <= wait <= RETRY_AFTER_MAX)
+
+
+@pytest.mark.parametrize(
+    ("value", "wait"),
+    [
+        (None, None),
+        ("120", 120),
+        (" 0120 ", 120),
+        ("0", 0),
+        ("9" * 400, RETRY_AFTER_MAX),
+        ("-5", None),
+        ("soon", None),
+        ("1.5", None),
+        ("١٢٣", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0),  # in the past: now
+        ("Tue, 14 Nov 2023 22:23:20 GMT", 600),
+        ("Tuesday, 14-Nov-23 22:23:20 GMT", 600),  # RFC 850, obsolete but to be read
+        ("Tue Nov 14 22:23:20 2023", 600),  # asctime
+        ("Fri, 31 Dec 9999 23:59:59 GMT", RETRY_AFTER_MAX),
+    ],
+)
+def test_retry_after_values(value, wait):
+    now = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+    assert reply.retry_after(value, now) == wait

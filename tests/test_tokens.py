@@ -12,11 +12,13 @@ import time
 
 import pytest
 
-from pizauth import config
+from pizauth import config, ipc
+from pizauth.ipc import NetTokenResult, TokenOutcome
 from pizauth.priv import clock, notifier, refresher
 from pizauth.priv.authurl import AuthRequest
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenTable, describe
+from pizauth.timeouts import RETRY_AFTER_MAX
 
 ACCOUNT_BODY = """
     auth_uri = "{auth}";
@@ -406,6 +408,37 @@ def test_refresh_time_at_least_wins():
 def test_refresh_time_after_a_failed_attempt():
     e = entry(active(obtained=1000, expiry=2000, last_refresh_attempt=1950.0))
     assert refresher.refresh_time(e) == 1990
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "due"),
+    [
+        (None, 1990.0),  # refresh_retry (40 s)
+        (5, 1990.0),  # a provider cannot make us retry sooner
+        (600, 2550.0),  # nor later than it asked
+        (10**9, 1950.0 + RETRY_AFTER_MAX),  # up to the bound, whatever it asked
+    ],
+)
+def test_refresh_time_honours_retry_after_within_bounds(retry_after, due):
+    e = entry(active(last_refresh_attempt=1950.0, retry_after=retry_after))
+    assert refresher.refresh_time(e) == due
+
+
+def test_a_transient_refresh_result_carries_its_retry_after(monkeypatch):
+    conf = config.parse(block("x", "refresh_retry = 40s;"))
+    table = TokenTable(conf.accounts)
+    e = table.entries["x"]
+    e.state = active(obtained=1000, expiry=2000)
+    sent: list[bytearray] = []
+    r = refresher.Refresher(table, lambda: conf, lambda: (None, None), None, None, sent.append)
+    monkeypatch.setattr(refresher, "instant", lambda: 1950.0)
+    r.start_refresh(e, 1950.0)
+    (request_id,) = r.requests
+    busy = NetTokenResult(TokenOutcome.TRANSIENT, "HTTP code 503", retry_after=600)
+    r.result(request_id, NetTokenResult.decode(ipc.decode(busy.encode(request_id))))
+    assert refresher.refresh_time(e) == 1950.0 + 600
+    assert not refresher.due(table, 1950.0 + 599) and refresher.due(table, 1950.0 + 600)
+    assert e.last_error is not None and e.last_error.message == "HTTP code 503"
 
 
 def test_zero_refresh_retry_is_clamped():

@@ -20,13 +20,14 @@ import time
 from pizauth import ipc, runtime, sandbox
 from pizauth.ipc import MsgType, TokenOutcome
 from pizauth.net import redirect
-from pizauth.net.worker import Launcher, failure
+from pizauth.net.worker import Busy, Launcher, failure
 from pizauth.process import start_child
 from pizauth.timeouts import VERDICT as VERDICT_TIMEOUT
 
 log = logging.getLogger("pizauth")
 
 MAX_CONNECTIONS = 64  # callback connections served at once (see Connections)
+BUSY = "too many requests to providers at once: try again"
 TOKEN_REQUESTS = (
     MsgType.NET_EXCHANGE,
     MsgType.NET_REFRESH,
@@ -190,6 +191,12 @@ class NetChild:
     def _relay(self, msg_type: MsgType, request_id: int, request: bytearray) -> None:
         try:
             result = self.launcher.call(request, msg_type)
+        except Busy:
+            # Every worker slot taken: the request never left, so even an exchange may be
+            # tried again (its code is unused).
+            log.warning("no token request worker free; the request fails for now")
+            self.channel.send(failure(msg_type, TokenOutcome.TRANSIENT, BUSY), request_id)
+            return
         finally:
             ipc.wipe(request)
         try:
@@ -204,9 +211,8 @@ class NetChild:
         finally:
             if result is not None:
                 ipc.wipe(result)
-        # No answer (the worker crashed or overran its deadline). A code may have been
-        # used, so an exchange fails; a refresh is tried again later.
-        # A code may have been used: an exchange fails for good; anything else may be
+        # No answer (the worker crashed or was killed for overrunning its deadline). A
+        # code may have been used: an exchange fails for good; anything else may be
         # tried again.
         outcome = (
             TokenOutcome.PERMANENT if msg_type == MsgType.NET_EXCHANGE else TokenOutcome.TRANSIENT

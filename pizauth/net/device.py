@@ -86,11 +86,12 @@ def request_device_authorization(
     if scopes:
         form.append(("scope", scopes))
     try:
-        status, body = _post(session, device_auth_uri, form, headers, what=_WHAT)
+        got = _post(session, device_auth_uri, form, headers, what=_WHAT)
     except _Transient as e:
         return DeviceAuthorization("transient", str(e))
     except _Permanent as e:
         return DeviceAuthorization("permanent", str(e))
+    status, body = got.status, got.body
     doc = reply.load_json(body)
     error, description = reply.oauth_error(doc)
     if not 200 <= status < 300:
@@ -184,11 +185,12 @@ def poll_device_token(
     auth, headers = tokenclient.client_auth(client_id, secret, auth_method)
     form = [("grant_type", DEVICE_GRANT), ("device_code", code), *auth]
     try:
-        status, body = _post(session, token_uri, form, headers)
+        got = _post(session, token_uri, form, headers)
     except _Transient as e:
         return DevicePoll("transient", str(e))
     except _Permanent as e:
         return DevicePoll("permanent", str(e))
+    status, body = got.status, got.body
     doc = reply.load_json(body)
     error, description = reply.oauth_error(doc)
     detail = f" ({reply.error_text(error, description)})" if error else ""

@@ -86,11 +86,12 @@ def fetch_metadata(session: requests.Session, issuer: str) -> Metadata:
         return Metadata("permanent", f"issuer {issuer!r} is not an https URL")
     for uri in metadata_uris(issuer):
         try:
-            status, body = _post(session, uri, [], method="GET", what="metadata document")
+            got = _post(session, uri, [], method="GET", what="metadata document")
         except _Transient as e:
             return Metadata("transient", f"couldn't fetch metadata: {e}")
         except _Permanent as e:
             return Metadata("permanent", f"couldn't fetch metadata: {e}")
+        status, body = got.status, got.body
         if status in NOT_FOUND:
             continue
         if status in TRANSIENT_STATUSES:

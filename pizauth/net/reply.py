@@ -7,15 +7,21 @@ calls share it so that each refuses the same things in the same way.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import math
 
 from pizauth import limits
 from pizauth.safetext import safe_text
+from pizauth.timeouts import RETRY_AFTER_MAX as _RETRY_AFTER_MAX
 
 # Digits in a string-valued number (some providers quote expires_in); more than
 # this is clamped anyway, so there is no need to convert it.
 _MAX_DIGITS = 20
+RETRY_AFTER_MAX = int(_RETRY_AFTER_MAX)
+# An HTTP-date is 29 characters; a longer Retry-After is not worth parsing.
+_MAX_HEADER = 64
 
 
 def load_json(body: bytes) -> object | None:
@@ -74,3 +80,27 @@ def seconds(value: object) -> int | None:
     return min(n, limits.MAX_SECONDS)
 
 
+def retry_after(value: str | None, now: float) -> int | None:
+    """The seconds a `Retry-After` header (RFC 9110 §10.2.3) asks us to wait, from 0 up to
+    RETRY_AFTER_MAX; None if there is none or it is neither delta-seconds nor an HTTP-date.
+    `now` is the wall-clock time (time.time()) a date is measured from; a date in the past
+    is 0. Nothing a provider writes here makes this raise, overflow or take long."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():  # not "" (isdigit), nor "١٢" (isascii)
+        digits = value.lstrip("0") or "0"
+        n = RETRY_AFTER_MAX if len(digits) > _MAX_DIGITS else int(digits)
+        return min(n, RETRY_AFTER_MAX)
+    if len(value) > _MAX_HEADER:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read as such
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        delta = when.timestamp() - now
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    if math.isnan(delta) or delta >= RETRY_AFTER_MAX:
+        return None if math.isnan(delta) else RETRY_AFTER_MAX
+    return max(0, math.ceil(delta))

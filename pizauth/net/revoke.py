@@ -24,6 +24,7 @@ class Revocation:
     outcome: str  # "ok", "transient" or "permanent"
     message: str = ""  # for the user when not ok
     provider_error: str = ""  # the OAuth error code the provider gave, if any
+    retry_after: int | None = None  # seconds the provider's Retry-After asked for, if any
 
 
 def revoke_token(
@@ -45,15 +46,18 @@ def revoke_token(
         form.append(("token_type_hint", token_type_hint))
     form += auth
     try:
-        status, body = _post(session, revoke_uri, form, headers, what=_WHAT)
+        got = _post(session, revoke_uri, form, headers, what=_WHAT)
     except _Transient as e:
         return Revocation("transient", str(e))
     except _Permanent as e:
         return Revocation("permanent", str(e))
+    status, body = got.status, got.body
     if status == 200:
         return Revocation("ok")
     error, description = reply.oauth_error(reply.load_json(body))
     message = f"HTTP code {status}" + (
         f" ({reply.error_text(error, description)})" if error else ""
     )
-    return Revocation("transient" if status in TRANSIENT_STATUSES else "permanent", message, error)
+    if status in TRANSIENT_STATUSES:
+        return Revocation("transient", message, error, got.retry_after)
+    return Revocation("permanent", message, error)

@@ -16,8 +16,9 @@ from urllib.parse import quote_plus
 import requests
 
 from pizauth import ipc, limits
+from pizauth.net import deadline, reply
 from pizauth.safetext import safe_text
-from pizauth.timeouts import CONNECT, TOKEN_REQUEST
+from pizauth.timeouts import CODE_EXCHANGE, CONNECT, TOKEN_REQUEST
 
 TIMEOUT = TOKEN_REQUEST  # seconds, per request overall, as pizauth 1.1
 MAX_BODY = limits.MAX_REPLY_BODY  # a token response is a few KiB; never buffer more
@@ -28,6 +29,8 @@ _HUGE = 10**_MAX_DIGITS
 EXCHANGE_ATTEMPTS = 10
 EXCHANGE_RETRY_DELAY = 6.0
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Where a provider's Retry-After says when to come back (RFC 6585 §4, RFC 9110 §15.6.4).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 # How the client authenticates at the token, device and revocation endpoints.
 CLIENT_SECRET_POST = "client_secret_post"  # the secret in the form body
 CLIENT_SECRET_BASIC = "client_secret_basic"  # HTTP Basic, RFC 6749 §2.3.1
@@ -44,6 +47,8 @@ class TokenResult:
     refresh_token: str = ""
     # The provider's OAuth error code (`invalid_client`, `slow_down`...), when it gave one.
     provider_error: str = ""
+    # Seconds the provider's Retry-After asked for, with a transient failure; None if none.
+    retry_after: int | None = None
 
     def fields(self) -> list[bytes]:
         """The NET_TOKEN_RESULT fields, each within the bounds the parent accepts: the
@@ -56,15 +61,17 @@ class TokenResult:
             self.refresh_kind.encode(),
             self.refresh_token.encode(),
             safe_text(self.provider_error, limits.MAX_ERROR_CODE).encode(),
+            b"" if self.retry_after is None else str(self.retry_after).encode(),
         ]
 
 
 class _Failure(Exception):
     """A failed call: the message for the user, and the provider's OAuth error code."""
 
-    def __init__(self, message: str, code: str = "") -> None:
+    def __init__(self, message: str, code: str = "", retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after
 
 
 class _Transient(_Failure):
@@ -79,6 +86,16 @@ class _NotSent(_Transient):
     """The request never reached the server, so it is safe to send again."""
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What an endpoint answered: status, body, and the seconds its Retry-After asked us
+    to wait (429 and 503 only; None when it gave none we could read)."""
+
+    status: int
+    body: bytes
+    retry_after: int | None = None
+
+
 def _post(
     session: requests.Session,
     uri: str,
@@ -86,10 +103,26 @@ def _post(
     headers: dict[str, str] | None = None,
     method: str = "POST",
     what: str = "token endpoint",
-) -> tuple[int, bytes]:
-    """(status, body) of a form POST (or a GET, with an empty form); body read to at most
-    MAX_BODY within TIMEOUT. `what` names the endpoint in messages."""
-    deadline = time.monotonic() + TIMEOUT
+) -> Reply:
+    """The reply to a form POST (or a GET, with an empty form); body read to at most
+    MAX_BODY. The whole exchange, connection to last byte, ends within TIMEOUT (or the
+    enclosing deadline, if sooner). `what` names the endpoint in messages."""
+    try:
+        with deadline.within(TIMEOUT):
+            return _exchange(session, uri, form, headers or {}, method, what)
+    except deadline.DeadlineExceeded:
+        raise _Transient(f"timed out waiting for {uri}") from None
+
+
+def _exchange(
+    session: requests.Session,
+    uri: str,
+    form: list[tuple[str, str]],
+    headers: dict[str, str],
+    method: str,
+    what: str,
+) -> Reply:
+    left = deadline.remaining() or TIMEOUT
     try:
         resp = session.request(
             method,
@@ -97,12 +130,8 @@ def _post(
             data=form,
             # No compressed body: a small one could inflate to far more than MAX_BODY
             # inside a single chunk, before the size check below could stop it.
-            headers={
-                "Accept": "application/json",
-                "Accept-Encoding": "identity",
-                **(headers or {}),
-            },
-            timeout=(CONNECT, TIMEOUT),
+            headers={"Accept": "application/json", "Accept-Encoding": "identity", **headers},
+            timeout=(min(CONNECT, left), left),
             stream=True,
             allow_redirects=False,
         )
@@ -119,15 +148,19 @@ def _post(
     with resp:
         body = bytearray()
         try:
-            for chunk in resp.iter_content(16384):
+            # Small reads, so that the deadline is also checked between them where no
+            # timer can fire (a thread other than the main one).
+            for chunk in resp.iter_content(1024):
                 body += chunk
                 if len(body) > MAX_BODY:
                     raise _Permanent(f"response from {what} too large")
-                if time.monotonic() > deadline:
-                    raise _Transient(f"timed out reading from {uri}")
+                deadline.check()
         except requests.RequestException as e:
             raise _Transient(f"reading from {uri} failed") from e
-        return resp.status_code, bytes(body)
+        wait = None
+        if resp.status_code in RETRY_AFTER_STATUSES:
+            wait = reply.retry_after(resp.headers.get("Retry-After"), time.time())
+        return Reply(resp.status_code, bytes(body), wait)
 
 
 def _never_connected(e: requests.ConnectionError) -> bool:
@@ -210,12 +243,14 @@ def _token_text(value: str) -> str:
     return value
 
 
-def _judge(status: int, body: bytes, unexpected: str) -> TokenResult:
+def _judge(
+    status: int, body: bytes, unexpected: str, retry_after: int | None = None
+) -> TokenResult:
     if not 200 <= status < 300:
         error = _oauth_error(body)
         message = f"HTTP code {status}" + (f" ({error})" if error else "")
         if status in TRANSIENT_STATUSES:
-            raise _Transient(message, _oauth_code(body))
+            raise _Transient(message, _oauth_code(body), retry_after)
         raise _Permanent(message, _oauth_code(body))
     try:
         doc = _parse(body)
@@ -262,16 +297,17 @@ def client_auth(
 ) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(form fields, headers) that authenticate the client with `auth_method`.
 
-    With no secret the client is public and names itself by client_id in the form,
-    whatever the method. ValueError for a method not in AUTH_METHODS (the config
-    admits no other).
+    The form always names the client by client_id: a public client has no other way,
+    and with HTTP Basic RFC 6749 §2.3.1 allows it while some servers (oauthlib's, as in
+    django-oauth-toolkit) require it. The secret is in the form or in the header,
+    never both. ValueError for a method not in AUTH_METHODS (the config admits no other).
     """
     if auth_method not in AUTH_METHODS:
         raise ValueError("unknown token_endpoint_auth_method")
     if secret is None:
         return [("client_id", client_id)], {}
     if auth_method == CLIENT_SECRET_BASIC:
-        return [], {"Authorization": basic_credentials(client_id, secret)}
+        return [("client_id", client_id)], {"Authorization": basic_credentials(client_id, secret)}
     return [("client_id", client_id), ("client_secret", secret)], {}
 
 
@@ -279,13 +315,14 @@ def authenticate_form(
     form: list[tuple[str, str]], auth_method: str
 ) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """`form` (which carries client_id, and client_secret for a confidential client, as
-    client_secret_post sends them) as `auth_method` sends it, with its headers."""
+    client_secret_post sends them) as `auth_method` sends it, with its headers. With
+    HTTP Basic the secret moves to the header and client_id stays (see client_auth)."""
     if auth_method not in AUTH_METHODS:
         raise ValueError("unknown token_endpoint_auth_method")
     names = dict(form)
     if auth_method == CLIENT_SECRET_POST or "client_secret" not in names:
         return form, {}
-    rest = [(k, v) for k, v in form if k not in ("client_id", "client_secret")]
+    rest = [(k, v) for k, v in form if k != "client_secret"]
     return rest, {
         "Authorization": basic_credentials(names.get("client_id", ""), names["client_secret"])
     }
@@ -300,24 +337,29 @@ def exchange_code(
 ) -> TokenResult:
     """The authorisation-code grant. A request is sent again only if it cannot have
     reached the provider or the provider refused it as overloaded
-    (docs/compatibility.md "Code exchange retries")."""
+    (docs/compatibility.md "Code exchange retries"), after EXCHANGE_RETRY_DELAY or the
+    provider's Retry-After if longer, and only while CODE_EXCHANGE allows."""
     form, headers = authenticate_form(form, auth_method)
     last, code = "", ""
-    for attempt in range(EXCHANGE_ATTEMPTS):
-        if attempt:
-            sleep(EXCHANGE_RETRY_DELAY)
-        try:
-            status, body = _post(session, token_uri, form, headers)
-            return _judge(status, body, "invalid response received")
-        except _NotSent as e:
-            last, code = str(e), e.code
-        except _Transient as e:
-            if not str(e).startswith("HTTP code"):
-                # The code may have been used: re-posting it could revoke the grant.
+    with deadline.within(CODE_EXCHANGE):
+        for attempt in range(EXCHANGE_ATTEMPTS):
+            try:
+                got = _post(session, token_uri, form, headers)
+                return _judge(got.status, got.body, "invalid response received", got.retry_after)
+            except _NotSent as e:
+                last, code, wait = str(e), e.code, None
+            except _Transient as e:
+                if not str(e).startswith("HTTP code"):
+                    # The code may have been used: re-posting it could revoke the grant.
+                    return TokenResult("permanent", str(e), provider_error=e.code)
+                last, code, wait = str(e), e.code, e.retry_after
+            except _Permanent as e:
                 return TokenResult("permanent", str(e), provider_error=e.code)
-            last, code = str(e), e.code
-        except _Permanent as e:
-            return TokenResult("permanent", str(e), provider_error=e.code)
+            pause = max(EXCHANGE_RETRY_DELAY, wait or 0)
+            left = deadline.remaining()
+            if attempt + 1 == EXCHANGE_ATTEMPTS or (left is not None and pause >= left):
+                break
+            sleep(pause)
     return TokenResult("permanent", last, provider_error=code)
 
 
@@ -336,10 +378,10 @@ def refresh(
     """
     form, headers = authenticate_form(form, auth_method)
     try:
-        status, body = _post(session, token_uri, form, headers)
-        return _judge(status, body, "Received JSON in unexpected format")
+        got = _post(session, token_uri, form, headers)
+        return _judge(got.status, got.body, "Received JSON in unexpected format", got.retry_after)
     except _Transient as e:
-        return TokenResult("transient", str(e), provider_error=e.code)
+        return TokenResult("transient", str(e), provider_error=e.code, retry_after=e.retry_after)
     except _Permanent as e:
         return TokenResult("permanent", str(e), provider_error=e.code)
 

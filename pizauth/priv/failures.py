@@ -15,12 +15,22 @@ from dataclasses import dataclass
 from pizauth.limits import MAX_ERROR_CODE, MAX_PROVIDER_TEXT
 from pizauth.priv.clock import format_instant, wall_time
 from pizauth.safetext import safe_text
+from pizauth.timeouts import RETRY_AFTER_MAX
 
 
 @dataclass(frozen=True, slots=True)
 class LastError:
     message: str
     at: float  # an instant (priv/clock.py)
+
+
+def retry_delay(normal: float, retry_after: int | None, limit: float = RETRY_AFTER_MAX) -> float:
+    """How long to wait before trying a transient failure again: `normal`, or longer if
+    the provider's Retry-After asked for more, but never more than `limit` (the network
+    child bounds it to RETRY_AFTER_MAX too; this process does not trust it to)."""
+    if retry_after is None:
+        return normal
+    return max(normal, min(float(retry_after), limit))
 
 
 def callback_error(error: str, description: str | None) -> str:

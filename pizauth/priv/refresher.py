@@ -18,7 +18,7 @@ from pizauth.config import Account, Config
 from pizauth.ipc import NetTokenResult, RefreshKind, TokenOutcome
 from pizauth.priv.authurl import new_auth_request
 from pizauth.priv.clock import instant
-from pizauth.priv.failures import LastError
+from pizauth.priv.failures import LastError, retry_delay
 from pizauth.priv.hooks import HookRunner
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.provider import Outcome, Unready, configured
@@ -50,7 +50,8 @@ def refresh_time(entry: Entry) -> float | None:
         return state.expiry
     account = entry.account
     if state.last_refresh_attempt is not None:
-        return state.last_refresh_attempt + max(account.refresh_retry, MIN_RETRY)
+        normal = max(account.refresh_retry, MIN_RETRY)
+        return state.last_refresh_attempt + retry_delay(normal, state.retry_after)
     return min(
         state.expiry - account.refresh_before_expiry,
         state.obtained + account.refresh_at_least,
@@ -265,7 +266,7 @@ class Refresher:
             self.notifier.error(name, f"Authentication for {shown(name)} failed: {result.message}")
             self.exchange_done(name, result.message)
         elif result.outcome is TokenOutcome.TRANSIENT:
-            self.transient_failure(entry, result.message, now)
+            self.transient_failure(entry, result.message, now, result.retry_after)
         else:
             log.info("Permanent refresh error for %s: %s", shown(name), result.message)
             self.failed(entry, result.message, now)
@@ -304,12 +305,16 @@ class Refresher:
             entry, Active(Secret(result.access_token), now, now + expires_in, refresh_token)
         )
 
-    def transient_failure(self, entry: Entry, message: str, now: float) -> None:
-        """A refresh that may work later: retried after refresh_retry, and every so often
+    def transient_failure(
+        self, entry: Entry, message: str, now: float, retry_after: int | None = None
+    ) -> None:
+        """A refresh that may work later: retried after refresh_retry (or the provider's
+        Retry-After, within bounds: failures.retry_delay), and every so often
         transient_error_if_cmd is asked whether to give up instead."""
         active = entry.state
         assert isinstance(active, Active)
         active.last_refresh_attempt = now
+        active.retry_after = retry_after
         active.consecutive_refresh_fails += 1
         self.failed(entry, message, now)
         name = entry.account.name

@@ -32,18 +32,21 @@ from pizauth.config import Account
 from pizauth.ipc import NetOutcome, NetRevokeResult
 from pizauth.limits import MAX_REVOCATIONS_WAITING
 from pizauth.priv.clock import instant
+from pizauth.priv.failures import retry_delay
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.provider import NETWORK_LOST, Outcome, Resolver, Unready
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, TokenState
 from pizauth.text import shown
-from pizauth.timeouts import REVOKE_RETRIES
+from pizauth.timeouts import REVOKE_RETRIES, REVOKE_RETRY_AFTER_MAX
 
 log = logging.getLogger("pizauth")
 
 ATTEMPTS = 1 + len(REVOKE_RETRIES)
 ACCOUNT_CHANGED = "not tried again: a reload changed or removed the account"
 TOO_MANY = f"not tried again: more than {MAX_REVOCATIONS_WAITING} revocations were waiting"
+NOT_AT_PROVIDER = "The token of {} was forgotten locally but not revoked at the provider"
+NO_ENDPOINT = "the account has no revocation endpoint (revoke_uri, or the issuer's metadata)"
 
 
 def token_to_revoke(state: TokenState) -> tuple[Secret, str] | None:
@@ -110,6 +113,7 @@ class Revoker:
             target = outcome.account
             if target.revoke_uri is None:
                 revocation.token.wipe()
+                self._only_local(target)
                 return
             secret = outcome.secret
             request_id = self._ids.allocate(self.pending)
@@ -131,6 +135,21 @@ class Revoker:
 
         self.resolver.resolve(revocation.account, "revoke_uri", True, resolved, optional=True)
 
+    def _only_local(self, account: Account) -> None:
+        """Say that a token was forgotten here but is still valid at the provider. The
+        reply to `revoke` is pizauth 1.1's `ok:`, which a 1.1 client takes only as it is,
+        so it cannot carry this: the log says it, and error_notify_cmd too for an account
+        with an issuer, whose metadata was looked in for a revocation endpoint and had
+        none. An account with neither (every pizauth 1.1 configuration) only forgets
+        locally, as it did in 1.1, without a notification."""
+        name = account.name
+        message = f"{NOT_AT_PROVIDER.format(shown(name))}: {NO_ENDPOINT}"
+        if account.issuer is None:
+            log.info("%s", message)
+            return
+        log.warning("%s", message)
+        self.notifier.error(name, message)
+
     def result(self, request_id: int, result: NetRevokeResult) -> None:
         """NET_REVOKE_RESULT: a result for a revocation never asked for is a protocol error."""
         revocation = self.pending.pop(request_id, None)
@@ -143,7 +162,8 @@ class Revoker:
             revocation.token.wipe()
             log.info("token of %s revoked at the provider", shown(name))
         else:
-            self._failed(revocation, result.message, result.outcome is NetOutcome.TRANSIENT)
+            transient = result.outcome is NetOutcome.TRANSIENT
+            self._failed(revocation, result.message, transient, result.retry_after)
 
     def network_lost(self) -> None:
         pending, self.pending = self.pending, {}
@@ -152,14 +172,23 @@ class Revoker:
 
     # -- retries -------------------------------------------------------------------------
 
-    def _failed(self, revocation: Revocation, message: str, transient: bool) -> None:
+    def _failed(
+        self,
+        revocation: Revocation,
+        message: str,
+        transient: bool,
+        retry_after: int | None = None,
+    ) -> None:
         failed = dataclasses.replace(
             revocation, attempts=revocation.attempts + 1, last_error=message
         )
         if not transient or failed.attempts >= ATTEMPTS:
             self._give_up(failed, message)
             return
-        delay = REVOKE_RETRIES[failed.attempts - 1]
+        # The provider's Retry-After may put the next attempt off, within bounds.
+        delay = retry_delay(
+            REVOKE_RETRIES[failed.attempts - 1], retry_after, REVOKE_RETRY_AFTER_MAX
+        )
         log.warning(
             "revoking the token of %s at the provider failed (attempt %d of %d): %s;"
             " trying again in %g s",

@@ -73,6 +73,8 @@ class Active:
     ongoing_refresh: bool = False
     consecutive_refresh_fails: int = 0
     last_refresh_attempt: float | None = None
+    # What the provider's Retry-After asked for with the last transient failure, if any.
+    retry_after: int | None = None
 
     def wipe(self) -> None:
         self.access_token.wipe()

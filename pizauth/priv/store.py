@@ -20,13 +20,17 @@ A file is replaced atomically: a new file in the same directory, written, fsynce
 renamed over the old one, and the directory fsynced. A store that could not be
 opened is never overwritten: it is moved aside first (Store.save).
 
-The parent's use: at start, if Store.exists(), run the key command
-(secretcmd.run_blocking with STORE_KEY), then Store.load(key) (or
-Store.key_failed(message)), then dump.decode the plaintext and merge it, calling
-Store.not_opened(message) if it does not decode. On every change of token state,
-WriteSchedule.changed(now); when WriteSchedule.take(now) says so, get the key
-(cached, or by running the key command again without blocking) and call
-Store.save(dump.encode(table, ...), key), wiping the plaintext afterwards.
+The parent's use (priv/storekeeper.py): at start, check_aead() once; then run the
+key command (secretcmd.run_blocking with STORE_KEY) and, if Store.exists(),
+Store.load(key) (or Store.key_failed(message)), then dump.merge the plaintext,
+calling Store.not_opened(message) if it does not decode; a file that did not
+open is moved aside at once (Store.set_aside), so that the user can be told
+where. On every change of token state, WriteSchedule.changed(now); when
+WriteSchedule.take(now) says so, call Store.save(dump.encode(table, ...), key),
+wiping the plaintext afterwards.
+
+Keys: the key material is a Secret; each file key is derived into a Secret too, and
+the cipher is given a view of it and dropped before it is wiped (_with_cipher).
 
 cryptography is imported only when something is sealed or opened, so that a
 parent with no store configured does not load it.

@@ -1,13 +1,16 @@
 """Keeping the token table in the sealed token store (docs/token-store.md).
 
-At start, before the server answers anything, restore_at_start() runs the key
-command (blocking: nothing is served yet, so nothing waits on the loop), opens
-the store and merges its tokens into the table. From then on every change of
+At start, before the server answers anything, restore_at_start() checks the
+cipher (store.check_aead), runs the key command (blocking: nothing is served yet,
+so nothing waits on the loop), opens the store and merges its tokens into the
+table; what went wrong is kept in start_problems for `pizauth server` to print
+before it detaches (server.py). From then on every change of
 token state (TokenTable.on_change) asks for a write; the changes of one second
 are written together (store.WriteSchedule), from the parent's loop (tick and
-next_wakeup). The key material stays in a Secret. With no key yet (no store at
-start, or the key command failed) the key command runs when a write is due,
-without blocking the loop.
+next_wakeup). The key material stays in a Secret. With no key yet (the key
+command failed) the key command runs again when a write is due, without
+blocking the loop. A revoke the store cannot record yet goes to PATH.revoked
+(priv/storerevoked.py).
 
 The parent alone reads and writes the file: it holds the tokens and needs no
 network to seal them, so no child gains file access or a token for it.

@@ -612,3 +612,44 @@ CONF = (
     'account "acct" { auth_uri = "http://127.0.0.1:1/a"; token_uri = "http://127.0.0.1:1/t";'
     ' client_id = "c"; }\n'
 )
+
+
+def test_a_damaged_list_of_revokes_gives_no_token_back_and_is_used_up(tmp_path: Path) -> None:
+    from pizauth.priv import storerevoked
+
+    key = Secret(b"k" * 40)
+    table = TokenTable(config.parse(CONF).accounts)
+    table.transition("acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
+    (tmp_path / "tokens").write_bytes(store.seal(dump.encode(table, Now(1.7e9, 0.0)), key))
+    (tmp_path / "tokens.revoked").write_text('{"version": 1, "revoked": ["acct"]}')
+
+    kept, notices, table = keeper(tmp_path)
+    kept.restore_at_start()
+    [problem] = kept.start_problems
+    assert problem.startswith(f"list of revoked accounts {tmp_path / 'tokens.revoked'} is damaged")
+    assert problem.endswith("no token is restored from the token store; the accounts need a login")
+    assert isinstance(table.entries["acct"].state, Empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tokens", "tokens.revoked"]
+    # The store opened: the next write replaces it, without the token, and uses the list up.
+    table.transition("acct", Active(Secret(b"new"), 0.0, 3600.0, None))
+    kept.tick(float("inf"))
+    kept.close()
+    assert not (tmp_path / "tokens.revoked").exists()
+    assert storerevoked.read(str(tmp_path / "tokens")) == {}
+
+
+def test_the_list_of_revokes_is_private_and_holds_names_and_times(tmp_path: Path) -> None:
+    from pizauth.priv import storerevoked
+
+    path = str(tmp_path / "state" / "tokens")
+    storerevoked.add(path, "work", 100.0)
+    storerevoked.add(path, 'home\n"x', 200.0)
+    storerevoked.add(path, "work", 50.0)  # an earlier time never moves it back
+    assert storerevoked.read(path) == {"work": 100.0, 'home\n"x': 200.0}
+    assert mode(tmp_path / "state" / "tokens.revoked") == 0o600
+    assert mode(tmp_path / "state") == 0o700
+    (tmp_path / "state" / "tokens.unreadable-20260101T000000Z").write_bytes(b"aside")
+    assert storerevoked.consume(path) is False  # a file aside may be put back
+    (tmp_path / "state" / "tokens.unreadable-20260101T000000Z").unlink()
+    assert storerevoked.consume(path) is True
+    assert storerevoked.read(path) == {}

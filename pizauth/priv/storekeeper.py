@@ -156,6 +156,12 @@ class StoreKeeper:
         assert self.store is not None and self.key is not None
         try:
             revoked = storerevoked.read(self.store.path)
+        except StoreError as e:
+            # Any stored token may be one revoked meanwhile: none is given back. The store
+            # is not set aside for it (the next write consumes the list).
+            report(f"{e}: no token is restored from the token store; the accounts need a login")
+            revoked = {name: float("inf") for name in self.table.entries}
+        try:
             plaintext = self.store.load(self.key)
         except StoreError as e:
             self.store.not_opened(str(e))

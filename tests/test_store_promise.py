@@ -126,7 +126,7 @@ def test_a_store_that_does_not_open_is_said_at_start_with_where_it_went(
     assert f"kept as {aside}" in notified(pizauth)
 
 
-def test_the_journal_and_the_foreground_log_get_the_notice_once(pizauth: Pizauth) -> None:
+def test_the_foreground_log_gets_the_notice_once(pizauth: Pizauth) -> None:
     """In the foreground the log is stderr: the notice is not printed a second time."""
     logged_in_store(pizauth)
     new_key(pizauth)

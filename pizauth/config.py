@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -78,24 +79,49 @@ class Account:
     revoke_uri: str | None = None
 
     def security_key(self) -> tuple:
-        """What must stay equal across a reload for the account to keep its tokens."""
-        return (
-            self.name,
-            self.auth_uri,
-            self.auth_uri_fields,
-            self.client_id,
-            self.client_secret,
-            self.redirect_uri,
-            self.scopes,
-            self.token_uri,
-            # Each of these changes where tokens are sent or who the client is.
-            self.auth_flow,
-            self.device_auth_uri,
-            self.issuer,
-            self.client_secret_cmd,
-            self.token_endpoint_auth_method,
-            self.revoke_uri,
-        )
+        """What must stay equal across a reload for the account to keep its tokens: every
+        setting that decides where its tokens are sent and as which client."""
+        return (self.name, *(value for _, value in self.destination()))
+
+    def destination(self) -> tuple[tuple[str, object], ...]:
+        """Every setting that decides where the account's tokens are sent, and as which
+        client, by name: pizauth 1.1's (V11_DESTINATION), then the newer ones
+        (NEWER_DESTINATION). A reload (security_key), the token store and `restore`
+        (pizauth/priv/dump.py) give a token back only while all of them are unchanged."""
+        return tuple((name, getattr(self, name)) for name in V11_DESTINATION + NEWER_DESTINATION)
+
+    def newer_destination(self) -> tuple[tuple[str, object], ...]:
+        """The settings of destination() that pizauth 1.1 did not have; empty when each is
+        at its default, as in every 1.1 configuration."""
+        newer = tuple((name, getattr(self, name)) for name in NEWER_DESTINATION)
+        if all(value == _NEWER_DEFAULTS[name] for name, value in newer):
+            return ()
+        return newer
+
+
+# pizauth 1.1's: its dumps hold them (pizauth/priv/dump.py AccountDump).
+V11_DESTINATION = (
+    "auth_uri",
+    "auth_uri_fields",
+    "client_id",
+    "client_secret",
+    "redirect_uri",
+    "scopes",
+    "token_uri",
+)
+# Newer: each changes where tokens are sent or who the client is.
+NEWER_DESTINATION = (
+    "auth_flow",
+    "device_auth_uri",
+    "issuer",
+    "client_secret_cmd",
+    "token_endpoint_auth_method",
+    "revoke_uri",
+)
+# Their defaults, which give a 1.1 configuration its old meaning.
+_NEWER_DEFAULTS = {
+    f.name: f.default for f in dataclass_fields(Account) if f.name in NEWER_DESTINATION
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pizauth")
 
 READY = b"R"
+READY_END = b"\0"  # after READY and any notices: the daemon may keep the pipe open
 READY_TIMEOUT = SERVER_READY
 
 
@@ -91,6 +92,12 @@ def daemonise(keep_stderr: bool = False, timeout: float = READY_TIMEOUT) -> int 
         answer = _read_until_eof(ready_r, timeout)
         os.close(ready_r)
         if answer.startswith(READY):
+            # What went wrong at start that did not stop it (the token store), said where
+            # the user started the server.
+            notices = answer[len(READY) :].removesuffix(READY_END)
+            notices = notices.decode("utf-8", "replace").strip()
+            if notices:
+                print(notices, file=sys.stderr)
             return 0
         message = answer.decode("utf-8", "replace").strip()
         print(message or "pizauth server failed to start", file=sys.stderr)
@@ -116,7 +123,7 @@ def _read_until_eof(fd: int, timeout: float) -> bytes:
         if not chunk:
             return out
         out += chunk
-        if out.startswith(READY):
+        if out.startswith(READY) and out.endswith(READY_END):
             return out
     return out or b"pizauth server did not become ready in time"
 
@@ -179,7 +186,11 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
         if startup_done:
             notify_systemd(notify_socket)
         elif ready_fd is not None:
-            os.write(ready_fd, READY)
+            notices = "".join(f"{line}\n" for line in parent.keeper.start_problems)
+            if sink in (STDERR, JOURNAL):
+                notices = ""  # the log already went where the user is looking
+            message = READY + notices.encode("utf-8", "replace").replace(b"\0", b"?")
+            _write_all(ready_fd, message + READY_END)
             os.close(ready_fd)
             ready_fd = None
 
@@ -201,6 +212,12 @@ def main(explicit_config: str | None, foreground: bool, verbosity: int, progname
             os.write(ready_fd, f"pizauth server failed: {e}".encode())
         return 1
     return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _keep_errors() -> tuple[KeptLog, int]:

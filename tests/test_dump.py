@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from _pytest.logging import LogCaptureFixture
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given
 from hypothesis import strategies as st
@@ -483,6 +484,86 @@ def test_the_same_account_gets_the_token(text: str) -> None:
     t = table(conf())
     assert dump.restore(t, dumped_from(text), NOW) == ["x"]
     assert isinstance(t.entries["x"].state, Active)
+
+
+# Each setting newer than pizauth 1.1 that decides where tokens go (config.NEWER_DESTINATION).
+NEWER = {
+    "issuer": 'client_secret = "c";\n  issuer = "https://i.example";\n',
+    "client_secret_cmd": 'client_secret_cmd = "cat s";\n',
+    "token_endpoint_auth_method": (
+        'client_secret = "c";\n  token_endpoint_auth_method = "client_secret_basic";\n'
+    ),
+    "revoke_uri": 'client_secret = "c";\n  revoke_uri = "https://r.example/";\n',
+}
+
+
+def newer(setting: str, value: str | None = None) -> str:
+    extra = NEWER[setting]
+    if value is not None:
+        extra = extra.replace(extra.split('"')[-2], value)
+    return conf(extra, client_secret=None)
+
+
+def test_every_newer_setting_is_covered() -> None:
+    assert set(NEWER) | {"auth_flow", "device_auth_uri"} == set(config.NEWER_DESTINATION)
+
+
+@pytest.mark.parametrize("setting", sorted(NEWER))
+def test_a_token_is_bound_to_the_newer_settings(setting: str, caplog: LogCaptureFixture) -> None:
+    text = newer(setting)
+    # The same settings: restored.
+    t = table(text)
+    assert dump.restore(t, dumped_from(text), NOW) == ["x"]
+    # A 1.1-style account with the same 1.1 fields: nothing, and the log says why.
+    t = table(conf())
+    assert dump.restore(t, dumped_from(text), NOW) == []
+    assert "not restored: its settings changed since (" in caplog.text
+    assert "one of auth_flow, device_auth_uri, issuer, client_secret_cmd" in caplog.text
+    assert "it needs a login" in caplog.text
+    # The other way round too.
+    t = table(text)
+    assert dump.restore(t, dumped_from(conf()), NOW) == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("issuer", "https://other.example"),
+        ("client_secret_cmd", "cat t"),
+        ("revoke_uri", "https://r.example/other"),
+    ],
+)
+def test_a_changed_newer_setting_gets_nothing(setting: str, value: str) -> None:
+    t = table(newer(setting, value))
+    before = snapshot(t)
+    assert dump.restore(t, dumped_from(newer(setting)), NOW) == []
+    assert snapshot(t) == before
+
+
+def test_a_device_account_is_bound_to_its_endpoint() -> None:
+    device = (
+        'account "x" { auth_flow = "device"; device_auth_uri = "http://a.com/d";'
+        ' token_uri = "http://g.com/"; client_id = "b"; }\n'
+    )
+    assert dump.restore(table(device), dumped_from(device), NOW) == ["x"]
+    moved = device.replace("http://a.com/d", "http://a.com/d2")
+    assert dump.restore(table(moved), dumped_from(device), NOW) == []
+
+
+def test_a_1_1_account_dumps_without_the_binding_and_one_with_newer_settings_with_it() -> None:
+    """The binding rides in auth_uri_fields, where a 1.1 reader's layout has room for it:
+    every dump stays decodable by pizauth 1.1, and a 1.1-style account's is unchanged."""
+    plain = dump.AccountDump.of(table(conf()).entries["x"].account)
+    assert plain.auth_uri_fields == (("k1", "v1"), ("k2", "v2"))
+    bound = dump.AccountDump.of(table(newer("issuer")).entries["x"].account)
+    assert bound.auth_uri_fields[:2] == plain.auth_uri_fields
+    [(name, value)] = bound.auth_uri_fields[2:]
+    assert name == dump.BINDING_FIELD and value.startswith("sha256:") and len(value) == 71
+    # What a 1.1 reader would do with it: decode it like any dump (same bincode), and
+    # give the token to no account of its own, since auth_uri_fields differ.
+    decoded = dump.decode(dump.encode(table(newer("issuer")), NOW))
+    assert decoded.accounts["x"][0] == bound
+    decoded.wipe()
 
 
 def test_unknown_accounts_are_ignored() -> None:

@@ -16,11 +16,12 @@ import pytest
 from conftest import wait_for
 
 from pizauth import config
-from pizauth.priv import dump, store
+from pizauth.priv import dump, secmem, store
 from pizauth.priv.dump import Now
 from pizauth.priv.secmem import Secret
 from pizauth.priv.store import Status, Store, StoreError, WriteSchedule
-from pizauth.priv.tokens import Active, TokenTable
+from pizauth.priv.storekeeper import StoreKeeper
+from pizauth.priv.tokens import Active, Empty, TokenTable
 
 KEY = Secret(b"key material from the key command, 40 b")
 OTHER_KEY = Secret(b"another key material, also long enough!!")
@@ -435,3 +436,220 @@ def test_load_removes_temporaries_a_killed_server_left(tmp_path: Path) -> None:
     stale.write_bytes(b"half a store")
     assert Store(str(path)).load(KEY) == PLAIN
     assert os.listdir(tmp_path) == ["tokens"]
+
+
+# -- the key's lifetime: a cipher that reads its key at every call ------------------------------
+
+
+class LazyAead:
+    """A ChaCha20-Poly1305 that keeps a reference to the key buffer it is given and reads it
+    at every call, as cryptography's AEADs do when built against OpenSSL < 3.2 (and its
+    AES-CCM on every build). Each call also checks that the key has not been wiped yet."""
+
+    buffers: list[memoryview] = []  # every key buffer handed over, to look at afterwards
+
+    def __init__(self, key: memoryview) -> None:
+        self.key = key
+        LazyAead.buffers.append(key)
+
+    def _cipher(self) -> object:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        material = bytes(self.key)
+        assert material != bytes(len(material)), "the key was wiped before a call that reads it"
+        return ChaCha20Poly1305(material)
+
+    def encrypt(self, nonce: bytes, data: object, aad: bytes) -> bytes:
+        return self._cipher().encrypt(nonce, data, aad)  # type: ignore[attr-defined]
+
+    def decrypt(self, nonce: bytes, data: object, aad: bytes) -> bytes:
+        return self._cipher().decrypt(nonce, data, aad)  # type: ignore[attr-defined]
+
+
+class KeyBlindAead(LazyAead):
+    """A broken build: seals under 32 zero bytes whatever key it is given."""
+
+    def _cipher(self) -> object:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        return ChaCha20Poly1305(bytes(32))
+
+
+def zero_key_forgery(plaintext: bytes) -> bytes:
+    """A store file an attacker makes without any key: sealed under 32 zero bytes."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    header = store.MAGIC + bytes([store.VERSION]) + os.urandom(store.SALT_LEN + store.NONCE_LEN)
+    nonce = header[-store.NONCE_LEN :]
+    return header + ChaCha20Poly1305(bytes(32)).encrypt(nonce, plaintext, header)
+
+
+def test_a_cipher_that_reads_its_key_late_still_refuses_a_wrong_key_and_a_forgery() -> None:
+    LazyAead.buffers.clear()
+    data = store.seal(bytearray(PLAIN), KEY, LazyAead)
+    plain = store.open_sealed(data, KEY, LazyAead)
+    assert plain == PLAIN
+    # Interoperable with the real cipher: the lazy one sealed under the derived key.
+    assert store.open_sealed(data, KEY) == PLAIN
+    with pytest.raises(StoreError, match="does not open with this key"):
+        store.open_sealed(data, OTHER_KEY, LazyAead)
+    with pytest.raises(StoreError, match="does not open with this key"):
+        store.open_sealed(zero_key_forgery(PLAIN), KEY, LazyAead)
+    assert store.check_aead(LazyAead) is None
+
+
+def test_the_file_key_lives_in_the_locked_arena_and_is_wiped_once_the_cipher_is_gone() -> None:
+    import mmap
+
+    LazyAead.buffers.clear()
+    in_use = secmem.stats()[1]
+    store.seal(bytearray(PLAIN), KEY, LazyAead)
+    [buffer] = LazyAead.buffers
+    assert isinstance(buffer.obj, mmap.mmap)  # a view of the arena, not a copy on the heap
+    assert bytes(buffer) == bytes(32)  # wiped after its last use (the cipher checked that)
+    assert secmem.stats()[1] == in_use  # and its slot given back
+
+
+def test_the_self_test_refuses_a_cipher_that_ignores_its_key() -> None:
+    problem = store.check_aead(KeyBlindAead)
+    assert problem == "it sealed the same data under two different keys into the same bytes"
+    assert store.check_aead() is None  # the real one
+
+
+def test_the_self_test_refuses_a_cipher_that_opens_under_any_key() -> None:
+    class OpensAnything(LazyAead):
+        def decrypt(self, nonce: bytes, data: object, aad: bytes) -> bytes:
+            return bytes(len(memoryview(data)) - store.TAG_LEN)  # type: ignore[arg-type]
+
+    assert store.check_aead(OpensAnything) == "a file sealed under one key opened with another"
+
+
+def test_the_self_test_reports_a_cipher_that_fails() -> None:
+    class Fails(LazyAead):
+        def encrypt(self, nonce: bytes, data: object, aad: bytes) -> bytes:
+            raise RuntimeError("unsupported cipher")
+
+    assert store.check_aead(Fails) == "it failed: RuntimeError: unsupported cipher"
+
+
+class Notices:
+    """The StoreKeeper's notifier, recording what it is told."""
+
+    def __init__(self) -> None:
+        self.server_errors: list[str] = []
+        self.errors: list[tuple[str, str]] = []
+        self.events: list[str] = []
+
+    def server_error(self, message: str) -> None:
+        self.server_errors.append(message)
+
+    def error(self, name: str, message: str) -> None:
+        self.errors.append((name, message))
+
+    def event(self, name: str, event: object) -> None:
+        self.events.append(name)
+
+
+def keeper(tmp_path: Path, aead: object = None) -> tuple[StoreKeeper, Notices, TokenTable]:
+    conf = config.parse(
+        CONF + f'token_store = "{tmp_path / "tokens"}";\n'
+        f'token_store_key_cmd = "echo ran >> {tmp_path / "runs"}; echo {"k" * 40}";\n'
+    )
+    table = TokenTable(conf.accounts)
+    notices = Notices()
+    kept = StoreKeeper(
+        conf,
+        table,
+        notices,
+        lambda fd, cb: None,
+        lambda fd: None,
+        aead,  # type: ignore[arg-type]
+    )
+    return kept, notices, table
+
+
+def test_a_server_whose_cipher_fails_the_self_test_does_not_use_the_store(
+    tmp_path: Path,
+) -> None:
+    key = Secret(b"k" * 40)
+    table = TokenTable(config.parse(CONF).accounts)
+    table.transition("acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
+    old = store.seal(dump.encode(table, Now(1.7e9, 0.0)), key)
+    (tmp_path / "tokens").write_bytes(old)
+
+    kept, notices, table = keeper(tmp_path, KeyBlindAead)
+    kept.restore_at_start()
+    [problem] = kept.start_problems
+    assert problem.startswith(f"token store {tmp_path / 'tokens'} not used, starting without it: ")
+    assert "the encryption library fails its self-test: it sealed the same data" in problem
+    assert "cryptography " in problem  # which build it is
+    assert notices.server_errors == [problem]  # error_notify_cmd and the log
+    assert not (tmp_path / "runs").exists()  # the key command did not even run
+    assert isinstance(table.entries["acct"].state, Empty)
+    assert kept.error is not None and "self-test" in kept.error  # `pizauth info`
+    # No write ever: the file stays as it was, and nothing is moved aside.
+    table.transition("acct", Active(Secret(b"new"), 0.0, 3600.0, None))
+    kept.tick(float("inf"))
+    kept.last_write()
+    kept.close()
+    assert (tmp_path / "tokens").read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens"]
+
+
+def test_a_server_whose_cipher_passes_the_self_test_uses_the_store(tmp_path: Path) -> None:
+    kept, notices, table = keeper(tmp_path, LazyAead)
+    kept.restore_at_start()
+    assert kept.start_problems == [] and notices.server_errors == []
+    assert (tmp_path / "runs").read_text() == "ran\n"  # the key, at start, with no file yet
+    table.transition("acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
+    kept.tick(float("inf"))
+    kept.close()
+    plain = store.open_sealed((tmp_path / "tokens").read_bytes(), Secret(b"k" * 40))
+    assert ACCESS in plain
+
+
+CONF = (
+    'account "acct" { auth_uri = "http://127.0.0.1:1/a"; token_uri = "http://127.0.0.1:1/t";'
+    ' client_id = "c"; }\n'
+)
+
+
+def test_a_damaged_list_of_revokes_gives_no_token_back_and_is_used_up(tmp_path: Path) -> None:
+    from pizauth.priv import storerevoked
+
+    key = Secret(b"k" * 40)
+    table = TokenTable(config.parse(CONF).accounts)
+    table.transition("acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
+    (tmp_path / "tokens").write_bytes(store.seal(dump.encode(table, Now(1.7e9, 0.0)), key))
+    (tmp_path / "tokens.revoked").write_text('{"version": 1, "revoked": ["acct"]}')
+
+    kept, notices, table = keeper(tmp_path)
+    kept.restore_at_start()
+    [problem] = kept.start_problems
+    assert problem.startswith(f"list of revoked accounts {tmp_path / 'tokens.revoked'} is damaged")
+    assert problem.endswith("no token is restored from the token store; the accounts need a login")
+    assert isinstance(table.entries["acct"].state, Empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tokens", "tokens.revoked"]
+    # The store opened: the next write replaces it, without the token, and uses the list up.
+    table.transition("acct", Active(Secret(b"new"), 0.0, 3600.0, None))
+    kept.tick(float("inf"))
+    kept.close()
+    assert not (tmp_path / "tokens.revoked").exists()
+    assert storerevoked.read(str(tmp_path / "tokens")) == {}
+
+
+def test_the_list_of_revokes_is_private_and_holds_names_and_times(tmp_path: Path) -> None:
+    from pizauth.priv import storerevoked
+
+    path = str(tmp_path / "state" / "tokens")
+    storerevoked.add(path, "work", 100.0)
+    storerevoked.add(path, 'home\n"x', 200.0)
+    storerevoked.add(path, "work", 50.0)  # an earlier time never moves it back
+    assert storerevoked.read(path) == {"work": 100.0, 'home\n"x': 200.0}
+    assert mode(tmp_path / "state" / "tokens.revoked") == 0o600
+    assert mode(tmp_path / "state") == 0o700
+    (tmp_path / "state" / "tokens.unreadable-20260101T000000Z").write_bytes(b"aside")
+    assert storerevoked.consume(path) is False  # a file aside may be put back
+    (tmp_path / "state" / "tokens.unreadable-20260101T000000Z").unlink()
+    assert storerevoked.consume(path) is True
+    assert storerevoked.read(path) == {}

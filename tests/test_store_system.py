@@ -255,20 +255,22 @@ def test_a_wrong_key_keeps_the_file_and_the_server_runs(pizauth: Pizauth) -> Non
     old = store_path(pizauth).read_bytes()
     new = new_key(pizauth)  # the key material changed: the store does not open
     pizauth.start()
-    wait_for(lambda: "does not open with this key" in notified(pizauth), 5, "error_notify_cmd")
-    assert "does not open with this key" in pizauth.log()
-    assert status(pizauth) == "acct: No access token\n"
-    assert store_path(pizauth).read_bytes() == old
-    info = pizauth.run("info").stdout.decode()
-    assert "  token store not opened: token store does not open with this key" in info
-
-    # The next write moves it aside, never over it.
-    token = pizauth.authorise()
-    wait_stored(pizauth, new, "acct", token)
+    # Moved aside at once, so that the notice can say where it is.
     [aside] = asides(pizauth)
     assert aside.read_bytes() == old
     assert stat.S_IMODE(aside.stat().st_mode) == 0o600
-    wait_for(lambda: f"kept as {aside}" in notified(pizauth), 5, "the move reported")
+    assert not store_path(pizauth).exists()
+    wait_for(lambda: f"kept as {aside}" in notified(pizauth), 5, "error_notify_cmd")
+    assert "does not open with this key" in notified(pizauth)
+    assert f"kept as {aside}" in pizauth.log()
+    assert status(pizauth) == "acct: No access token\n"
+    info = pizauth.run("info").stdout.decode()
+    assert "  token store not opened: token store does not open with this key" in info
+
+    # The next write makes a new store, and the one aside stays as it was.
+    token = pizauth.authorise()
+    wait_stored(pizauth, new, "acct", token)
+    assert asides(pizauth) == [aside] and aside.read_bytes() == old
 
 
 def test_a_damaged_file_keeps_the_file_and_the_server_runs(pizauth: Pizauth) -> None:
@@ -277,13 +279,14 @@ def test_a_damaged_file_keeps_the_file_and_the_server_runs(pizauth: Pizauth) -> 
     damaged[60] ^= 0x01
     store_path(pizauth).write_bytes(damaged)
     pizauth.start()
-    wait_for(lambda: "does not open" in notified(pizauth), 5, "error_notify_cmd")
-    assert status(pizauth) == "acct: No access token\n"
-    assert store_path(pizauth).read_bytes() == damaged
-    token = pizauth.authorise()
-    wait_stored(pizauth, key, "acct", token)
     [aside] = asides(pizauth)
     assert aside.read_bytes() == damaged
+    wait_for(lambda: f"kept as {aside}" in notified(pizauth), 5, "error_notify_cmd")
+    assert "does not open" in notified(pizauth)
+    assert status(pizauth) == "acct: No access token\n"
+    token = pizauth.authorise()
+    wait_stored(pizauth, key, "acct", token)
+    assert asides(pizauth) == [aside]
 
 
 def test_a_file_that_is_not_a_store_is_kept(pizauth: Pizauth) -> None:

@@ -17,12 +17,14 @@ into Secret buffers, and every buffer this module allocates is wiped once used.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
 import struct
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from pizauth import ipc, limits
-from pizauth.config import Account
+from pizauth.config import NEWER_DESTINATION, V11_DESTINATION, Account
 from pizauth.ipc import Buffer
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
@@ -78,6 +80,22 @@ class Time(NamedTuple):
     nanos: int
 
 
+# The auth_uri_fields entry that binds a token to the settings newer than pizauth 1.1
+# (docs/compatibility.md "Dumps of accounts with newer settings").
+BINDING_FIELD = "pizauth-newer-settings"
+
+
+def binding(account: Account) -> tuple[tuple[str, str], ...]:
+    """The auth_uri_fields entry that stands for `account`'s newer settings (config.py
+    Account.newer_destination): none for an account that uses none of them, so that its
+    dump is pizauth 1.1's byte for byte; else one pair whose value is a digest of them."""
+    newer = account.newer_destination()
+    if not newer:
+        return ()
+    canonical = json.dumps([[name, value] for name, value in newer], separators=(",", ":"))
+    return ((BINDING_FIELD, "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()),)
+
+
 @dataclass(frozen=True, slots=True)
 class AccountDump:
     """What must match the configured account for a dumped token to be restored."""
@@ -98,13 +116,38 @@ class AccountDump:
         auth_uri = account.device_auth_uri if account.auth_flow == "device" else account.auth_uri
         return cls(
             auth_uri or "",
-            account.auth_uri_fields,
+            # Where pizauth 1.1's layout has room for it: a 1.1 reader decodes it as an
+            # extra field, and so never gives the token to an account of its own.
+            account.auth_uri_fields + binding(account),
             account.client_id,
             account.client_secret,
             account.redirect_uri,
             account.scopes,
             account.token_uri or "",
         )
+
+    def changes(self, other: AccountDump) -> list[str]:
+        """The settings that differ between the two, by name, for the log."""
+        changed = [
+            name
+            for name in V11_DESTINATION
+            if name != "auth_uri_fields" and getattr(self, name) != getattr(other, name)
+        ]
+        mine, theirs = _split_binding(self.auth_uri_fields), _split_binding(other.auth_uri_fields)
+        if mine[0] != theirs[0]:
+            changed.append("auth_uri_fields")
+        if mine[1] != theirs[1]:
+            changed.append("one of " + ", ".join(NEWER_DESTINATION))
+        return changed
+
+
+def _split_binding(
+    fields: tuple[tuple[str, str], ...],
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    return (
+        tuple(f for f in fields if f[0] != BINDING_FIELD),
+        tuple(f for f in fields if f[0] == BINDING_FIELD),
+    )
 
 
 @dataclass(slots=True)
@@ -470,11 +513,13 @@ def decode(plaintext: Buffer) -> Dump:
 
 @dataclass(frozen=True, slots=True)
 class Merged:
-    """What a merge did: the accounts that received a token, and those whose token was
-    refused (with the reason, for the log)."""
+    """What a merge did: the accounts that received a token, those whose token was
+    refused (with the reason, for error_notify_cmd and the log), and those whose token
+    was left out because it is no longer theirs to have (with the reason, for the log)."""
 
     restored: tuple[str, ...]
     refused: tuple[tuple[str, str], ...]
+    left_out: tuple[tuple[str, str], ...] = ()
 
 
 def _too_long(token: ActiveDump) -> str | None:
@@ -494,9 +539,11 @@ def merge(
     plaintext: Buffer,
     clock: Now | None = None,
     only: Collection[str] | None = None,
+    revoked: Mapping[str, float] | None = None,
 ) -> Merged:
     """Decode a dump's plaintext and merge it into `table` by pizauth 1.1's rule; with
-    `only`, into those accounts alone.
+    `only`, into those accounts alone; with `revoked` (account name -> wall-clock time
+    of a revoke), never a token obtained before that account's revoke.
 
     Everything is decoded before anything changes, so a DumpError leaves `table` as it
     was. The caller wipes `plaintext`.
@@ -505,15 +552,27 @@ def merge(
     clock = clock or now()
     restored = []
     refused = []
+    left_out = []
     try:
         for name, entry in table.entries.items():
             account_dump, token = dumped.accounts.get(name, (None, None))
-            # A token only goes back to the very account it was issued for, and a
-            # current token or login in progress is never overwritten by an old one.
-            if token is None or account_dump != AccountDump.of(entry.account):
+            if token is None or account_dump is None:
                 continue
             if only is not None and name not in only:
                 continue
+            # A token only goes back to the very account it was issued for: every
+            # setting that decides where it is sent must be as it was.
+            expected = AccountDump.of(entry.account)
+            if account_dump != expected:
+                changed = ", ".join(account_dump.changes(expected))
+                left_out.append((name, f"its settings changed since ({changed}): it needs a login"))
+                continue
+            if revoked is not None and name in revoked:
+                obtained = token.obtained.secs + token.obtained.nanos / _NANOS
+                if obtained <= revoked[name]:
+                    left_out.append((name, "it was revoked while the store could not be opened"))
+                    continue
+            # A current token or login in progress is never overwritten by an old one.
             if not isinstance(entry.state, Empty | Pending | DevicePending):
                 continue
             why = _too_long(token)
@@ -531,7 +590,7 @@ def merge(
             restored.append(name)
     finally:
         dumped.wipe()  # tokens that were not restored
-    return Merged(tuple(restored), tuple(refused))
+    return Merged(tuple(restored), tuple(refused), tuple(left_out))
 
 
 def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[str]:
@@ -545,6 +604,6 @@ def restore(table: TokenTable, data: Buffer, clock: Now | None = None) -> list[s
         merged = merge(table, plaintext, clock)
     finally:
         ipc.wipe(plaintext)
-    for name, why in merged.refused:
+    for name, why in merged.refused + merged.left_out:
         log.error("restore: token of %s not restored: %s", shown(name), why)
     return list(merged.restored)

@@ -20,13 +20,17 @@ A file is replaced atomically: a new file in the same directory, written, fsynce
 renamed over the old one, and the directory fsynced. A store that could not be
 opened is never overwritten: it is moved aside first (Store.save).
 
-The parent's use: at start, if Store.exists(), run the key command
-(secretcmd.run_blocking with STORE_KEY), then Store.load(key) (or
-Store.key_failed(message)), then dump.decode the plaintext and merge it, calling
-Store.not_opened(message) if it does not decode. On every change of token state,
-WriteSchedule.changed(now); when WriteSchedule.take(now) says so, get the key
-(cached, or by running the key command again without blocking) and call
-Store.save(dump.encode(table, ...), key), wiping the plaintext afterwards.
+The parent's use (priv/storekeeper.py): at start, check_aead() once; then run the
+key command (secretcmd.run_blocking with STORE_KEY) and, if Store.exists(),
+Store.load(key) (or Store.key_failed(message)), then dump.merge the plaintext,
+calling Store.not_opened(message) if it does not decode; a file that did not
+open is moved aside at once (Store.set_aside), so that the user can be told
+where. On every change of token state, WriteSchedule.changed(now); when
+WriteSchedule.take(now) says so, call Store.save(dump.encode(table, ...), key),
+wiping the plaintext afterwards.
+
+Keys: the key material is a Secret; each file key is derived into a Secret too, and
+the cipher is given a view of it and dropped before it is wiped (_with_cipher).
 
 cryptography is imported only when something is sealed or opened, so that a
 parent with no store configured does not load it.
@@ -39,7 +43,9 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pizauth import ipc
 from pizauth.ipc import Buffer
@@ -57,40 +63,65 @@ MAX_PLAINTEXT = ipc.MAX_MESSAGE
 MAX_STORE = HEADER_LEN + MAX_PLAINTEXT + TAG_LEN
 
 
+T = TypeVar("T")
+
+
 class StoreError(Exception):
     """A store that cannot be read, opened or written; str(err) is for the user."""
 
 
 # -- sealing ------------------------------------------------------------------------------
 
+# An AEAD constructor: key buffer -> cipher with encrypt/decrypt (and, in newer
+# cryptography, encrypt_into/decrypt_into). ChaCha20Poly1305 unless a test gives another.
+Aead = Callable[[memoryview], Any]
 
-def _derive(key: Secret, salt: Buffer) -> bytearray:
+
+def chacha20poly1305() -> Aead:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    return ChaCha20Poly1305
+
+
+def _derive(key: Secret, salt: Buffer) -> Secret:
+    """The file key, in the locked arena; the caller wipes it."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes(salt), info=INFO)
-    out = bytearray(32)
+    out = Secret.zeros(32)
     derive_into = getattr(hkdf, "derive_into", None)
     if derive_into is not None:
-        derive_into(key.view(), out)
+        derive_into(key.view(), out.view())
     else:
-        # cryptography < 47 only returns an immutable `bytes`: dropped at once.
-        out[:] = hkdf.derive(key.view())
+        # cryptography < 47 only returns an immutable `bytes`, which cannot be wiped:
+        # copied into the arena and dropped at once.
+        out.view()[:] = hkdf.derive(key.view())
     return out
 
 
-def _cipher(key: Secret, salt: Buffer) -> object:
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+def _with_cipher(key: Secret, salt: Buffer, aead: Aead | None, use: Callable[[Any], T]) -> T:
+    """use(cipher) with the file key of `key` and `salt`.
 
+    The cipher is handed a view of the file key in the arena, not a copy: cryptography
+    does not promise to copy a key (built against OpenSSL < 3.2 its ChaCha20Poly1305
+    keeps a reference and reads it at every call). So the key is wiped only once `use`
+    has returned and the cipher has been dropped with its frame (`use` keeps no
+    reference to it): nothing reads it after that.
+    """
     derived = _derive(key, salt)
     try:
-        return ChaCha20Poly1305(derived)
+        return _use(aead or chacha20poly1305(), derived, use)
     finally:
-        ipc.wipe(derived)
+        derived.wipe()
 
 
-def seal(plaintext: Buffer, key: Secret) -> bytearray:
-    """The store file's bytes for `plaintext` under `key`, with a fresh salt and nonce."""
+def _use(aead: Aead, derived: Secret, use: Callable[[Any], T]) -> T:
+    # The cipher's one reference is this frame's argument to `use`: gone when it returns.
+    return use(aead(derived.view()))
+
+
+def _seal(plaintext: Buffer, key: Secret, salt_nonce: Buffer, aead: Aead | None) -> bytearray:
     plain = memoryview(plaintext).cast("B")
     if plain.nbytes > MAX_PLAINTEXT:
         raise StoreError(f"token store content too large ({plain.nbytes} bytes)")
@@ -98,21 +129,29 @@ def seal(plaintext: Buffer, key: Secret) -> bytearray:
     salt_at = len(MAGIC) + 1
     out[: len(MAGIC)] = MAGIC
     out[len(MAGIC)] = VERSION
-    out[salt_at:HEADER_LEN] = os.urandom(SALT_LEN + NONCE_LEN)
+    out[salt_at:HEADER_LEN] = salt_nonce
     salt = bytes(out[salt_at : salt_at + SALT_LEN])
     nonce = bytes(out[salt_at + SALT_LEN : HEADER_LEN])
     header = bytes(out[:HEADER_LEN])
-    cipher = _cipher(key, salt)
-    encrypt_into = getattr(cipher, "encrypt_into", None)
-    if encrypt_into is not None:
-        encrypt_into(nonce, plain, header, memoryview(out)[HEADER_LEN:])
-    else:
-        # cryptography < 44 returns `bytes`; it is ciphertext, so nothing is exposed.
-        out[HEADER_LEN:] = cipher.encrypt(nonce, plain, header)  # type: ignore[attr-defined]
+
+    def encrypt(cipher: Any) -> None:
+        encrypt_into = getattr(cipher, "encrypt_into", None)
+        if encrypt_into is not None:
+            encrypt_into(nonce, plain, header, memoryview(out)[HEADER_LEN:])
+        else:
+            # cryptography < 44 returns `bytes`; it is ciphertext, so nothing is exposed.
+            out[HEADER_LEN:] = cipher.encrypt(nonce, plain, header)
+
+    _with_cipher(key, salt, aead, encrypt)
     return out
 
 
-def open_sealed(data: Buffer, key: Secret) -> bytearray:
+def seal(plaintext: Buffer, key: Secret, aead: Aead | None = None) -> bytearray:
+    """The store file's bytes for `plaintext` under `key`, with a fresh salt and nonce."""
+    return _seal(plaintext, key, os.urandom(SALT_LEN + NONCE_LEN), aead)
+
+
+def open_sealed(data: Buffer, key: Secret, aead: Aead | None = None) -> bytearray:
     """The plaintext of a store file, which the caller must wipe; or StoreError."""
     from cryptography.exceptions import InvalidTag
 
@@ -131,30 +170,69 @@ def open_sealed(data: Buffer, key: Secret) -> bytearray:
     nonce = bytes(view[salt_at + SALT_LEN : HEADER_LEN])
     header = bytes(view[:HEADER_LEN])
     sealed = view[HEADER_LEN:]
-    cipher = _cipher(key, salt)
     plain = bytearray(sealed.nbytes - TAG_LEN)
-    try:
-        decrypt_into = getattr(cipher, "decrypt_into", None)
-        if decrypt_into is not None:
-            decrypt_into(nonce, sealed, header, plain)
-        else:
-            plain[:] = cipher.decrypt(nonce, sealed, header)  # type: ignore[attr-defined]
-    except InvalidTag:
-        ipc.wipe(plain)
+
+    def decrypt(cipher: Any) -> bool:
+        # The tag's failure is a result, not an exception: an exception's traceback
+        # would keep this frame, and the cipher with it, after the key is wiped.
+        try:
+            decrypt_into = getattr(cipher, "decrypt_into", None)
+            if decrypt_into is not None:
+                decrypt_into(nonce, sealed, header, plain)
+            else:
+                plain[:] = cipher.decrypt(nonce, sealed, header)
+        except InvalidTag:
+            return False
+        return True
+
+    if not _with_cipher(key, salt, aead, decrypt):
+        ipc.wipe(plain)  # decrypt_into may have written unauthenticated plaintext
         raise StoreError(
             "token store does not open with this key (wrong key, or the file is damaged)"
-        ) from None
+        )
     return plain
+
+
+_PROBE = b"pizauth token store self-test"
+
+
+def check_aead(aead: Aead | None = None) -> str | None:
+    """Whether the AEAD, used exactly as the store uses it, does what the store relies on;
+    None if it does, else why not (for the user). Run once at start, before the store
+    is used: a file sealed under one key must not open under another, two keys must
+    give two ciphertexts, and a file must open under its own key."""
+    a, b = Secret(os.urandom(32)), Secret(os.urandom(32))
+    salt_nonce = os.urandom(SALT_LEN + NONCE_LEN)
+    try:
+        under_a = _seal(_PROBE, a, salt_nonce, aead)
+        if under_a == _seal(_PROBE, b, salt_nonce, aead):
+            return "it sealed the same data under two different keys into the same bytes"
+        try:
+            ipc.wipe(open_sealed(under_a, b, aead))
+        except StoreError:
+            pass
+        else:
+            return "a file sealed under one key opened with another"
+        if open_sealed(under_a, a, aead) != _PROBE:
+            return "a file it sealed did not open to what was sealed"
+    except StoreError as e:
+        return f"a file it sealed did not open with its own key ({e})"
+    except Exception as e:  # a broken build may fail in any way: say which
+        return f"it failed: {type(e).__name__}: {e}"
+    finally:
+        a.wipe()
+        b.wipe()
+    return None
 
 
 # -- files --------------------------------------------------------------------------------
 
 
-def read(path: str) -> bytearray | None:
+def read(path: str, what: str = "token store", limit: int = MAX_STORE) -> bytearray | None:
     """The store file's bytes, or None if there is none; StoreError if it is unreadable.
 
     A symbolic link, a FIFO or anything but a regular file is refused, as is one
-    larger than MAX_STORE.
+    larger than `limit` (MAX_STORE for the store itself).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -162,14 +240,14 @@ def read(path: str) -> bytearray | None:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise StoreError(f"token store {path} is a symbolic link") from None
-        raise StoreError(f"cannot read token store {path}: {e.strerror}") from None
+            raise StoreError(f"{what} {path} is a symbolic link") from None
+        raise StoreError(f"cannot read {what} {path}: {e.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise StoreError(f"token store {path} is not a regular file")
-        if info.st_size > MAX_STORE:
-            raise StoreError(f"token store {path} is too large ({info.st_size} bytes)")
+            raise StoreError(f"{what} {path} is not a regular file")
+        if info.st_size > limit:
+            raise StoreError(f"{what} {path} is too large ({info.st_size} bytes)")
         buf = bytearray(info.st_size + 1)  # one more, to notice a file that grew
         have = 0
         view = memoryview(buf)
@@ -180,11 +258,11 @@ def read(path: str) -> bytearray | None:
             have += n
         view.release()
         if have > info.st_size:
-            raise StoreError(f"token store {path} changed while it was read")
+            raise StoreError(f"{what} {path} changed while it was read")
         del buf[have:]
         return buf
     except OSError as e:
-        raise StoreError(f"cannot read token store {path}: {e.strerror}") from None
+        raise StoreError(f"cannot read {what} {path}: {e.strerror}") from None
     finally:
         os.close(fd)
 
@@ -315,18 +393,20 @@ class Status(enum.Enum):
     OPENED = "opened"  # the file opened with our key: ours to replace
     KEY_FAILED = "key failed"  # the key command failed, so the file was not tried
     UNOPENED = "unopened"  # the file was unreadable, damaged, or not for this key
+    UNUSABLE = "unusable"  # the cipher failed its self-test: the file is not touched
 
 
 class Store:
     """One store file and what is known about it.
 
     The parent calls load() at start (or key_failed() if the key command failed),
-    then save() for each write. A file that exists and was never opened is moved
-    aside by the first save(), never overwritten.
+    set_aside() if it did not open, then save() for each write. A file that exists and
+    was never opened is moved aside, never overwritten.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, aead: Aead | None = None) -> None:
         self.path = path
+        self.aead = aead  # None: ChaCha20Poly1305; tests give a cipher of their own
         self.status = Status.ABSENT
         self.error: str | None = None  # why the file was not opened, for info and logs
 
@@ -344,7 +424,7 @@ class Store:
                 self.status, self.error = Status.ABSENT, None
                 return None
             try:
-                plaintext = open_sealed(data, key)
+                plaintext = open_sealed(data, key, self.aead)
             finally:
                 ipc.wipe(data)
         except StoreError as e:
@@ -363,27 +443,40 @@ class Store:
         failed): keep it, as if it had not opened."""
         self.status, self.error = Status.UNOPENED, error
 
+    def unusable(self, error: str) -> None:
+        """The cipher cannot be trusted: the file is neither read nor written."""
+        self.status, self.error = Status.UNUSABLE, error
+
+    def set_aside(self) -> str:
+        """Move a file that did not open to PATH.unreadable-TIMESTAMP, so that nothing
+        overwrites it; the new path. StoreError if it cannot be moved (it then stays
+        unopened, and save() tries again)."""
+        try:
+            moved = move_aside(self.path)
+        except OSError as e:
+            raise StoreError(
+                f"cannot move the unopened token store {self.path} aside: {e.strerror}"
+            ) from None
+        self.status = Status.ABSENT  # self.error stays: `info` still says why
+        return moved
+
     def save(self, plaintext: Buffer, key: Secret) -> str | None:
         """Seal and write `plaintext`; the path the old file was moved to, if it was.
 
         StoreError (the old file untouched, or aside) if it cannot be written."""
+        if self.status is Status.UNUSABLE:
+            raise StoreError(f"token store {self.path} not written: {self.error}")
         moved = None
         if self.status in (Status.KEY_FAILED, Status.UNOPENED) and self.exists():
-            try:
-                moved = move_aside(self.path)
-            except OSError as e:
-                raise StoreError(
-                    f"cannot move the unopened token store {self.path} aside: {e.strerror}"
-                ) from None
-        self.status, self.error = Status.ABSENT, None
-        data = seal(plaintext, key)
+            moved = self.set_aside()
+        data = seal(plaintext, key, self.aead)
         try:
             write_atomic(self.path, data)
         except OSError as e:
             raise StoreError(f"cannot write token store {self.path}: {e.strerror}") from None
         finally:
             ipc.wipe(data)
-        self.status = Status.OPENED
+        self.status, self.error = Status.OPENED, None
         return moved
 
 

@@ -87,6 +87,7 @@ AGE_RESTORE = re.compile(r"^age -d -i \S+ \S+ \| pizauth restore$")
 DEMO_PROVIDER = re.compile(r"^python3 examples/provider\.py --port \d+$")
 
 TESTED_ELSEWHERE = "installs from the package registry and runs for minutes;"
+STORE_RECIPE = "a token store recipe: tests/test_store_recipes.py runs it as a normal user"
 NOT_RUN = {
     "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/python examples/demo.py": (
         f"{TESTED_ELSEWHERE} the demo itself runs in "
@@ -110,10 +111,15 @@ NOT_RUN = {
     "systemctl --user enable --now pizauth": "needs a running systemd user manager",
     "systemctl --user enable --now pizauth.service": "needs a running systemd user manager",
     "systemctl --user reload pizauth.service": "needs a running systemd user manager",
-    "head -c 32 /dev/urandom | base64 | systemd-creds encrypt --name=pizauth-key - "
-    "~/.config/pizauth/key.cred": (
-        "systemd-creds needs the host's credential key (root) or a TPM; "
-        "tests/test_store.py runs token stores with other key commands"
+    "(umask 077 && head -c 32 /dev/urandom | base64 > ~/.config/pizauth/store.key)": (STORE_RECIPE),
+    'head -c 32 /dev/urandom | base64 | age -r "$(age-keygen -y ~/.config/pizauth/identity.txt)"'
+    " -o ~/.config/pizauth/key.age": STORE_RECIPE,
+    "(umask 077; pizauth dump > pizauth.dump)": (
+        "the advice `pizauth dump` gives; tests/test_ux.py::"
+        "test_the_dump_advice_makes_a_file_only_the_user_can_read runs it"
+    ),
+    "ERROR - pizauth authenticator not running or not responding (socket: PATH)": (
+        "what a client prints, not a command; tests/test_client_checks.py checks it"
     ),
     "ssh -L 8765:127.0.0.1:8765 host     # then, in that session:": (
         "needs an ssh server on another machine; the `pizauth login` run inside the "

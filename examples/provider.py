@@ -195,6 +195,9 @@ class Provider:
         # Microsoft style: the first segment of issuer_path is served as "{tenantid}".
         self.metadata_tenant_issuer = False
         self.metadata_drop: set[str] = set()  # endpoint names left out of the document
+        # Endpoint names left out of one document only, by its name in METADATA_DOCUMENTS
+        # (an OpenID document without revocation_endpoint that RFC 8414's has, say).
+        self.metadata_drop_from: dict[str, set[str]] = {}
 
         self._lock = threading.Lock()
         # One Condition on the same lock: waiters see every state change atomically.
@@ -819,7 +822,7 @@ class Provider:
                         "client_secret_basic",
                     ],
                 }
-                for key in self.metadata_drop:
+                for key in self.metadata_drop | self.metadata_drop_from.get(name, set()):
                     doc.pop(key, None)
             return 200, {"Content-Type": "application/json"}, json.dumps(doc).encode()
         return None

@@ -73,6 +73,9 @@ class Active:
     ongoing_refresh: bool = False
     consecutive_refresh_fails: int = 0
     last_refresh_attempt: float | None = None
+    # The token endpoint that issued the token, the only one its refresh token goes to
+    # (priv/binding.py); None when restored from a dump or the store, until a refresh.
+    token_uri: str | None = None
 
     def wipe(self) -> None:
         self.access_token.wipe()

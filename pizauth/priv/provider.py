@@ -343,7 +343,7 @@ class Resolver:
     def network_lost(self, why: str = NETWORK_LOST) -> None:
         """The network child went away: fetches in flight fail, transiently, and every
         document it gave is forgotten. A child that lied once and was then killed must
-        not go on steering other accounts' codes and tokens (tests/test_provider.py)."""
+        not go on steering other accounts' codes and tokens (tests/test_child_lies.py)."""
         self.fetching.clear()
         for issuer in list(self.waiting):
             self._fetched(issuer, NetMetadataResult(NetOutcome.TRANSIENT, why))

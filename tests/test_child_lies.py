@@ -376,3 +376,31 @@ def test_a_token_is_never_sent_to_another_token_endpoint(
     assert [r["grant_type"] for r in provider.token_requests] == ["authorization_code"]
     status = pizauth.run("status").stdout.decode()
     assert status.startswith("a: No access token; last error"), status
+
+
+def test_refresh_goes_only_to_the_token_endpoint_that_issued_the_token(parent) -> None:  # type: ignore[no-untyped-def]
+    from pizauth.priv.clock import instant
+    from pizauth.priv.secmem import Secret
+    from pizauth.priv.tokens import Active
+
+    p, sent, errors = parent
+    now = instant()
+    issued_by = "http://127.0.0.1:6/token"
+    for name, bound in (("a", issued_by), ("b", None)):  # b: restored, endpoint unknown
+        active = Active(Secret(b"at"), now, now - 1, Secret(b"rt-" + name.encode()))
+        active.token_uri = bound
+        p.refresher.change(p.table.entries[name], active)
+        p.refresher.start_refresh(p.table.entries[name], now)
+    moved = [b"ok", b"", b"", b"http://127.0.0.1:7/token", b"", b""]
+    p.net.on_frame(frame(MsgType.NET_METADATA_RESULT, moved, request_id=metadata_request(sent)))
+    # a's refresh token never left: dropped, and the user told to log in again.
+    a, b = p.table.entries["a"], p.table.entries["b"]
+    assert isinstance(a.state, Empty)
+    assert a.last_error is not None and "log in again" in a.last_error.message
+    assert [name for name, _ in errors] == ["a"] and issued_by in errors[0][1]
+    # b's is bound to the endpoint of its first refresh, where it went.
+    refreshes = [ipc.NetRefresh.decode(ipc.decode(raw)) for raw in sent]
+    assert [(r.token_uri, bytes(r.refresh_token)) for r in refreshes] == [
+        ("http://127.0.0.1:7/token", b"rt-b")
+    ]
+    assert isinstance(b.state, Active) and b.state.token_uri == "http://127.0.0.1:7/token"

@@ -201,6 +201,9 @@ class Provider:
         # The Retry-After header (RFC 9110 §10.2.3) of scripted 429 and 503 /token replies
         # and of the 503 of fail_next_revocations; None sends none.
         self.retry_after: str | None = None
+        # Endpoint names left out of one document only, by its name in METADATA_DOCUMENTS
+        # (an OpenID document without revocation_endpoint that RFC 8414's has, say).
+        self.metadata_drop_from: dict[str, set[str]] = {}
 
         self._lock = threading.Lock()
         # One Condition on the same lock: waiters see every state change atomically.
@@ -830,7 +833,7 @@ class Provider:
                         "client_secret_basic",
                     ],
                 }
-                for key in self.metadata_drop:
+                for key in self.metadata_drop | self.metadata_drop_from.get(name, set()):
                     doc.pop(key, None)
             return 200, {"Content-Type": "application/json"}, json.dumps(doc).encode()
         return None

@@ -454,7 +454,33 @@ def _cmd_info(ctx: _Ctx, args: list[str]) -> int:
                 text += f"  token store: {info['token_store']}\n"
                 if isinstance(info.get("token_store_error"), str):
                     text += f"  token store not opened: {info['token_store_error']}\n"
+            text += _endpoints_text(info.get("endpoints"))
     return _out(text.encode("utf-8", errors="replace"))
+
+
+# What `info` says of an account's endpoints, by the server's "resolved" word.
+_RESOLVED = {"yes": "endpoints resolved", "no": "endpoints not resolved yet"}
+_ENDPOINT_NAMES = ("auth_uri", "token_uri", "device_auth_uri", "revoke_uri")
+
+
+def _endpoints_text(endpoints: object) -> str:
+    """The lines for accounts with an issuer (none otherwise: then `info` is 1.1's)."""
+    from pizauth.text import shown
+
+    if not isinstance(endpoints, dict):
+        return ""
+    text = ""
+    for name, found in sorted(endpoints.items()):
+        if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+            continue
+        resolved = found.get("resolved", "")
+        state = _RESOLVED.get(resolved, f"endpoints not resolved: {found.get('error', '')}")
+        issuer = found.get("issuer", "")
+        text += f"  account {shown(name)} (issuer {shown(issuer, 4096)}): {shown(state, 1200)}\n"
+        for key in _ENDPOINT_NAMES:
+            if key in found:
+                text += f"    {key}: {shown(found[key], 4096)}\n"
+    return text
 
 
 def _cmd_server(ctx: _Ctx, args: list[str]) -> int:

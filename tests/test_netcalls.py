@@ -627,6 +627,60 @@ def test_metadata_dropped_endpoints(provider: Provider, session) -> None:
     assert endpoints(m) == (provider.auth_uri, provider.token_uri, "", "")
 
 
+def test_metadata_rfc8414_fills_in_what_the_openid_document_lacks(
+    provider: Provider, session
+) -> None:
+    provider.metadata_drop_from = {"openid-configuration": {"revocation_endpoint"}}
+    m = fetch_metadata(session, provider.issuer)
+    assert m.outcome == "ok", m.message
+    assert m.revocation_endpoint == provider.revoke_uri
+    assert provider.metadata_fetches == [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ]
+
+
+OPENID_PATH = "/.well-known/openid-configuration"
+RFC8414_PATH = "/.well-known/oauth-authorization-server"
+
+
+def test_metadata_fill_in_never_replaces_the_first_documents(hostile: Hostile, session) -> None:
+    hostile.answer(OPENID_PATH, 200, metadata_doc(hostile))
+    later = metadata_doc(
+        hostile,
+        token_endpoint="https://other.example/token",
+        revocation_endpoint="https://example.com/revoke",
+    )
+    hostile.answer(RFC8414_PATH, 200, later)
+    m = fetch_metadata(session, hostile.base_url)
+    assert endpoints(m) == (
+        "http://127.0.0.1:1/auth",
+        "https://example.com/token",  # the first document's
+        "http://localhost:1/device",
+        "https://example.com/revoke",  # only what it lacked
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "later", "outcome"),
+    [
+        (503, b"", "transient"),  # asked again later rather than kept without it
+        (200, {"issuer": "https://evil.example", "revocation_endpoint": "https://e/r"}, "ok"),
+        (200, {"revocation_endpoint": "javascript:x"}, "ok"),
+        (404, b"", "ok"),
+    ],
+)
+def test_metadata_fill_in_that_fails(hostile: Hostile, session, status, later, outcome) -> None:
+    hostile.answer(OPENID_PATH, 200, metadata_doc(hostile))
+    if isinstance(later, dict):
+        later = metadata_doc(hostile, **later)
+    hostile.answer(RFC8414_PATH, status, later)
+    m = fetch_metadata(session, hostile.base_url)
+    assert m.outcome == outcome, m.message
+    if outcome == "ok":  # the first document alone
+        assert m.token_endpoint == "https://example.com/token" and m.revocation_endpoint == ""
+
+
 @pytest.mark.parametrize(
     ("published", "configured", "match"),
     [

@@ -4,6 +4,7 @@ the local provider (examples/provider.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -146,6 +147,44 @@ def test_rfc8414_document_when_there_is_no_openid_one(
     assert cmd_provider.metadata_fetches == [OPENID, RFC8414]
 
 
+def test_rfc8414_document_gives_what_the_openid_one_lacks_and_info_shows_it(
+    server: Pizauth, cmd_provider: Provider
+) -> None:
+    cmd_provider.metadata_drop_from = {"openid-configuration": {"revocation_endpoint"}}
+    configure(server, issuer_account("acct", cmd_provider.issuer, SECRET))
+    server.start()
+    text = server.run("info").stdout.decode()
+    assert f"  account acct (issuer {cmd_provider.issuer}): endpoints not resolved yet\n" in text
+    token = server.authorise()
+    assert cmd_provider.metadata_fetches == [OPENID, RFC8414]
+    info = json.loads(server.run("info", "-j").stdout)["server_info"]
+    assert info["endpoints"] == {
+        "acct": {
+            "issuer": cmd_provider.issuer,
+            "resolved": "yes",
+            "auth_uri": cmd_provider.auth_uri,
+            "token_uri": cmd_provider.token_uri,
+            "device_auth_uri": cmd_provider.device_auth_uri,
+            "revoke_uri": cmd_provider.revoke_uri,  # from the RFC 8414 document
+        }
+    }
+    text = server.run("info").stdout.decode()
+    assert f"  account acct (issuer {cmd_provider.issuer}): endpoints resolved\n" in text
+    assert f"\n    token_uri: {cmd_provider.token_uri}\n" in text
+    assert f"\n    revoke_uri: {cmd_provider.revoke_uri}\n" in text
+    assert server.run("revoke", "acct").returncode == 0
+    assert cmd_provider.wait_for_revocations(1, 10)
+    assert not cmd_provider.is_active(token)
+
+
+def test_info_of_accounts_without_issuer_is_unchanged(server: Pizauth) -> None:
+    configure(server, server.account_block())
+    server.start()
+    info = json.loads(server.run("info", "-j").stdout)["server_info"]
+    assert set(info) == {"http_port", "https_port"}
+    assert "\n  account " not in server.run("info").stdout.decode()
+
+
 def test_tenant_issuer(tmp_path: Path) -> None:
     with Provider([Client(CLIENT_ID, SECRET)], issuer_path="/tenant-42/v2.0") as provider:
         provider.metadata_tenant_issuer = True  # the document says .../{tenantid}/v2.0
@@ -208,7 +247,8 @@ def test_configured_endpoint_wins_over_metadata(server: Pizauth, cmd_provider: P
     server.auth_url()
     assert cmd_provider.metadata_fetches == []
     server.authorise()  # the token endpoint comes from the document
-    assert cmd_provider.metadata_fetches == [OPENID]
+    # The OpenID document lacks an endpoint: RFC 8414's is asked for it (and lacks it too).
+    assert cmd_provider.metadata_fetches == [OPENID, RFC8414]
 
 
 def free_port() -> int:
@@ -251,17 +291,26 @@ def test_provider_down_then_up(tmp_path: Path) -> None:
     ],
     ids=["fails", "empty", "killed"],
 )
-def test_failing_secret_command_sends_nothing(
+def test_failing_secret_command_is_told_when_the_login_starts(
     server: Pizauth, cmd_provider: Provider, cmd: str, expected: str
 ) -> None:
     configure(server, issuer_account("acct", cmd_provider.issuer, cmd=cmd))
     server.start()
-    status, page = login(server)
-    assert status == 200 and "failed" in page
+    # `show` runs the command before it gives out a URL: the failure instead of one, at
+    # once, with no browser login done for nothing.
+    shown = server.show()
+    out = shown.stderr.decode()
+    assert shown.returncode == 1 and out.startswith("ERROR - "), shown
+    assert "client_secret_cmd" in out and expected in out, out
+    assert "http" not in out and not shown.stdout, shown  # no login URL
     wait_for(lambda: notified(server.tmp), 10, "error_notify_cmd", server.log)
     [line] = notified(server.tmp)
     assert line.startswith("acct|") and "client_secret_cmd" in line and expected in line, line
-    assert cmd_provider.token_requests == []  # no request without the secret
+    status = server.run("status").stdout.decode()
+    assert "No access token; last error" in status and expected in status, status
+    assert server.run("status").returncode == 0
+    # Nothing reached the provider but the metadata document.
+    assert cmd_provider.authorize_requests == [] and cmd_provider.token_requests == []
 
 
 def test_failing_secret_command_keeps_the_token(server: Pizauth, cmd_provider: Provider) -> None:

@@ -120,3 +120,73 @@ def test_bounded_answers_once() -> None:
     r.tick(float("inf"))
     done(Ready(account(), None))
     assert got == [Unready("try again", True, False)]
+
+
+def test_metadata_is_forgotten_when_the_network_child_is_lost() -> None:
+    # Nothing a child said outlives it: a document it gave (perhaps a lie) goes with it.
+    net = Net()
+    r = resolver(net)
+    r.resolve(account(), "token_uri", False, lambda o: None)
+    r.result(net.sent[0][0], OK)
+    assert r.known(account("other")).token_uri == ISSUER + "/token"
+    assert r.endpoints(account())["resolved"] == "yes"
+    r.network_lost()
+    assert r.known(account("other")).token_uri is None
+    assert r.endpoints(account()) == {"issuer": ISSUER, "resolved": "no"}
+    got: list[object] = []
+    r.resolve(account("other"), "token_uri", False, got.append)
+    assert len(net.sent) == 2 and got == []  # asked again, of the new child
+
+
+REMOTE = "https://idp.example"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://idp.example/token", "http://127.0.0.1:8080/token", "http://[::1]/token"],
+)
+def test_remote_issuer_naming_an_http_endpoint_is_that_accounts_error(endpoint: str) -> None:
+    net = Net()
+    r = resolver(net)
+    got: list[object] = []
+    r.resolve(account(issuer=REMOTE), "auth_uri", False, got.append)
+    r.resolve(account("b", issuer=REMOTE), "token_uri", False, got.append)
+    plain = NetMetadataResult(NetOutcome.OK, "", REMOTE + "/auth", endpoint)
+    r.result(net.sent[0][0], plain)  # not a protocol error: the child only relays it
+    assert [type(o) for o in got] == [Unready, Unready]
+    for outcome in got:
+        assert isinstance(outcome, Unready) and not outcome.transient and outcome.notify
+        assert f"names a plain http token_endpoint ({endpoint})" in outcome.message
+    # Not even the https endpoint of that document is used.
+    assert r.known(account(issuer=REMOTE)).auth_uri is None
+    info = r.endpoints(account(issuer=REMOTE))
+    assert info["resolved"] == "failed" and "plain http" in info["error"]
+
+
+@pytest.mark.parametrize("issuer", ["http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9"])
+def test_loopback_issuer_may_name_loopback_http_endpoints(issuer: str) -> None:
+    net = Net()
+    r = resolver(net)
+    got: list[object] = []
+    r.resolve(account(issuer=issuer), "token_uri", False, got.append)
+    token = "http://127.0.0.2:9/token"
+    r.result(net.sent[0][0], NetMetadataResult(NetOutcome.OK, "", "", token))
+    assert isinstance(got[0], Ready) and got[0].account.token_uri == token
+
+
+def test_endpoint_allowed() -> None:
+    from pizauth.uri import endpoint_allowed, loopback_host
+
+    assert endpoint_allowed(REMOTE, "https://other.example/t")
+    assert not endpoint_allowed(REMOTE, "http://idp.example/t")
+    assert not endpoint_allowed(REMOTE, "http://localhost/t")
+    assert not endpoint_allowed("http://127.0.0.1:9", "http://idp.example/t")
+    assert endpoint_allowed("http://127.0.0.1:9", "http://localhost:8/t")
+    assert not endpoint_allowed("http://127.0.0.1:9", "ftp://127.0.0.1/t")
+    assert [loopback_host(h) for h in ("127.9.8.7", "::1", "LOCALHOST", "128.0.0.1", None)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]

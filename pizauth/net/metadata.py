@@ -8,6 +8,17 @@ the next only when one is not there (404, 410):
 3. ISSUER/.well-known/oauth-authorization-server (the form some servers use instead;
    the same as 2 for an issuer without a path).
 
+The first document found is the issuer's. When it lacks an endpoint (an OpenID document
+without `revocation_endpoint`, say), the RFC 8414 documents after it are asked for that
+endpoint only: the first one found fills in what the first document left out, never
+replacing what it gave. A later document that cannot be had for now makes the whole result
+transient (asked again on the next need); one that is not there or cannot be used (another
+issuer, a malformed endpoint) is ignored, and the first document stands alone.
+
+Endpoints must be https, except that an issuer on this machine (localhost, 127.0.0.0/8,
+::1) may name plain http endpoints on this machine (uri.endpoint_allowed): a remote issuer
+whose document names an http endpoint is refused.
+
 Outcomes: "ok"; "transient" when the document could not be had for now (network
 failure, timeout, 408/429/5xx): try again later; "permanent" when what the provider
 publishes cannot be used (no document, not a JSON object, an issuer that is not the
@@ -18,14 +29,14 @@ one bad field discredits the whole document.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import requests
 
 from pizauth.net import reply
 from pizauth.net.tokenclient import TRANSIENT_STATUSES, _Permanent, _post, _Transient
-from pizauth.uri import http_uri
+from pizauth.uri import endpoint_allowed, http_uri
 
 ENDPOINTS = (
     "authorization_endpoint",
@@ -84,22 +95,50 @@ def fetch_metadata(session: requests.Session, issuer: str) -> Metadata:
     """The endpoints `issuer` publishes, judged as in the module docstring."""
     if http_uri(issuer, https_only=True) is None or "?" in issuer:
         return Metadata("permanent", f"issuer {issuer!r} is not an https URL")
-    for uri in metadata_uris(issuer):
-        try:
-            got = _post(session, uri, [], method="GET", what="metadata document")
-        except _Transient as e:
-            return Metadata("transient", f"couldn't fetch metadata: {e}")
-        except _Permanent as e:
-            return Metadata("permanent", f"couldn't fetch metadata: {e}")
-        status, body = got.status, got.body
-        if status in NOT_FOUND:
+    uris = metadata_uris(issuer)
+    for i, uri in enumerate(uris):
+        found = _fetch_document(session, issuer, uri)
+        if found is None:
             continue
-        if status in TRANSIENT_STATUSES:
-            return Metadata("transient", f"couldn't fetch metadata from {uri}: HTTP code {status}")
-        if status != 200:
-            return Metadata("permanent", f"couldn't fetch metadata from {uri}: HTTP code {status}")
-        return _judge_document(reply.load_json(body), issuer, uri)
+        if found.outcome != "ok":
+            return found
+        return _fill_in(session, issuer, found, uris[i + 1 :])
     return Metadata("permanent", f"no metadata found for issuer {issuer}")
+
+
+def _fetch_document(session: requests.Session, issuer: str, uri: str) -> Metadata | None:
+    """One document judged, or None if it is not there."""
+    try:
+        got = _post(session, uri, [], method="GET", what="metadata document")
+    except _Transient as e:
+        return Metadata("transient", f"couldn't fetch metadata: {e}")
+    except _Permanent as e:
+        return Metadata("permanent", f"couldn't fetch metadata: {e}")
+    status, body = got.status, got.body
+    if status in NOT_FOUND:
+        return None
+    if status in TRANSIENT_STATUSES:
+        return Metadata("transient", f"couldn't fetch metadata from {uri}: HTTP code {status}")
+    if status != 200:
+        return Metadata("permanent", f"couldn't fetch metadata from {uri}: HTTP code {status}")
+    return _judge_document(reply.load_json(body), issuer, uri)
+
+
+def _fill_in(session: requests.Session, issuer: str, first: Metadata, later: list[str]) -> Metadata:
+    """`first` with each endpoint it lacks taken from the first later document found."""
+    if all(getattr(first, name) for name in ENDPOINTS):
+        return first
+    for uri in later:
+        found = _fetch_document(session, issuer, uri)
+        if found is None:
+            continue
+        if found.outcome == "transient":
+            return found
+        if found.outcome != "ok":
+            return first  # unusable: the first document stands alone
+        missing = {name: getattr(found, name) for name in ENDPOINTS if not getattr(first, name)}
+        return replace(first, **{name: uri for name, uri in missing.items() if uri})
+    return first
 
 
 def _judge_document(doc: object, issuer: str, uri: str) -> Metadata:
@@ -118,8 +157,8 @@ def _judge_document(doc: object, issuer: str, uri: str) -> Metadata:
         value = doc.get(name)
         if value is None:
             continue
-        checked = http_uri(value, https_only=True)
-        if checked is None:
+        checked = http_uri(value, https_only=False)
+        if checked is None or not endpoint_allowed(issuer, checked):
             return bad(f"has a malformed or non-https {name}")
         endpoints[name] = checked
     return Metadata("ok", **endpoints)

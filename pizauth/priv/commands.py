@@ -146,12 +146,14 @@ class Commands:
             self.parent.revoker.revoke(entry.account, *to_revoke)  # in the background
 
     def _auth_uri_known(self, request_id: int, entry: Entry, again: Callable[[], None]) -> bool:
-        """Whether a login URL can be made for `entry` now. If not, its authorisation
-        endpoint is being resolved (issuer metadata), and the request is answered once
-        that is done: `again` runs it anew, or the client hears what failed."""
+        """Whether a login can start for `entry` now: its URL can be made and its client
+        secret is held. If not, its authorisation endpoint (issuer metadata) and client
+        secret (client_secret_cmd) are being resolved, and the request is answered once
+        that is done: `again` runs it anew, or the client hears what failed (a failing
+        client_secret_cmd is told before any browser login, not after it)."""
         resolver = self.parent.resolver
         account = entry.account
-        if resolver.ready(account, "auth_uri"):
+        if resolver.login_ready(account):
             return True
         name = account.name
 
@@ -163,14 +165,14 @@ class Commands:
                 if outcome.notify:
                     self.parent.notifier.error(name, f"{shown(name)}: {outcome.message}")
                 self.reply(request_id, "error:" + outcome.message)
-            elif current is not None and resolver.ready(current.account, "auth_uri"):
+            elif current is not None and resolver.login_ready(current.account):
                 again()
             else:
                 self.reply(request_id, "error:the account changed meanwhile: try again")
 
-        waiting = f"still fetching the metadata of {account.issuer}: try again"
+        waiting = resolver.waiting_for(account)
         resolver.resolve(
-            account, "auth_uri", False, resolver.bounded(resolved, RESOLVE_WAIT, waiting)
+            account, "auth_uri", True, resolver.bounded(resolved, RESOLVE_WAIT, waiting)
         )
         return False
 
@@ -194,7 +196,18 @@ class Commands:
             info["token_store"] = self.parent.keeper.path
             if self.parent.keeper.error is not None:
                 info["token_store_error"] = self.parent.keeper.error
-        self.reply(request_id, json.dumps(info, separators=(",", ":")))
+        # An addition to pizauth 1.1, only when some account has an issuer: what its
+        # metadata resolved to (or that it is not resolved yet, or why it failed).
+        resolver = self.parent.resolver
+        endpoints = {
+            entry.account.name: resolver.endpoints(entry.account)
+            for entry in self.parent.table.entries.values()
+            if entry.account.issuer is not None
+        }
+        out: dict[str, object] = dict(info)
+        if endpoints:
+            out["endpoints"] = endpoints
+        self.reply(request_id, json.dumps(out, separators=(",", ":")))
 
     def reload(self, request_id: int, msg: ipc.CmdReload) -> None:
         error = self.parent.reload()

@@ -269,7 +269,7 @@ class DeviceFlow:
         now = instant()
         name = entry.account.name
         if result.outcome is TokenOutcome.OK:
-            self.refresher.token_received(entry, result, now)  # Active: wipes the device code
+            self.refresher.token_received(entry, result, now, request.endpoint)  # wipes the code
         elif result.outcome is TokenOutcome.TRANSIENT:
             if result.provider_error not in ("authorization_pending", SLOW_DOWN):
                 log.info("Transitory error polling for %s: %s", shown_name(name), result.message)

@@ -38,7 +38,8 @@ from pizauth.priv.refresher import MAX_SLEEP, Refresher
 from pizauth.priv.refresher import next_wakeup as next_refresh
 from pizauth.priv.revocation import Revoker
 from pizauth.priv.storekeeper import StoreKeeper
-from pizauth.priv.tokens import Empty, Pending, TokenTable
+from pizauth.priv.tokens import DevicePending, Empty, Pending, TokenTable
+from pizauth.priv.untrusted import received
 from pizauth.text import shown
 from pizauth.timeouts import SHUTDOWN_FLUSH
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pizauth")
 
+# Why a login whose URL came from the network child ended when that child did.
+NETWORK_RESTARTED = "the network process restarted during the login: log in again"
 NO_PENDING_PAGE = "No pending token matches request state: request a fresh token"
 # Files in $XDG_RUNTIME_DIR untouched for 6 hours may be removed by the system.
 SOCKET_TOUCH_PERIOD = 6 * 3600.0
@@ -123,8 +126,9 @@ class Parent:
         self.cmd = self._child(
             "command", "pizauth.cmd", {"socket": sockets.control.fileno()}, child_args
         )
-        self.net.on_frame = self._dispatcher(self.net, self.net_handlers())
-        self.cmd.on_frame = self._dispatcher(self.cmd, self._tagged(self.cmd_handlers()))
+        # Every text a child sends is cleaned before any handler sees it (priv/untrusted.py).
+        self.net.on_frame = self._dispatcher(self.net, received(self.net_handlers()))
+        self.cmd.on_frame = self._dispatcher(self.cmd, self._tagged(received(self.cmd_handlers())))
         self.net.on_exit = lambda: self._child_exited(self.net)
         self.cmd.on_exit = lambda: self._child_exited(self.cmd)
 
@@ -317,12 +321,23 @@ class Parent:
         self.restart_at[child.name] = instant() + delay
 
     def _network_lost(self) -> None:
-        """No answer will come for what the network child was asked: fail it all."""
+        """No answer will come for what the network child was asked: fail it all. And
+        nothing it said outlives it: issuer metadata, logins whose URL an issuer's
+        document gave, device logins (their code and page came from it), its HTTPS key."""
         self.device.network_lost()  # first: takes its requests out of the refresher's
         self.refresher.network_lost()
         self.resolver.network_lost()
         self.revoker.network_lost()
         self.login_pages.forget()
+        self.https_pub_key = self.https_fingerprint = ""
+        for entry in self.table.entries.values():
+            state = entry.state
+            from_child = isinstance(state, DevicePending) or (
+                isinstance(state, Pending) and entry.account.auth_uri is None
+            )
+            if from_child:
+                self.refresher.failed(entry, NETWORK_RESTARTED, instant())
+                self.refresher.change(entry, Empty())
 
     # -- the command child ------------------------------------------------------------------
 

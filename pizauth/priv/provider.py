@@ -2,11 +2,14 @@
 
 An endpoint written in the configuration is used as it is. One left out, for an
 account with an `issuer`, comes from the issuer's metadata, which the network
-child fetches (NET_METADATA) when an account first needs it; the answer is kept
-for the life of the configuration, and a failure to fetch is not, so the next
-need tries again. A document the network child judged unusable (another issuer,
-a malformed endpoint) is kept as such: none of its endpoints is used until a
-reload.
+child fetches (NET_METADATA) when an account first needs it. Nothing the network
+child said outlives it: the answer is kept until the configuration is reloaded or
+that network child exits or is restarted (network_lost), whichever comes first, and
+a failure to fetch is not kept at all, so the next need tries again. A document the
+network child judged unusable (another issuer, a malformed endpoint), or that names a
+plain http endpoint for an issuer not on this machine (uri.endpoint_allowed, checked
+again here whatever the child says), is kept as such: none of its endpoints is used
+until it is forgotten.
 
 A `client_secret_cmd` runs when its secret is first needed (never at start-up: a
 locked password store must not hold up the server), without blocking the loop
@@ -33,7 +36,7 @@ from pizauth.priv import secretcmd
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
 from pizauth.text import shown
-from pizauth.uri import http_uri
+from pizauth.uri import endpoint_allowed, http_uri
 
 log = logging.getLogger("pizauth")
 
@@ -125,6 +128,39 @@ class Resolver:
     def ready(self, account: Account, endpoint: str) -> bool:
         """Whether `endpoint` of `account` is known now (no fetch needed)."""
         return getattr(self.known(account), endpoint) is not None
+
+    def login_ready(self, account: Account) -> bool:
+        """Whether a login can start now: the authorisation endpoint known and the client
+        secret held (a client_secret_cmd that fails is told at once, not after the
+        browser login)."""
+        if not self.ready(account, "auth_uri"):
+            return False
+        return account.client_secret_cmd is None or account.name in self.secrets
+
+    def waiting_for(self, account: Account) -> str:
+        """What a login of `account` still waits for, for a `show` that cannot wait longer."""
+        if not self.ready(account, "auth_uri"):
+            return f"still fetching the metadata of {account.issuer}: try again"
+        return f"client_secret_cmd for {shown(account.name)} still running: try again"
+
+    def endpoints(self, account: Account) -> dict[str, str]:
+        """What `info` says of an account with an issuer: whether its endpoints are
+        resolved ("resolved": "yes", "no" or "failed", with "error"), and each one known."""
+        out = {"issuer": account.issuer or ""}
+        found = self.metadata.get(account.issuer or "")
+        if found is None:
+            out["resolved"] = "no"
+        elif found.outcome is not NetOutcome.OK:
+            out["resolved"] = "failed"
+            out["error"] = found.message
+        else:
+            out["resolved"] = "yes"
+        known = self.known(account)
+        for field in ENDPOINTS:
+            value = getattr(known, field)
+            if value is not None:
+                out[field] = value
+        return out
 
     def resolve(
         self, account: Account, endpoint: str, with_secret: bool, done: Done, optional: bool = False
@@ -247,9 +283,9 @@ class Resolver:
             result.revocation_endpoint,
         )
         # The network child judged them; checked again, as they reach the user's browser.
-        if any(uri and http_uri(uri, https_only=True) is None for uri in endpoints):
+        if any(uri and http_uri(uri, https_only=False) is None for uri in endpoints):
             raise ipc.ProtocolError("malformed endpoint in a metadata result")
-        self._fetched(issuer, result)
+        self._fetched(issuer, _allowed(issuer, result))
 
     def _fetched(self, issuer: str, result: NetMetadataResult) -> None:
         if result.outcome is not NetOutcome.TRANSIENT:
@@ -305,10 +341,16 @@ class Resolver:
     # -- endings -------------------------------------------------------------------------
 
     def network_lost(self, why: str = NETWORK_LOST) -> None:
-        """The network child went away: fetches in flight fail, transiently."""
+        """The network child went away: fetches in flight fail, transiently, and every
+        document it gave is forgotten. A child that lied once and was then killed must
+        not go on steering other accounts' codes and tokens (tests/test_child_lies.py)."""
         self.fetching.clear()
         for issuer in list(self.waiting):
             self._fetched(issuer, NetMetadataResult(NetOutcome.TRANSIENT, why))
+        if self.metadata:
+            log.info("issuer metadata forgotten: %s", why)
+        self.metadata.clear()
+        self.reported.clear()
 
     def reload(self) -> None:
         """A new configuration: forget every document and secret; whoever waits is told."""
@@ -334,6 +376,19 @@ class Resolver:
         self.secrets.clear()
         self.metadata.clear()
         self.reported.clear()
+
+
+def _allowed(issuer: str, result: NetMetadataResult) -> NetMetadataResult:
+    """`result`, or an unusable one if it names an endpoint `issuer` may not use."""
+    for meta in ENDPOINTS.values():
+        uri = getattr(result, meta)
+        if uri and not endpoint_allowed(issuer, uri):
+            return NetMetadataResult(
+                NetOutcome.PERMANENT,
+                f"the metadata of issuer {issuer} names a plain http {meta} ({uri});"
+                " only an issuer on this machine may",
+            )
+    return result
 
 
 def _filled(account: Account, found: NetMetadataResult) -> Account:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pizauth import ipc, runtime
 from pizauth.config import Account, Config
 from pizauth.ipc import NetTokenResult, RefreshKind, TokenOutcome
+from pizauth.priv import binding
 from pizauth.priv.authurl import new_auth_request
 from pizauth.priv.clock import instant
 from pizauth.priv.failures import LastError, retry_delay
@@ -84,6 +85,7 @@ class NetRequest:
     kind: RequestKind
     account: str
     generation: int
+    endpoint: str = ""  # the token endpoint it went to (a token is bound to it)
 
 
 class Refresher:
@@ -198,6 +200,11 @@ class Refresher:
             if isinstance(outcome, Unready):
                 self._not_sent(current, kind, outcome)
                 return
+            if kind == RequestKind.REFRESH and isinstance(current.state, Active):
+                why = binding.refused(current.state, outcome.account.token_uri or "")
+                if why is not None:
+                    self._unbound(current, why)
+                    return
             secret = None if outcome.secret is None else outcome.secret.view()
             self._request(current, kind, build(outcome.account, secret))
 
@@ -214,6 +221,15 @@ class Refresher:
         request_id = self._ids.allocate(self.requests)
         self.requests[request_id] = NetRequest(kind, name, entry.generation)
         self.result(request_id, NetTokenResult(outcome, why.message))
+
+    def _unbound(self, entry: Entry, why: str) -> None:
+        """The token endpoint moved away from the one that issued the token: the token is
+        dropped unsent and the user told to log in again (priv/binding.py)."""
+        name = entry.account.name
+        log.error("Refreshing %s: %s", shown(name), why)
+        self.failed(entry, why, instant())
+        self.change(entry, Empty())
+        self.notifier.error(name, f"Refreshing {shown(name)} failed permanently: {why}")
 
     def _client_secret(self, entry: Entry) -> memoryview | None:
         secret = self.table.client_secret(entry.account.name)  # a Secret: no str or bytes copy
@@ -232,7 +248,8 @@ class Refresher:
             self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation)
             self.result(request_id, NetTokenResult(TokenOutcome.PERMANENT, str(e)))
             return request_id
-        self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation)
+        endpoint = getattr(message, "token_uri", "")
+        self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation, endpoint)
         self._send(frame)
         return request_id
 
@@ -257,7 +274,7 @@ class Refresher:
         name = entry.account.name
         now = instant()
         if result.outcome is TokenOutcome.OK:
-            self._token_received(entry, result, now)
+            self._token_received(entry, result, now, request.endpoint)
             if request.kind == RequestKind.EXCHANGE:
                 self.exchange_done(name, None)
         elif request.kind == RequestKind.EXCHANGE:
@@ -281,11 +298,16 @@ class Refresher:
         `message` is already safe and bounded. The next token obtained clears it."""
         entry.last_error = LastError(message, now)
 
-    def token_received(self, entry: Entry, result: NetTokenResult, now: float) -> None:
-        """A token obtained (by a code exchange, a refresh or a device login)."""
-        self._token_received(entry, result, now)
+    def token_received(
+        self, entry: Entry, result: NetTokenResult, now: float, endpoint: str
+    ) -> None:
+        """A token obtained (by a code exchange, a refresh or a device login) through
+        token endpoint `endpoint`."""
+        self._token_received(entry, result, now, endpoint)
 
-    def _token_received(self, entry: Entry, result: NetTokenResult, now: float) -> None:
+    def _token_received(
+        self, entry: Entry, result: NetTokenResult, now: float, endpoint: str
+    ) -> None:
         # expires_in is only recommended (RFC 6749): without it, refresh_at_least decides.
         expires_in = result.expires_in
         if expires_in is None:
@@ -301,9 +323,9 @@ class Refresher:
         ):
             refresh_token = Secret(old.refresh_token.view())  # RFC 6749 §6: keep the old one
         entry.last_error = None
-        self.change(
-            entry, Active(Secret(result.access_token), now, now + expires_in, refresh_token)
-        )
+        active = Active(Secret(result.access_token), now, now + expires_in, refresh_token)
+        active.token_uri = endpoint or None
+        self.change(entry, active)
 
     def transient_failure(
         self, entry: Entry, message: str, now: float, retry_after: int | None = None

@@ -75,6 +75,9 @@ class Active:
     last_refresh_attempt: float | None = None
     # What the provider's Retry-After asked for with the last transient failure, if any.
     retry_after: int | None = None
+    # The token endpoint that issued the token, the only one its refresh token goes to
+    # (priv/binding.py); None when restored from a dump or the store, until a refresh.
+    token_uri: str | None = None
 
     def wipe(self) -> None:
         self.access_token.wipe()

@@ -337,7 +337,16 @@ def test_forged_token_result_message_is_cleaned(parent) -> None:  # type: ignore
     p.net.on_frame(
         frame(
             MsgType.NET_TOKEN_RESULT,
-            [b"permanent", evil, b"", b"", b"absent", b"", "x\x1b]52;c;x\x07\r\n\u202e".encode()],
+            [
+                b"permanent",
+                evil,
+                b"",
+                b"",
+                b"absent",
+                b"",
+                "x\x1b]52;c;x\x07\r\n\u202e".encode(),
+                b"",
+            ],
             request_id=99,
         )
     )

@@ -6,6 +6,7 @@ import os
 import select
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -347,6 +348,23 @@ def test_sigkill_of_the_server_kills_what_left_the_session(tmp_path: Path) -> No
         server.kill()
         server.wait()
         kill_leftover(pidfile)
+
+
+def test_a_reaper_that_does_not_end_when_told_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    loop = Loop(timeout=0.5)
+    results: list[secretcmd.Result] = []
+    loop.runner.start(f"echo $$ > {pidfile}; exec sleep 300", STORE_KEY, {}, results.append)
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 5, "the shell's pid")
+        os.kill(loop.runner.running[0].proc.pid, signal.SIGSTOP)  # deaf to its SIGTERM
+        started = time.monotonic()
+        wait_for(lambda: loop.turn() or results, usercmd.REAPER_GRACE + 5, "the result")
+        assert time.monotonic() - started >= usercmd.REAPER_GRACE
+        assert [error(r) for r in results] == ["token_store_key_cmd timed out after 0.5 s"]
+        assert loop.runner.running == [] and loop.sel.get_map() == {}
+    finally:
+        kill_leftover(pidfile)  # with its reaper killed, nothing else ends the shell
 
 
 def test_the_secret_never_passes_through_the_reaper(tmp_path: Path) -> None:

@@ -118,14 +118,19 @@ def test_every_failure_quotes_the_first_line_of_stderr(output: secretcmd.Output)
         assert error(short).endswith("at least 32 bytes: vault is locked")
 
 
-def test_stdout_is_never_quoted_in_a_failure() -> None:
-    for cmd in ("echo s3cret-a; exit 1", "echo s3cret-b >&2; echo s3cret-b; exit 1"):
-        message = error(run_blocking(cmd, STORE_KEY, {}))
-        assert "s3cret-a" not in message
-    # A key too short: its bytes are counted, never shown.
-    assert "s3cret" not in error(run_blocking("echo s3cret", STORE_KEY, {}))
-    long = run_blocking("echo s3cret-first-line-that-is-long; yes", CLIENT_SECRET, {})
-    assert "s3cret" not in error(long)
+@pytest.mark.parametrize(
+    ("cmd", "output"),
+    [
+        ("echo s3cret; exit 1", STORE_KEY),  # a failure after the output
+        ("echo s3cret", STORE_KEY),  # too short
+        ("echo s3cret; sleep 300", CLIENT_SECRET),  # the timeout
+        ("printf s3cret; yes | tr -d '\\n'", CLIENT_SECRET),  # a first line too long
+    ],
+    ids=["exit", "short", "timeout", "long"],
+)
+def test_stdout_is_never_quoted_in_a_failure(cmd: str, output: secretcmd.Output) -> None:
+    message = error(run_blocking(f"echo 'why it failed' >&2; {cmd}", output, {}, timeout=1.0))
+    assert message.endswith(": why it failed") and "s3cret" not in message
 
 
 def test_stdin_is_dev_null() -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import select
 import selectors
+import shutil
+import signal
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +18,7 @@ import pytest
 from conftest import wait_for
 
 from pizauth import limits
-from pizauth.priv import secretcmd
+from pizauth.priv import secretcmd, usercmd
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
 from pizauth.priv.secretcmd import CLIENT_SECRET, STORE_KEY, CommandError, run_blocking
@@ -96,6 +100,37 @@ def test_empty_output_and_empty_first_line() -> None:
     result = run_blocking("printf '\\nsecond\\n'", CLIENT_SECRET, {})
     assert error(result) == "client_secret_cmd printed nothing"
     assert error(run_blocking("true", STORE_KEY, {})) == "token_store_key_cmd printed nothing"
+
+
+@pytest.mark.parametrize("output", [CLIENT_SECRET, STORE_KEY], ids=lambda o: o.name)
+def test_every_failure_quotes_the_first_line_of_stderr(output: secretcmd.Output) -> None:
+    name = output.name
+    locked = "echo 'vault is locked' >&2; echo 'second line' >&2"
+    assert error(run_blocking(locked, output, {})) == f"{name} printed nothing: vault is locked"
+    failed = run_blocking(f"{locked}; exit 2", output, {})
+    assert error(failed) == f"{name} exited with status 2: vault is locked"
+    slow = run_blocking(f"{locked}; sleep 300", output, {}, timeout=0.5)
+    assert error(slow) == f"{name} timed out after 0.5 s: vault is locked"
+    flood = run_blocking(f"{locked}; yes", output, {})
+    assert error(flood).endswith(" bytes: vault is locked") and "printed" in error(flood)
+    if output is STORE_KEY:
+        short = run_blocking(f"{locked}; echo short", output, {})
+        assert error(short).endswith("at least 32 bytes: vault is locked")
+
+
+@pytest.mark.parametrize(
+    ("cmd", "output"),
+    [
+        ("echo s3cret; exit 1", STORE_KEY),  # a failure after the output
+        ("echo s3cret", STORE_KEY),  # too short
+        ("echo s3cret; sleep 300", CLIENT_SECRET),  # the timeout
+        ("printf s3cret; yes | tr -d '\\n'", CLIENT_SECRET),  # a first line too long
+    ],
+    ids=["exit", "short", "timeout", "long"],
+)
+def test_stdout_is_never_quoted_in_a_failure(cmd: str, output: secretcmd.Output) -> None:
+    message = error(run_blocking(f"echo 'why it failed' >&2; {cmd}", output, {}, timeout=1.0))
+    assert message.endswith(": why it failed") and "s3cret" not in message
 
 
 def test_stdin_is_dev_null() -> None:
@@ -184,17 +219,184 @@ def test_timeout_message_uses_the_default_of_three_minutes() -> None:
     assert runner.timeout == 180
 
 
-def test_a_process_that_left_the_group_cannot_hold_us_past_the_timeout(tmp_path: Path) -> None:
+def escaping_sleeper(pidfile: Path) -> str:
+    """Shell text that leaves a setsid'd, double-forked sleeper (out of the command's
+    group and session) which writes its pid to `pidfile`; stdout goes to /dev/null."""
+    return (
+        f"( setsid sh -c 'echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; "
+        "exec sleep 300' >/dev/null & )"
+    )
+
+
+def sleeper_pid(pidfile: Path) -> int:
+    wait_for(pidfile.exists, 10, "the sleeper to start")
+    pid = int(pidfile.read_text())
+    assert not gone(pid)
+    return pid
+
+
+def kill_leftover(pidfile: Path) -> None:
+    if pidfile.exists() and not gone(pid := int(pidfile.read_text())):
+        os.kill(pid, 9)
+
+
+CHILD = "sh -c 'echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; exec sleep 300'"
+# The shell exits once the child runs (has its pid written).
+UNTIL_CHILD = "until [ -e {pid} ]; do sleep 0.01; done"
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        # A background child that keeps stdout open, in each way a shell can leave one.
+        f"printf s3cret; ( {CHILD} & ); {UNTIL_CHILD}",
+        f"echo s3cret; {CHILD} 2>/dev/null & {UNTIL_CHILD}",
+        f"setsid {CHILD} & {UNTIL_CHILD}; echo s3cret",
+    ],
+    ids=["subshell", "background", "setsid"],
+)
+def test_a_background_child_holding_stdout_does_not_delay_the_result(
+    tmp_path: Path, cmd: str
+) -> None:
     pidfile = tmp_path / "pid"
-    # setsid escapes the process group and keeps stdout open after the shell exits.
-    cmd = f"setsid sleep 300 & echo $! > {pidfile}; echo s3cret"
     started = time.monotonic()
     try:
-        result = run_blocking(cmd, CLIENT_SECRET, {}, timeout=1.0)
-        assert error(result) == "client_secret_cmd timed out after 1 s"
-        assert time.monotonic() - started < 10
+        # The default timeout: waiting for the child's end of file would take all of it.
+        result = run_blocking(cmd.format(pid=pidfile), CLIENT_SECRET, {})
+        elapsed = time.monotonic() - started
+        assert secret_bytes(result) == b"s3cret"
+        # Well within the timeout: the reaper is given REAPER_GRACE to end the child.
+        assert elapsed < usercmd.REAPER_GRACE < secretcmd.TIMEOUT
+        assert gone(int(pidfile.read_text()))  # killed when the shell exited
     finally:
-        os.kill(int(pidfile.read_text()), 9)
+        kill_leftover(pidfile)
+
+
+def test_a_whole_key_written_just_before_the_exit_is_read(tmp_path: Path) -> None:
+    n = secretcmd.MAX_KEY
+    pidfile = tmp_path / "pid"
+    child = f"{CHILD} & {UNTIL_CHILD}".format(pid=pidfile)
+    cmd = f"head -c {n} /dev/zero | tr '\\0' k; echo; {child}"
+    started = time.monotonic()
+    try:
+        assert secret_bytes(run_blocking(cmd, STORE_KEY, {})) == b"k" * n
+        assert time.monotonic() - started < usercmd.REAPER_GRACE
+        assert gone(int(pidfile.read_text()))
+    finally:
+        kill_leftover(pidfile)
+
+
+def test_output_is_read_when_the_exit_is_seen_before_it() -> None:
+    """The loop may see the exit before stdout's readiness: what is in the pipe is read
+    then, all of it, without waiting for more."""
+    callbacks: dict[int, Callable[[], None]] = {}
+    runner = secretcmd.SecretCommands(callbacks.__setitem__, callbacks.__delitem__)
+    results: list[secretcmd.Result] = []
+    n = secretcmd.MAX_KEY
+    runner.start(f"head -c {n} /dev/zero | tr '\\0' k", STORE_KEY, {}, results.append)
+    pidfd = runner.running[0].pidfd
+    wait_for(lambda: select.select([pidfd], [], [], 0)[0], 10, "the command's exit")
+    callbacks[pidfd]()  # the exit alone
+    assert [secret_bytes(r) for r in results] == [b"k" * n]
+    assert callbacks == {} and runner.running == []
+
+
+def test_timeout_kills_what_left_the_session(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    try:
+        result = run_blocking(f"{escaping_sleeper(pidfile)}; sleep 300", STORE_KEY, {}, 1.0)
+        assert error(result) == "token_store_key_cmd timed out after 1 s"
+        pid = int(pidfile.read_text())  # it ran: its pid was written before the timeout
+        wait_for(lambda: gone(pid), 5, "the sleeper killed")
+    finally:
+        kill_leftover(pidfile)
+
+
+def test_kill_all_kills_what_left_the_session(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    loop = Loop()
+    results: list[secretcmd.Result] = []
+    try:
+        cmd = f"{escaping_sleeper(pidfile)}; sleep 300"
+        loop.runner.start(cmd, CLIENT_SECRET, {}, results.append)
+        pid = sleeper_pid(pidfile)
+        loop.runner.kill_all()
+        wait_for(lambda: gone(pid), 5, "the sleeper killed")
+        assert results == [] and loop.runner.running == [] and loop.sel.get_map() == {}
+    finally:
+        kill_leftover(pidfile)
+
+
+SERVER = textwrap.dedent(
+    """
+    import sys, time
+    from pizauth.priv import secretcmd, usercmd
+    runner = secretcmd.SecretCommands(lambda fd, cb: None, lambda fd: None)
+    runner.start(sys.argv[1], secretcmd.CLIENT_SECRET, {}, print)
+    print("started", flush=True)
+    time.sleep(300)
+    """
+)
+
+
+def test_sigkill_of_the_server_kills_what_left_the_session(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    cmd = f"{escaping_sleeper(pidfile)}; sleep 300"
+    server = subprocess.Popen([sys.executable, "-c", SERVER, cmd], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"started\n"
+        pid = sleeper_pid(pidfile)
+        server.kill()
+        server.wait()
+        wait_for(lambda: gone(pid), 5, "the sleeper to die with the server")
+    finally:
+        server.kill()
+        server.wait()
+        kill_leftover(pidfile)
+
+
+def test_a_reaper_that_does_not_end_when_told_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    loop = Loop(timeout=0.5)
+    results: list[secretcmd.Result] = []
+    loop.runner.start(f"echo $$ > {pidfile}; exec sleep 300", STORE_KEY, {}, results.append)
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 5, "the shell's pid")
+        os.kill(loop.runner.running[0].proc.pid, signal.SIGSTOP)  # deaf to its SIGTERM
+        started = time.monotonic()
+        wait_for(lambda: loop.turn() or results, usercmd.REAPER_GRACE + 5, "the result")
+        assert time.monotonic() - started >= usercmd.REAPER_GRACE
+        assert [error(r) for r in results] == ["token_store_key_cmd timed out after 0.5 s"]
+        assert loop.runner.running == [] and loop.sel.get_map() == {}
+    finally:
+        kill_leftover(pidfile)  # with its reaper killed, nothing else ends the shell
+
+
+def test_the_secret_never_passes_through_the_reaper(tmp_path: Path) -> None:
+    """The reaper holds the pipe's write end as the command's stdout, but reads nothing:
+    its own descriptors 1 and 2 are the pipes, and no read end of them."""
+    pidfile = tmp_path / "pid"
+    loop = Loop()
+    results: list[secretcmd.Result] = []
+    try:
+        loop.runner.start(f"echo $PPID > {pidfile}; sleep 300", CLIENT_SECRET, {}, results.append)
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 5, "the reaper's pid")
+        reaper = int(pidfile.read_text())
+        job = loop.runner.running[0]
+        assert reaper == job.proc.pid
+        assert job.stdout is not None and job.stderr is not None
+        read_ends = {os.readlink(f"/proc/self/fd/{fd}") for fd in (job.stdout, job.stderr)}
+        fds = {
+            fd: os.readlink(f"/proc/{reaper}/fd/{fd}") for fd in os.listdir(f"/proc/{reaper}/fd")
+        }
+        assert fds["0"] == "/dev/null"
+        assert {fds["1"], fds["2"]} == read_ends  # the same pipes...
+        for fd in ("1", "2"):  # ...open for writing only
+            flags = int(Path(f"/proc/{reaper}/fdinfo/{fd}").read_text().split()[3], 8)
+            assert flags & os.O_ACCMODE == os.O_WRONLY
+    finally:
+        loop.runner.kill_all()
+        assert results == []
 
 
 def test_missing_shell_falls_back_to_bin_sh(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,9 +525,18 @@ def test_first_line_helper_bounds_and_cleans() -> None:
 # -- real key tools (Debian packages age and systemd) -------------------------------------------
 
 
+def needs(*tools: str) -> None:
+    """Skip (outside CI; tests/conftest.py fails a skip under CI, where .ci/run installs
+    them) when a tool of a Debian package is not installed."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {' and '.join(missing)} (not installed)")
+
+
 def test_store_key_from_age_opens_what_it_sealed(tmp_path: Path) -> None:
     from pizauth.priv import store
 
+    needs("age", "age-keygen")
     identity, encrypted = tmp_path / "identity.txt", tmp_path / "key.age"
     subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
     recipient = subprocess.run(
@@ -352,6 +563,7 @@ def test_store_key_from_age_opens_what_it_sealed(tmp_path: Path) -> None:
 def test_store_key_from_systemd_creds_without_a_running_systemd(tmp_path: Path) -> None:
     # --with-key=host needs no TPM and no running systemd, but root (the host key
     # in /var/lib/systemd is root's).
+    needs("systemd-creds")
     cred = tmp_path / "key.cred"
     subprocess.run(
         "head -c 32 /dev/urandom | base64 | "
@@ -372,13 +584,9 @@ def test_too_much_output_is_reported_even_when_the_exit_is_seen_first() -> None:
     runner = secretcmd.SecretCommands(callbacks.__setitem__, callbacks.__delitem__)
     results: list[secretcmd.Result] = []
     runner.start("head -c 10000 /dev/zero", STORE_KEY, {}, results.append)
-    job = runner.running[0]
-    stdout, pidfd = job.stdout, job.pidfd
-    assert stdout is not None
+    pidfd = runner.running[0].pidfd
     wait_for(lambda: select.select([pidfd], [], [], 0)[0], 10, "the command's exit")
-    callbacks[pidfd]()  # the exit first, then the output
-    assert results == []
-    callbacks[stdout]()
+    callbacks[pidfd]()  # the exit first: the output is read then
     assert [error(r) for r in results] == [
         f"token_store_key_cmd printed more than {secretcmd.MAX_KEY} bytes"
     ]

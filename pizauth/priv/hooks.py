@@ -3,10 +3,10 @@
 
 Each command runs as `$SHELL -c CMD` in a session of its own, stdin from
 /dev/null, with no descriptor of the server, under a small reaper process
-(pizauth/priv/reaper.py) that is a child subreaper: a timeout, the server's
-shutdown or its death (even by SIGKILL) kills everything the command started,
-including what left its session and double-forked. The parent's event loop
-learns of a command's exit through a pidfd.
+(started by pizauth/priv/usercmd.py) that is a child subreaper: a timeout, the
+server's shutdown or its death (even by SIGKILL) kills everything the command
+started, including what left its session and double-forked. The parent's event
+loop learns of a command's exit through a pidfd.
 
 Values put into a command's environment (and error text logged) may come from a
 provider; they are made safe first (see pizauth/safetext.py): a NUL would make
@@ -15,17 +15,14 @@ the command impossible to start.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import shutil
-import signal
 import subprocess
-import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pizauth.priv import usercmd
 from pizauth.priv.clock import instant
 from pizauth.safetext import safe_text
 from pizauth.timeouts import HOOK, TRANSIENT_ERROR_IF
@@ -39,9 +36,6 @@ TRANSIENT_ERROR_IF_TIMEOUT = TRANSIENT_ERROR_IF
 MAX_ENV_VALUE = 64 * 1024
 # A log line quoting a failure.
 MAX_LOG_TEXT = 16 * 1024
-REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
-# How long shutdown waits for a reaper to kill its hook's processes.
-REAPER_GRACE = 5.0
 
 # Called with None when the command succeeded, else the error text.
 Done = Callable[[str | None], None]
@@ -82,29 +76,17 @@ class HookRunner:
         if not shell:
             on_done(f"Couldn't execute '{cmd}': environment variable not found")
             return
-        # The reaper execs the shell: find it here, so a missing one is reported as such.
-        path = shell if "/" in shell else shutil.which(shell)
-        if path is None or not os.access(path, os.X_OK):
-            error = errno.ENOENT if path is None or not os.path.exists(path) else errno.EACCES
-            on_done(f"Couldn't execute '{cmd}': {os.strerror(error)}")
-            return
         safe_env = {k: safe_text(v, MAX_ENV_VALUE) for k, v in env.items()}
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", REAPER, str(os.getpid()), path, cmd],
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **safe_env},
-                close_fds=True,
-                start_new_session=True,
-            )
+            started = usercmd.start(usercmd.find_shell(shell), cmd, safe_env)
         except (OSError, ValueError) as e:
             # ValueError: a NUL in the command or in our own environment. Whatever it is,
             # the caller hears of it, so a queue of commands never waits for ever.
             on_done(f"Couldn't execute '{cmd}': {getattr(e, 'strerror', None) or e}")
             return
-        pidfd = os.pidfd_open(proc.pid)
+        pidfd = started.pidfd
         deadline = None if timeout is None else instant() + timeout
-        self.running[pidfd] = Running(cmd, proc, pidfd, deadline, on_done)
+        self.running[pidfd] = Running(cmd, started.proc, pidfd, deadline, on_done)
         self._watch(pidfd, lambda: self._exited(pidfd))
 
     def _exited(self, pidfd: int) -> None:
@@ -129,37 +111,18 @@ class HookRunner:
         for job in self.running.values():
             if job.deadline is not None and job.deadline <= now and not job.timed_out:
                 job.timed_out = True
-                _stop(job.proc)
+                usercmd.stop(job.proc)
 
     def kill_all(self) -> None:
         """At shutdown: end every command and everything it started, and reap them."""
         jobs = list(self.running.values())
         for job in jobs:
-            _stop(job.proc)
+            usercmd.stop(job.proc)
         for job in jobs:
-            try:
-                job.proc.wait(REAPER_GRACE)
-            except subprocess.TimeoutExpired:  # a wedged reaper: its group at least
-                _kill_group(job.proc.pid)
-                job.proc.wait()
+            usercmd.reap(job.proc)
             self._unwatch(job.pidfd)
             os.close(job.pidfd)
         self.running.clear()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ask a command's reaper to kill everything the command started, then exit."""
-    try:
-        proc.send_signal(signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Runs one hook and answers for every process it starts (run as a script, not imported).
+"""Runs one user command and answers for every process it starts (run as a script, not
+imported; pizauth/priv/usercmd.py starts it).
 
-    python -I -S reaper.py PARENT_PID SHELL CMD
+    python -I -S reaper.py PARENT_PID SHELL CMD [--end-with-shell]
 
 A hook may leave its session and double-fork (`setsid cmd &`), so neither its
 process group nor its session finds all it started. This process is a child
@@ -9,7 +10,11 @@ it, not to init, and so can always be found among its own children. On SIGTERM
 (the hook's timeout, the server's shutdown) or when the server dies, even by
 SIGKILL (PR_SET_PDEATHSIG), it kills every descendant and reaps them before it
 exits. When the hook's shell ends by itself, it exits with the shell's status,
-and what the hook left running in the background (a browser it opened) goes on.
+and what the hook left running in the background (a browser it opened) goes on;
+with --end-with-shell (a secret command, whose output is complete when its shell
+has exited) that is killed and reaped first.
+
+The command's stdin, stdout and stderr are this process's: it never reads them.
 
 Standard library only, and `-S`: it starts in a few milliseconds.
 """
@@ -78,6 +83,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent, shell, cmd = int(argv[1]), argv[2], argv[3]
+    end_with_shell = argv[4:] == ["--end-with-shell"]
     libc = ctypes.CDLL(None, use_errno=True)
     hook = None
     try:
@@ -88,8 +94,10 @@ def main(argv: list[str]) -> int:
         hook = os.fork()
         if hook == 0:  # pragma: no cover - the hook's shell
             try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                # As a shell started by a shell: Python ignores SIGPIPE and SIGXFSZ, and
+                # an ignored signal stays ignored across exec.
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+                    signal.signal(signum, signal.SIG_DFL)
                 os.setsid()
                 os.execv(shell, [shell, "-c", cmd])
             finally:
@@ -101,6 +109,9 @@ def main(argv: list[str]) -> int:
         # The hook is done: a SIGTERM from now on (a shutdown at this very moment) has
         # nothing left to stop, and must not raise outside this `try`.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if end_with_shell:
+            # Not the shell's group: the shell is reaped, its id may be anyone's now.
+            _kill_tree(None)
     except _Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _kill_tree(hook)

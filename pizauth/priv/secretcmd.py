@@ -1,14 +1,23 @@
 """Running a user command whose stdout is secret material, without blocking the parent.
 
 `client_secret_cmd` and `token_store_key_cmd` run as `$SHELL -c COMMAND` (/bin/sh
-when SHELL is unset), stdin from /dev/null, in a session of their own, with no
-descriptor of the server. A timeout kills the whole process group, so a
-grandchild cannot keep a pipe open forever.
+when SHELL is unset) the one way every user command runs (priv/usercmd.py): under
+a reaper that is a child subreaper, stdin from /dev/null, in a session of their
+own, with no descriptor of the server. A timeout, the server's shutdown and its
+death (even by SIGKILL) kill everything the command started, including what left
+its session.
 
-The output goes from the pipe into a bytearray of fixed size (a growing one would
-leave copies behind when reallocated), from there into a Secret, and the bytearray
-is wiped: it never becomes a str or bytes. stderr is read only for its first line,
-which goes, made printable and short, into the error message.
+The output is complete when the command's shell has exited: the reaper then
+kills what it left running (a background process holding stdout open cannot
+delay the result) and exits, and what is in the pipe is read, bounded by the
+limits below, without waiting for an end of file.
+
+The command writes its stdout straight into a pipe the parent reads (the reaper
+only holds the write end, never reads it). The output goes from the pipe into a
+bytearray of fixed size (a growing one would leave copies behind when
+reallocated), from there into a Secret, and the bytearray is wiped: it never
+becomes a str or bytes. stderr is read only for its first line, which goes, made
+printable and short, into every error message; stdout is never quoted.
 
 The parent's loop drives it like priv/hooks.HookRunner: `watch(fd, callback)` and
 `unwatch(fd)` register descriptors with its selector, `next_deadline()` and
@@ -22,12 +31,12 @@ from __future__ import annotations
 import errno
 import os
 import selectors
-import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pizauth import ipc, limits
+from pizauth.priv import usercmd
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
 from pizauth.timeouts import SECRET_COMMAND
@@ -43,6 +52,8 @@ MAX_KEY = 4 * 1024
 MAX_DISCARDED = 64 * 1024
 # The part of stderr kept for the error message.
 MAX_STDERR_LINE = 200
+# What one turn of the loop reads of a command's stderr, beyond the part kept.
+MAX_STDERR_READ = 64 * 1024
 _READ_CHUNK = 4096
 
 
@@ -78,6 +89,7 @@ class _Job:
     pidfd: int
     stdout: int | None
     stderr: int | None
+    # The timeout; once the reaper was told to stop, when it is killed if still there.
     deadline: float
     on_done: Done
     timeout: float
@@ -88,9 +100,10 @@ class _Job:
     discarded: int = 0
     err: bytearray = field(default_factory=lambda: bytearray(MAX_STDERR_LINE * 4))
     err_have: int = 0
-    exited: bool = False
     too_much: str | None = None
     timed_out: bool = False
+    stopping: bool = False  # the reaper was told to kill it all
+    killed: bool = False  # ...and, as it did not, was killed
 
 
 class SecretCommands:
@@ -117,30 +130,31 @@ class SecretCommands:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            proc = subprocess.Popen(
-                [shell, "-c", cmd],
-                stdin=subprocess.DEVNULL,
+            # The write ends go to the command as they are: its output never passes
+            # through the reaper.
+            started = usercmd.start(
+                usercmd.find_shell(shell),
+                cmd,
+                env,
                 stdout=out_w,
                 stderr=err_w,
-                env={**os.environ, **env},
-                close_fds=True,
-                start_new_session=True,
+                end_with_shell=True,
             )
         except (OSError, ValueError) as e:
-            for fd in (out_r, out_w, err_r, err_w):
+            for fd in (out_r, err_r):
                 os.close(fd)
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             on_done(CommandError(f"{output.name}: cannot run {shell}: {reason}"))
             return
-        os.close(out_w)
-        os.close(err_w)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
-        pidfd = os.pidfd_open(proc.pid)
         job = _Job(
             output,
-            proc,
-            pidfd,
+            started.proc,
+            started.pidfd,
             out_r,
             err_r,
             instant() + self.timeout,
@@ -151,11 +165,13 @@ class SecretCommands:
         self.running.append(job)
         self._watch(out_r, lambda: self._read_stdout(job))
         self._watch(err_r, lambda: self._read_stderr(job))
-        self._watch(pidfd, lambda: self._exited(job))
+        self._watch(started.pidfd, lambda: self._exited(job))
 
     # -- events -----------------------------------------------------------------------
 
     def _read_stdout(self, job: _Job) -> None:
+        """Read what stdout holds now; bounded, as each read fills the secret's buffer
+        or counts towards MAX_DISCARDED."""
         while job.stdout is not None:
             if job.line_end is None and job.have < len(job.buf):
                 target = memoryview(job.buf)[job.have :]
@@ -165,7 +181,7 @@ class SecretCommands:
                     return
                 if n == 0:
                     self._close_stdout(job)
-                    break
+                    return
                 start, job.have = job.have, job.have + n
                 if job.output.first_line:
                     end = job.buf.find(b"\n", start, job.have)
@@ -179,7 +195,7 @@ class SecretCommands:
             if job.line_end is None:
                 # The buffer is full and no line ended (or the key is too long).
                 self._overflow(job)
-                break
+                return
             scratch = bytearray(_READ_CHUNK)
             n = _read_into(job.stdout, memoryview(scratch))
             ipc.wipe(scratch)
@@ -187,15 +203,16 @@ class SecretCommands:
                 return
             if n == 0:
                 self._close_stdout(job)
-                break
+                return
             job.discarded += n
             if job.discarded > MAX_DISCARDED:
                 self._overflow(job)
-                break
-        self._maybe_done(job)
+                return
 
-    def _read_stderr(self, job: _Job) -> None:
-        while job.stderr is not None:
+    def _read_stderr(self, job: _Job, budget: int = MAX_STDERR_READ) -> None:
+        """Keep the start of stderr, throw the rest away; at most `budget` bytes a call,
+        so that a command that floods stderr cannot hold the loop."""
+        while job.stderr is not None and budget > 0:
             if job.err_have < len(job.err):
                 target = memoryview(job.err)[job.err_have :]
                 n = _read_into(job.stderr, target)
@@ -208,17 +225,23 @@ class SecretCommands:
             if n is None:
                 return
             if n == 0:
-                self._unwatch(job.stderr)
-                os.close(job.stderr)
-                job.stderr = None
+                self._close_stderr(job)
+                return
+            budget -= n
 
     def _exited(self, job: _Job) -> None:
+        """The reaper has exited: the shell has, and all it started is dead (but for a
+        process that got the pipe from outside, which is not waited for)."""
         self._unwatch(job.pidfd)
         os.close(job.pidfd)
         job.pidfd = -1
         job.proc.wait()
-        job.exited = True
-        self._maybe_done(job)
+        # What was written before the exit is in the pipes: read it, not waiting for
+        # an end of file.
+        self._read_stdout(job)
+        if job.stderr is not None and job.err_have < len(job.err):
+            self._read_stderr(job, len(job.err) - job.err_have)
+        self._finish(job)
 
     def _overflow(self, job: _Job) -> None:
         limit = job.output.max_bytes
@@ -229,7 +252,15 @@ class SecretCommands:
         else:
             job.too_much = f"{job.output.name} printed more than {MAX_DISCARDED} bytes"
         self._close_stdout(job)
-        _kill_group(job.proc.pid)
+        if job.pidfd >= 0:
+            self._stop(job)
+
+    def _stop(self, job: _Job) -> None:
+        """Tell the reaper to kill it all; its exit ends the job."""
+        if not job.stopping:
+            job.stopping = True
+            job.deadline = instant() + usercmd.REAPER_GRACE
+            usercmd.stop(job.proc)
 
     def _close_stdout(self, job: _Job) -> None:
         if job.stdout is not None:
@@ -237,34 +268,39 @@ class SecretCommands:
             os.close(job.stdout)
             job.stdout = None
 
-    def _maybe_done(self, job: _Job) -> None:
-        # Done when the command has exited and stdout is at its end, or when it was
-        # killed (a grandchild that left the group could hold stdout open forever).
-        if job.exited and (job.stdout is None or job.timed_out or job.too_much):
-            self._finish(job)
+    def _close_stderr(self, job: _Job) -> None:
+        if job.stderr is not None:
+            self._unwatch(job.stderr)
+            os.close(job.stderr)
+            job.stderr = None
 
     def next_deadline(self) -> float | None:
-        return min((j.deadline for j in self.running if not j.timed_out), default=None)
+        return min((j.deadline for j in self.running if not j.killed), default=None)
 
     def enforce_timeouts(self, now: float) -> None:
         for job in list(self.running):
-            if not job.timed_out and job.deadline <= now:
+            if job.killed or job.deadline > now:
+                continue
+            if not job.stopping:
                 job.timed_out = True
-                _kill_group(job.proc.pid)
-                self._maybe_done(job)
+                self._stop(job)
+            else:  # a reaper that does not end when told to
+                job.killed = True
+                usercmd.kill_reaper(job.proc)
 
     def kill_all(self) -> None:
-        """At shutdown: end every command and its group, reap them; no on_done is called."""
-        for job in list(self.running):
-            _kill_group(job.proc.pid)
-            job.proc.wait()
+        """At shutdown: end every command and all it started, reap them; no on_done is
+        called."""
+        jobs = list(self.running)
+        for job in jobs:
+            usercmd.stop(job.proc)
+        for job in jobs:
+            usercmd.reap(job.proc)
             self._release(job)
 
     # -- the end ----------------------------------------------------------------------
 
     def _finish(self, job: _Job) -> None:
-        if job.stderr is not None:
-            self._read_stderr(job)  # what the command wrote before it exited
         result = self._result(job)
         self._release(job)
         job.on_done(result)
@@ -272,36 +308,36 @@ class SecretCommands:
     def _result(self, job: _Job) -> Result:
         name = job.output.name
         code = job.proc.returncode
+        # stderr usually says why (a locked vault, a wrong passphrase); never stdout.
+        line = first_line(job.err, job.err_have)
+
+        def failed(text: str) -> CommandError:
+            return CommandError(f"{text}: {line}" if line else text)
+
         if job.too_much is not None:
-            return CommandError(job.too_much)
+            return failed(job.too_much)
         if job.timed_out:
-            return CommandError(f"{name} timed out after {job.timeout:g} s")
+            return failed(f"{name} timed out after {job.timeout:g} s")
         if code != 0:
             if code < 0:
-                text = f"{name} was killed by signal {-code}"
-            else:
-                text = f"{name} exited with status {code}"
-            line = first_line(job.err, job.err_have)
-            return CommandError(f"{text}: {line}" if line else text)
+                return failed(f"{name} was killed by signal {-code}")
+            return failed(f"{name} exited with status {code}")
         n = job.have
         if not job.output.first_line and n and job.buf[n - 1] == 0x0A:
             n -= 1  # one trailing newline, as `echo` and most tools print
         if n == 0:
-            return CommandError(f"{name} printed nothing")
+            return failed(f"{name} printed nothing")
         if n > job.output.max_bytes:
-            return CommandError(f"{name} printed more than {job.output.max_bytes} bytes")
+            return failed(f"{name} printed more than {job.output.max_bytes} bytes")
         if n < job.output.min_bytes:
-            return CommandError(
+            return failed(
                 f"{name} printed {n} bytes: the key must be at least {job.output.min_bytes} bytes"
             )
         return Secret(memoryview(job.buf)[:n])
 
     def _release(self, job: _Job) -> None:
         self._close_stdout(job)
-        if job.stderr is not None:
-            self._unwatch(job.stderr)
-            os.close(job.stderr)
-            job.stderr = None
+        self._close_stderr(job)
         if job.pidfd >= 0:
             self._unwatch(job.pidfd)
             os.close(job.pidfd)
@@ -332,13 +368,6 @@ def _read_into(fd: int, target: memoryview) -> int | None:
         if e.errno == errno.EINTR:
             return None
         raise
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def run_blocking(

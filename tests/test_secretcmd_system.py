@@ -137,18 +137,31 @@ def test_an_empty_client_secret_is_reported_with_its_stderr(pizauth: Pizauth) ->
 # -- token_store_key_cmd ---------------------------------------------------------------------
 
 
-def key_cmd(pizauth: Pizauth, first: str, later: str) -> None:
-    """A store key command that runs `first` the first time, `later` after that."""
-    marker = pizauth.tmp / "first-run"
+def key_cmd(pizauth: Pizauth, *runs: str) -> Path:
+    """A store key command whose Nth run runs `runs[N]` (the last one for every run after);
+    the first run is the one at start. Returns the file that counts the runs."""
+    counter = pizauth.tmp / "key-runs"
+    arms = "".join(f"{i}) {cmd};; " for i, cmd in enumerate(runs[:-1]))
     configure(
-        pizauth, key_cmd=f"if [ -e {marker} ]; then {later}; else touch {marker}; {first}; fi"
+        pizauth,
+        key_cmd=f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n + 1)) > {counter}; "
+        f"case $n in {arms}*) {runs[-1]};; esac",
     )
+    return counter
+
+
+def key_runs(counter: Path) -> int:
+    try:
+        return int(counter.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def test_shutdown_kills_what_the_store_key_command_started(pizauth: Pizauth) -> None:
     pidfile = pizauth.tmp / "sleeper"
-    # At shutdown, with no key yet, the key is asked for once more: that run fails at once.
-    key_cmd(pizauth, escaping_sleeper(pidfile), "exit 1")
+    # At start the key fails (the server starts without it); the first write after the
+    # login runs it again, and the run at shutdown, with no key yet, fails at once.
+    key_cmd(pizauth, "exit 1", escaping_sleeper(pidfile), "exit 1")
     pizauth.start()
     try:
         pizauth.authorise()  # a token to write: the key command runs
@@ -163,7 +176,7 @@ def test_sigkill_of_the_server_kills_what_the_store_key_command_started(
     pizauth: Pizauth,
 ) -> None:
     pidfile = pizauth.tmp / "sleeper"
-    configure(pizauth, key_cmd=escaping_sleeper(pidfile))
+    key_cmd(pizauth, "exit 1", escaping_sleeper(pidfile))
     pizauth.start()
     try:
         pizauth.authorise()  # a token to write: the key command runs
@@ -177,11 +190,12 @@ def test_sigkill_of_the_server_kills_what_the_store_key_command_started(
 def test_the_store_key_commands_timeout_kills_what_it_started(pizauth: Pizauth) -> None:
     pidfile = pizauth.tmp / "sleeper"
     # The timeout a user can see come to an end: at shutdown, a change not yet written
-    # asks the key command once more (its first run still waits), for STORE_LAST_KEY.
-    key_cmd(pizauth, "sleep 300", escaping_sleeper(pidfile))
+    # asks the key command once more (the run for the first write still waits), for
+    # STORE_LAST_KEY. The run at start fails at once: the server starts without the key.
+    counter = key_cmd(pizauth, "exit 1", "sleep 300", escaping_sleeper(pidfile))
     pizauth.start()
-    pizauth.authorise()  # a token to write: the key command's first run
-    wait_for((pizauth.tmp / "first-run").exists, 10, "the first run", pizauth.log)
+    pizauth.authorise()  # a token to write: the key command's second run
+    wait_for(lambda: key_runs(counter) >= 2, 10, "the run for the first write", pizauth.log)
     try:
         started = time.monotonic()
         shutdown = threading.Thread(target=lambda: pizauth.run("shutdown"), daemon=True)

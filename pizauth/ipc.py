@@ -360,6 +360,8 @@ class Wire:
     __slots__ = ()
     TYPE: ClassVar[MsgType]
     LIMITS: ClassVar[tuple[int, ...]] = ()
+    # A frame of this type may hold a secret: its sender wipes it once written.
+    SECRET: ClassVar[bool] = False
 
     def fields(self) -> Sequence[Buffer]:
         return ()
@@ -502,6 +504,7 @@ class CmdReply(Wire):
     """The reply exactly as the client is to read it; it may hold a token or a dump."""
 
     TYPE = MsgType.CMD_REPLY
+    SECRET = True
     LIMITS = (MAX_MESSAGE - HEADER_SIZE - FIELD_LEN.size,)
     text: Buffer
 
@@ -705,6 +708,7 @@ class NetExchange(Wire):
     verifier) are buffers, never str, so that every copy can be wiped."""
 
     TYPE = MsgType.NET_EXCHANGE
+    SECRET = True
     LIMITS = (
         *_CLIENT_LIMITS,
         limits.MAX_AUTH_CODE,
@@ -746,6 +750,7 @@ class NetRefresh(Wire):
     """Refresh an access token (secrets as buffers, as in NetExchange)."""
 
     TYPE = MsgType.NET_REFRESH
+    SECRET = True
     LIMITS = (*_CLIENT_LIMITS, limits.MAX_TOKEN, _AUTH_METHOD_LIMIT)
     token_uri: str
     client_id: str
@@ -781,6 +786,7 @@ class NetDeviceAuth(Wire):
     """parent -> network child: ask the device authorization endpoint for a user code."""
 
     TYPE = MsgType.NET_DEVICE_AUTH
+    SECRET = True
     LIMITS = (*_CLIENT_LIMITS, MAX_SCOPE, _AUTH_METHOD_LIMIT)
     device_auth_uri: str
     client_id: str
@@ -811,6 +817,7 @@ class NetDevicePoll(Wire):
     secret (a buffer, wiped by whoever made it). Answered by NET_TOKEN_RESULT."""
 
     TYPE = MsgType.NET_DEVICE_POLL
+    SECRET = True
     LIMITS = (*_CLIENT_LIMITS, limits.MAX_DEVICE_CODE, _AUTH_METHOD_LIMIT)
     token_uri: str
     client_id: str
@@ -970,6 +977,7 @@ class NetRevoke(Wire):
     """Revoke `token` at `revoke_uri` (RFC 7009); secrets as buffers, as in NetExchange."""
 
     TYPE = MsgType.NET_REVOKE
+    SECRET = True
     LIMITS = (*_CLIENT_LIMITS, limits.MAX_TOKEN, len("refresh_token"), _AUTH_METHOD_LIMIT)
     revoke_uri: str
     client_id: str

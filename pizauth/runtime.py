@@ -6,6 +6,9 @@
 - Channel: a non-blocking channel (the parent's to each child, the command
   child's to the parent): whole frames in, a bounded number per turn of the
   loop, and an outbox whose secret frames are wiped once written.
+- Calls: the parent's requests in flight to the network child: one id space and
+  one pending table, each request answered once, by its result or by the loss of
+  the child.
 - CallChannel: the network child's blocking channel, shared by its threads,
   where a thread can wait for the reply to its own request.
 """
@@ -161,6 +164,78 @@ class Channel:
         self._queued = 0
         self._reader.wipe()  # a frame cut short may hold half a token
         self.sock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request in flight: its type, the result type it expects, and what to do with
+    that result or with the loss of the peer."""
+
+    request: type[Wire]
+    expects: type[Wire]
+    on_result: Callable[[Any], None]
+    on_lost: Callable[[], None]
+
+
+# What a module is given to make a call: Calls.call.
+Caller = Callable[[Wire, Callable[[Any], None], Callable[[], None]], int]
+
+
+class Calls:
+    """Requests to one peer that answer each with one result under the same id.
+
+    `post(message, request_id)` encodes and queues a message for the peer (secret
+    or not by its type); `results` maps each request type to the one result type it
+    is answered with. The request ids, the table of requests in flight and the check
+    of every result are here and nowhere else: a module says what it sends and what
+    to do with the result (`on_result`) or with the loss of the peer (`on_lost`), and
+    exactly one of the two is called, once.
+    """
+
+    def __init__(
+        self, post: Callable[[Wire, int], None], results: Mapping[type[Wire], type[Wire]]
+    ) -> None:
+        self._post = post
+        self._results = results
+        self._ids = RequestIds()
+        self.pending: dict[int, Call] = {}
+
+    def call(
+        self, message: Wire, on_result: Callable[[Any], None], on_lost: Callable[[], None]
+    ) -> int:
+        """Send `message`; its request id. ipc.ProtocolError, with nothing sent or
+        pending, if it cannot be encoded (a configured value over its limit)."""
+        expects = self._results[type(message)]
+        request_id = self._ids.allocate(self.pending)
+        self._post(message, request_id)
+        self.pending[request_id] = Call(type(message), expects, on_result, on_lost)
+        return request_id
+
+    def result(self, request_id: int, msg: Any) -> None:
+        """A result from the peer (a dispatch handler). One for no request in flight, or
+        of another type than its request expects, is a ProtocolError: the peer lies.
+        A result its on_result refuses (ProtocolError) stays pending, so that its
+        on_lost runs when the peer that sent it is dropped."""
+        call = self.pending.get(request_id)
+        if call is None:
+            raise ipc.ProtocolError(f"{msg.TYPE.name} for unknown request {request_id}")
+        if type(msg) is not call.expects:
+            raise ipc.ProtocolError(
+                f"{msg.TYPE.name} for request {request_id}, a {call.request.TYPE.name}"
+            )
+        del self.pending[request_id]
+        try:
+            call.on_result(msg)
+        except ipc.ProtocolError:
+            self.pending[request_id] = call
+            raise
+
+    def lost(self) -> None:
+        """The peer is gone: no result will come. Each call's on_lost, once, in the
+        order the calls were made; a call made meanwhile waits for the next loss."""
+        pending, self.pending = self.pending, {}
+        for call in pending.values():
+            call.on_lost()
 
 
 @dataclass(slots=True)

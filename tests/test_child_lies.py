@@ -327,12 +327,13 @@ def test_forged_texts_are_cleaned_at_the_parents_edge(parent) -> None:  # type: 
 
 
 def test_forged_token_result_message_is_cleaned(parent) -> None:  # type: ignore[no-untyped-def]
-    from pizauth.priv.refresher import NetRequest, RequestKind
-
     p, sent, errors = parent
     p.cmd.on_frame(frame(MsgType.CMD_SHOW, [b"1", b"c"], request_id=1))
     c = p.table.entries["c"]
-    p.refresher.requests[99] = NetRequest(RequestKind.EXCHANGE, "c", c.generation)
+    sent.clear()
+    p.refresher.exchange(c, "code")  # an exchange in flight, as after a callback
+    [exchange] = sent
+    request_id = ipc.decode(bytearray(exchange)).request_id
     evil = EVIL.encode()
     p.net.on_frame(
         frame(
@@ -347,7 +348,7 @@ def test_forged_token_result_message_is_cleaned(parent) -> None:  # type: ignore
                 "x\x1b]52;c;x\x07\r\n\u202e".encode(),
                 b"",
             ],
-            request_id=99,
+            request_id=request_id,
         )
     )
     assert isinstance(c.state, Empty)

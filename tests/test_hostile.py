@@ -44,7 +44,6 @@ from server_harness import INTERNAL_ERROR
 from pizauth import config, ipc, limits, timeouts
 from pizauth.ipc import MsgType
 from pizauth.priv.parent import Parent, Sockets
-from pizauth.priv.refresher import NetRequest
 from pizauth.timeouts import EXCHANGE_PAGE
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -811,7 +810,10 @@ def test_parent_drops_a_network_child_that_lies_about_tokens(parent) -> None:  #
     # A result for a request the parent did make, but malformed: dropped, state untouched.
     entry = p.table.get("x")
     assert entry is not None
-    p.refresher.requests[99] = NetRequest("exchange", "x", entry.generation)
+    sent.clear()
+    p.refresher.exchange(entry, "code")  # an exchange in flight, as after a callback
+    [exchange] = sent
+    request_id = ipc.decode(bytearray(exchange)).request_id
     for fields in (
         [b"maybe", b"", b"", b"", b"absent", b""],
         [b"ok", b"", b"", b"60", b"absent", b""],  # no access token
@@ -819,8 +821,7 @@ def test_parent_drops_a_network_child_that_lies_about_tokens(parent) -> None:  #
         [b"ok", b"", b"at-2", b"60", b"sometimes", b"rt-2"],
     ):
         dropped.clear()
-        p.refresher.requests[99] = NetRequest("exchange", "x", entry.generation)
-        p.net.on_frame(frame(MsgType.NET_TOKEN_RESULT, fields, request_id=99))
+        p.net.on_frame(frame(MsgType.NET_TOKEN_RESULT, fields, request_id=request_id))
         assert dropped == ["network"], fields
         assert type(p.table.get("x").state).__name__ == "Pending"  # type: ignore[union-attr]
 

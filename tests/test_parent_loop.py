@@ -14,7 +14,6 @@ from pizauth.ipc import MsgType
 from pizauth.priv.children import Child
 from pizauth.priv.clock import instant
 from pizauth.priv.parent import REQUEST_ID_SPAN
-from pizauth.priv.refresher import RequestKind
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active
 
@@ -90,7 +89,7 @@ def test_requests_made_while_the_network_child_is_down_fail_when_it_restarts(par
     # The network child has exited (its cleanup ran) and is not restarted yet: a refresh
     # asked for now goes nowhere.
     p.refresher.start_refresh(entry, now)
-    assert [r.kind for r in p.refresher.requests.values()] == [RequestKind.REFRESH]
+    assert [c.request for c in p.netcalls.pending.values()] == [ipc.NetRefresh]
     assert isinstance(entry.state, Active) and entry.state.ongoing_refresh
     started: list[str] = []
     p.net.start = lambda: started.append("network")  # type: ignore[method-assign]
@@ -98,5 +97,5 @@ def test_requests_made_while_the_network_child_is_down_fail_when_it_restarts(par
     p.tick(instant())
     assert started == ["network"]
     # Failed as a transient error: retried after refresh_retry, not stuck "in progress".
-    assert p.refresher.requests == {}
+    assert p.netcalls.pending == {}
     assert isinstance(entry.state, Active) and not entry.state.ongoing_refresh

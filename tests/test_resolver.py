@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 
-from pizauth import ipc
+from pizauth import ipc, runtime
 from pizauth.config import Account
 from pizauth.ipc import NetMetadataResult, NetOutcome
+from pizauth.priv.parent import NET_RESULTS
 from pizauth.priv.provider import Ready, Resolver, Unready
 
 ISSUER = "https://issuer.example"
@@ -38,16 +39,20 @@ def account(name: str = "a", **changes: object) -> Account:
 
 
 class Net:
+    """The network child: what the parent asked it, decoded, and the parent's calls to it
+    (results are answered through `calls`, as the parent's dispatch table does)."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[int, str]] = []
+        self.calls = runtime.Calls(self.post, NET_RESULTS)
 
-    def send(self, frame: bytearray) -> None:
-        msg = ipc.decode(frame)
+    def post(self, message: ipc.Wire, request_id: int) -> None:
+        msg = ipc.decode(message.encode(request_id))
         self.sent.append((msg.request_id, ipc.NetMetadata.decode(msg).issuer))
 
 
 def resolver(net: Net) -> Resolver:
-    return Resolver(net.send, lambda name: None, lambda fd, cb: None, lambda fd: None)
+    return Resolver(net.calls.call, lambda name: None, lambda fd, cb: None, lambda fd: None)
 
 
 def test_one_fetch_per_issuer_and_the_config_wins() -> None:
@@ -60,7 +65,7 @@ def test_one_fetch_per_issuer_and_the_config_wins() -> None:
     assert [issuer for _, issuer in net.sent] == [ISSUER]
     assert len(got) == 1  # the configured token_uri needed no fetch
     assert got[0].account.token_uri == "https://mine/token"  # type: ignore[union-attr]
-    r.result(net.sent[0][0], OK)
+    net.calls.result(net.sent[0][0], OK)
     assert [type(o) for o in got] == [Ready, Ready, Ready]
     assert got[1].account.auth_uri == ISSUER + "/auth"  # type: ignore[union-attr]
     assert got[2].account.revoke_uri == ISSUER + "/revoke"  # type: ignore[union-attr]
@@ -72,7 +77,7 @@ def test_transient_failures_are_not_kept() -> None:
     r = resolver(net)
     got: list[object] = []
     r.resolve(account(), "auth_uri", False, got.append)
-    r.result(net.sent[0][0], NetMetadataResult(NetOutcome.TRANSIENT, "HTTP code 503"))
+    net.calls.result(net.sent[0][0], NetMetadataResult(NetOutcome.TRANSIENT, "HTTP code 503"))
     assert got == [Unready("HTTP code 503", True, False)]
     r.resolve(account(), "auth_uri", False, got.append)
     assert len(net.sent) == 2
@@ -83,7 +88,7 @@ def test_missing_endpoint_is_told_once() -> None:
     r = resolver(net)
     got: list[object] = []
     r.resolve(account(), "device_auth_uri", False, got.append)
-    r.result(net.sent[0][0], OK)
+    net.calls.result(net.sent[0][0], OK)
     r.resolve(account(), "device_auth_uri", False, got.append)
     assert [(o.transient, o.notify) for o in got] == [(False, True), (False, False)]  # type: ignore[union-attr]
     # Optional: no error, no endpoint.
@@ -98,10 +103,10 @@ def test_result_after_reload_is_dropped_and_unknown_ids_refused() -> None:
     r.resolve(account(), "auth_uri", False, got.append)
     r.reload()
     assert isinstance(got[0], Unready) and got[0].transient
-    r.result(net.sent[0][0], OK)  # late: dropped, not cached
+    net.calls.result(net.sent[0][0], OK)  # late: dropped, not cached
     assert r.metadata == {}
     with pytest.raises(ipc.ProtocolError):
-        r.result(net.sent[0][0], OK)
+        net.calls.result(net.sent[0][0], OK)
 
 
 def test_malformed_endpoint_from_the_network_child_is_refused() -> None:
@@ -110,7 +115,7 @@ def test_malformed_endpoint_from_the_network_child_is_refused() -> None:
     r.resolve(account(), "auth_uri", False, lambda o: None)
     bad = NetMetadataResult(NetOutcome.OK, "", "javascript:alert(1)")
     with pytest.raises(ipc.ProtocolError):
-        r.result(net.sent[0][0], bad)
+        net.calls.result(net.sent[0][0], bad)
 
 
 def test_bounded_answers_once() -> None:
@@ -127,7 +132,7 @@ def test_metadata_is_forgotten_when_the_network_child_is_lost() -> None:
     net = Net()
     r = resolver(net)
     r.resolve(account(), "token_uri", False, lambda o: None)
-    r.result(net.sent[0][0], OK)
+    net.calls.result(net.sent[0][0], OK)
     assert r.known(account("other")).token_uri == ISSUER + "/token"
     assert r.endpoints(account())["resolved"] == "yes"
     r.network_lost()
@@ -152,7 +157,7 @@ def test_remote_issuer_naming_an_http_endpoint_is_that_accounts_error(endpoint: 
     r.resolve(account(issuer=REMOTE), "auth_uri", False, got.append)
     r.resolve(account("b", issuer=REMOTE), "token_uri", False, got.append)
     plain = NetMetadataResult(NetOutcome.OK, "", REMOTE + "/auth", endpoint)
-    r.result(net.sent[0][0], plain)  # not a protocol error: the child only relays it
+    net.calls.result(net.sent[0][0], plain)  # not a protocol error: the child only relays it
     assert [type(o) for o in got] == [Unready, Unready]
     for outcome in got:
         assert isinstance(outcome, Unready) and not outcome.transient and outcome.notify
@@ -170,7 +175,7 @@ def test_loopback_issuer_may_name_loopback_http_endpoints(issuer: str) -> None:
     got: list[object] = []
     r.resolve(account(issuer=issuer), "token_uri", False, got.append)
     token = "http://127.0.0.2:9/token"
-    r.result(net.sent[0][0], NetMetadataResult(NetOutcome.OK, "", "", token))
+    net.calls.result(net.sent[0][0], NetMetadataResult(NetOutcome.OK, "", "", token))
     assert isinstance(got[0], Ready) and got[0].account.token_uri == token
 
 

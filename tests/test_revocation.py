@@ -12,10 +12,11 @@ import pytest
 from test_resolver import ISSUER
 from test_resolver import account as resolver_account
 
-from pizauth import ipc
+from pizauth import ipc, runtime
 from pizauth.config import Account
 from pizauth.ipc import MsgType, NetMetadataResult, NetOutcome, NetRevokeResult
 from pizauth.limits import MAX_REVOCATIONS_WAITING
+from pizauth.priv.parent import NET_RESULTS
 from pizauth.priv.provider import Resolver
 from pizauth.priv.revocation import ATTEMPTS, Revoker
 from pizauth.priv.secmem import Secret
@@ -49,9 +50,10 @@ class Net:
     def __init__(self) -> None:
         self.revokes: list[tuple[int, bytes]] = []  # request id, token
         self.fetches: list[tuple[int, str]] = []  # request id, issuer
+        self.calls = runtime.Calls(self.post, NET_RESULTS)  # results are answered here
 
-    def send(self, frame: bytearray) -> None:
-        msg = ipc.decode(frame)
+    def post(self, message: ipc.Wire, request_id: int) -> None:
+        msg = ipc.decode(message.encode(request_id))
         if msg.type is MsgType.NET_REVOKE:
             self.revokes.append((msg.request_id, bytes(ipc.NetRevoke.decode(msg).token)))
         else:
@@ -75,11 +77,11 @@ class Harness:
         self.errors = Errors()
         self.accounts = {"acct": account()} if accounts is None else accounts
         self.resolver = Resolver(
-            self.net.send, lambda name: None, lambda fd, cb: None, lambda fd: None
+            self.net.calls.call, lambda name: None, lambda fd, cb: None, lambda fd: None
         )
         self.revoker = Revoker(
             self.resolver,
-            self.net.send,
+            self.net.calls.call,
             self.errors,  # type: ignore[arg-type]
             self.accounts.get,
             clock=lambda: self.now,
@@ -93,7 +95,7 @@ class Harness:
     def answer(self, result: NetRevokeResult) -> None:
         """Answer the latest revocation sent."""
         request_id, _ = self.net.revokes[-1]
-        self.revoker.result(request_id, result)
+        self.net.calls.result(request_id, result)
 
     def advance_to(self, at: float) -> None:
         self.now = at
@@ -134,7 +136,7 @@ def test_a_transient_failure_is_tried_again_on_the_schedule_then_given_up(
         )
     ]
     assert wiped(token)
-    assert h.revoker.next_wakeup() is None and not h.revoker.waiting and not h.revoker.pending
+    assert h.revoker.next_wakeup() is None and not h.revoker.waiting and not h.revoker.sent
     # Each failed attempt was logged, with what failed and no token.
     tried_again = [r for r in caplog.records if "trying again" in r.getMessage()]
     assert [r.levelno for r in tried_again] == [logging.WARNING] * len(REVOKE_RETRIES)
@@ -152,7 +154,7 @@ def test_a_retry_that_succeeds_reports_nothing() -> None:
     assert len(h.net.revokes) == 2
     assert h.errors.reports == []
     assert wiped(token)
-    assert h.revoker.next_wakeup() is None and not h.revoker.pending
+    assert h.revoker.next_wakeup() is None and not h.revoker.sent
 
 
 def test_a_permanent_failure_is_reported_at_once() -> None:
@@ -182,8 +184,8 @@ def test_a_permanent_failure_on_a_retry_says_how_many_attempts() -> None:
 def test_the_network_child_lost_is_a_transient_failure() -> None:
     h = Harness()
     token = h.revoke()
-    h.revoker.network_lost()
-    assert h.errors.reports == [] and not h.revoker.pending
+    h.net.calls.lost()
+    assert h.errors.reports == [] and not h.revoker.sent
     assert not wiped(token)
     h.advance_to(h.now + REVOKE_RETRIES[0])
     assert len(h.net.revokes) == 2
@@ -196,12 +198,12 @@ def test_a_transient_failure_to_find_the_endpoint_is_tried_again() -> None:
     token = h.revoke()
     [(fetch_id, issuer)] = h.net.fetches
     assert issuer == ISSUER and h.net.revokes == []
-    h.resolver.result(fetch_id, NetMetadataResult(NetOutcome.TRANSIENT, "connection refused"))
+    h.net.calls.result(fetch_id, NetMetadataResult(NetOutcome.TRANSIENT, "connection refused"))
     assert h.errors.reports == [] and not wiped(token)
     h.advance_to(h.now + REVOKE_RETRIES[0])
     fetch_id, _ = h.net.fetches[-1]
     assert len(h.net.fetches) == 2  # the metadata is fetched again
-    h.resolver.result(
+    h.net.calls.result(
         fetch_id, NetMetadataResult(NetOutcome.OK, "", revocation_endpoint=ISSUER + "/revoke")
     )
     assert [t for _, t in h.net.revokes] == [TOKEN]
@@ -213,7 +215,7 @@ def test_a_permanent_failure_to_find_the_endpoint_is_reported_at_once() -> None:
     h = Harness({"acct": account(revoke_uri=None, issuer=ISSUER)})
     token = h.revoke()
     [(fetch_id, _)] = h.net.fetches
-    h.resolver.result(fetch_id, NetMetadataResult(NetOutcome.PERMANENT, "not an issuer"))
+    h.net.calls.result(fetch_id, NetMetadataResult(NetOutcome.PERMANENT, "not an issuer"))
     assert h.errors.reports == [
         ("acct", "Revoking the token of acct at the provider failed: not an issuer")
     ]
@@ -235,7 +237,7 @@ def test_an_issuer_without_a_revocation_endpoint_is_told() -> None:
     h = Harness({"acct": account(revoke_uri=None, issuer=ISSUER)})
     token = h.revoke()
     [(fetch_id, _)] = h.net.fetches
-    h.resolver.result(fetch_id, NetMetadataResult(NetOutcome.OK, ""))  # no revocation_endpoint
+    h.net.calls.result(fetch_id, NetMetadataResult(NetOutcome.OK, ""))  # no revocation_endpoint
     assert h.net.revokes == [] and wiped(token)
     assert h.errors.reports == [("acct", LOCAL_ONLY)]
 
@@ -283,7 +285,7 @@ def test_at_most_so_many_wait_and_the_first_asked_for_is_given_up() -> None:
     order = [*range(1, 9), 0, *range(9, MAX_REVOCATIONS_WAITING + 1)]
     for i in order:
         request_id, _ = h.net.revokes[i]
-        h.revoker.result(request_id, BUSY)
+        h.net.calls.result(request_id, BUSY)
     assert len(h.revoker.waiting) == MAX_REVOCATIONS_WAITING
     [(name, message)] = h.errors.reports
     assert name == "a0"
@@ -298,7 +300,7 @@ def test_shutdown_wipes_every_copy_wherever_it_is() -> None:
     h.answer(BUSY)
     sent = h.revoke(token=b"another")
     resolving = h.revoke("iss", b"third")
-    assert h.revoker.waiting and h.revoker.pending and h.revoker.resolving
+    assert h.revoker.waiting and h.revoker.sent and h.revoker.resolving
     h.revoker.wipe_all()
     assert wiped(waiting) and wiped(sent) and wiped(resolving)
     assert h.revoker.next_wakeup() is None

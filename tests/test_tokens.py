@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pizauth import config, ipc
+from pizauth import config, ipc, runtime
 from pizauth.ipc import NetTokenResult, TokenOutcome
 from pizauth.priv import clock, notifier, refresher
 from pizauth.priv.authurl import AuthRequest
@@ -429,13 +429,16 @@ def test_a_transient_refresh_result_carries_its_retry_after(monkeypatch):
     table = TokenTable(conf.accounts)
     e = table.entries["x"]
     e.state = active(obtained=1000, expiry=2000)
+    from pizauth.priv.parent import NET_RESULTS
+
     sent: list[bytearray] = []
-    r = refresher.Refresher(table, lambda: conf, lambda: (None, None), None, None, sent.append)
+    calls = runtime.Calls(lambda msg, request_id: sent.append(msg.encode(request_id)), NET_RESULTS)
+    r = refresher.Refresher(table, lambda: conf, lambda: (None, None), None, None, calls.call)
     monkeypatch.setattr(refresher, "instant", lambda: 1950.0)
     r.start_refresh(e, 1950.0)
-    (request_id,) = r.requests
+    (request_id,) = calls.pending
     busy = NetTokenResult(TokenOutcome.TRANSIENT, "HTTP code 503", retry_after=600)
-    r.result(request_id, NetTokenResult.decode(ipc.decode(busy.encode(request_id))))
+    calls.result(request_id, NetTokenResult.decode(ipc.decode(busy.encode(request_id))))
     assert refresher.refresh_time(e) == 1950.0 + 600
     assert not refresher.due(table, 1950.0 + 599) and refresher.due(table, 1950.0 + 600)
     assert e.last_error is not None and e.last_error.message == "HTTP code 503"

@@ -103,6 +103,11 @@ class Child:
             log.warning("%s child channel: %s", self.name, e)
             self.drop()
 
+    def post(self, message: ipc.Wire, request_id: int = 0) -> None:
+        """Encode and queue `message`; wiped once written if its type is SECRET.
+        ipc.ProtocolError, with nothing queued, if a value is over its limit."""
+        self.send(message.encode(request_id), message.SECRET)
+
     def writable(self) -> None:
         if self.channel is None:
             return

@@ -33,7 +33,7 @@ class Commands:
         client = self.parent.client_request_id(request_id)
         if client is None:
             return  # asked of a command child that has restarted since
-        self.parent.cmd.send(ipc.CmdReply(text.encode("utf-8")).encode(client))
+        self.parent.cmd.post(ipc.CmdReply(text.encode("utf-8")), client)
 
     def reply_secret(self, request_id: int, payload: bytearray) -> None:
         """A reply carrying a token or a dump: every copy we made is wiped once sent."""
@@ -41,9 +41,10 @@ class Commands:
         if client is None:
             ipc.wipe(payload)
             return
-        frame = ipc.CmdReply(payload).encode(client)
-        ipc.wipe(payload)
-        self.parent.cmd.send(frame, secret=True)
+        try:
+            self.parent.cmd.post(ipc.CmdReply(payload), client)  # secret by its type
+        finally:
+            ipc.wipe(payload)
 
     def _entry_or_reply(self, request_id: int, name: str) -> Entry | None:
         entry = self.parent.table.get(name)

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pizauth import ipc, limits
+from pizauth import ipc, limits, runtime
 from pizauth.ipc import NetDeviceAuthResult, NetTokenResult, TokenOutcome
 from pizauth.priv.clock import instant
 from pizauth.priv.provider import Outcome, Ready, Unready
@@ -96,24 +96,30 @@ def failure_message(name: str, provider_error: str, message: str) -> str:
 
 @dataclass(slots=True)
 class _Waiting:
-    """The `pizauth show`s (request id, with URL) that wait for a device authorization."""
+    """The `pizauth show`s (request id, with URL) that wait for a device authorization
+    of the account in its `generation`."""
 
     clients: list[tuple[int, bool]] = field(default_factory=list)
+    generation: int = -1
 
 
 class DeviceFlow:
-    """Device logins in progress. `reply(request_id, text)` answers a client."""
+    """Device logins in progress. `reply(request_id, text)` answers a client; `call`
+    asks the network child (runtime.Calls.call)."""
 
     def __init__(
         self,
         table: TokenTable,
         refresher: Refresher,
         reply: Callable[[int, str], None],
+        call: runtime.Caller,
     ) -> None:
         self.table = table
         self.refresher = refresher
         self._reply = reply
-        self.waiting: dict[int, _Waiting] = {}  # by the NET_DEVICE_AUTH request id
+        self._call = call
+        # By account: the clients of the device authorization at the network child.
+        self.authorizing: dict[str, _Waiting] = {}
         # By account: logins whose endpoints or client secret are still being found.
         self.resolving: dict[str, _Waiting] = {}
 
@@ -130,18 +136,15 @@ class DeviceFlow:
             # Endpoints or the client secret are still being found: wait for them too.
             resolving.clients.append((request_id, withurl))
             return
-        if isinstance(state, DevicePending):
+        authorizing = self.authorizing.get(entry.account.name)
+        if (
+            isinstance(state, DevicePending)
+            and authorizing is not None
+            and authorizing.generation == entry.generation
+        ):
             # The authorization request is under way: this client waits for it too.
-            for net_id, request in self.refresher.requests.items():
-                if (
-                    request.kind is RequestKind.DEVICE_AUTH
-                    and request.account == entry.account.name
-                    and request.generation == entry.generation
-                ):
-                    self.waiting.setdefault(net_id, _Waiting()).clients.append(
-                        (request_id, withurl)
-                    )
-                    return
+            authorizing.clients.append((request_id, withurl))
+            return
         self._start(request_id, entry, withurl)
 
     def _start(self, request_id: int, entry: Entry, withurl: bool) -> None:
@@ -195,37 +198,31 @@ class DeviceFlow:
             " ".join(account.scopes),
             account.token_endpoint_auth_method,
         )
+        name, generation = entry.account.name, entry.generation
+        request = NetRequest(RequestKind.DEVICE_AUTH, name, generation)
+        clients = _Waiting(list(waiting.clients), generation)
+
+        def lost() -> None:
+            failed = NetDeviceAuthResult(TokenOutcome.TRANSIENT, "network process restarted")
+            self._authorized(clients, request, failed)
+
         try:
-            ipc.wipe(message.encode(0))  # a configured value over its limit fails here
-        except ipc.ProtocolError as e:
+            self._call(message, lambda result: self._authorized(clients, request, result), lost)
+        except ipc.ProtocolError as e:  # a configured value over its limit
             self._not_authorized(entry, waiting, Unready(str(e), False, False))
             return
-        net_id = self.refresher.send(entry, RequestKind.DEVICE_AUTH, message)
-        self.waiting.setdefault(net_id, _Waiting()).clients.extend(waiting.clients)
-
-    def result(self, net_id: int, request: NetRequest, result: NetTokenResult) -> None:
-        """A NET_TOKEN_RESULT for a device request (the refresher routes them here)."""
-        if request.kind is RequestKind.DEVICE_POLL:
-            self.poll_result(request, result)
-        else:  # a device authorization cannot end with a token: it failed
-            outcome = result.outcome
-            if outcome is TokenOutcome.OK:
-                outcome = TokenOutcome.PERMANENT
-            self._authorized(net_id, request, NetDeviceAuthResult(outcome, result.message))
+        self.authorizing[name] = clients
 
     # -- results from the network child --------------------------------------------------------
 
-    def auth_result(self, request_id: int, result: NetDeviceAuthResult) -> None:
-        """NET_DEVICE_AUTH_RESULT: a result for a request never made is a protocol error."""
-        request = self.refresher.requests.get(request_id)
-        if request is None or request.kind is not RequestKind.DEVICE_AUTH:
-            raise ipc.ProtocolError(f"device authorization result for unknown request {request_id}")
-        del self.refresher.requests[request_id]
-        self._authorized(request_id, request, result)
-
-    def _authorized(self, net_id: int, request: NetRequest, result: NetDeviceAuthResult) -> None:
-        clients = self.waiting.pop(net_id, _Waiting()).clients
+    def _authorized(
+        self, waiting: _Waiting, request: NetRequest, result: NetDeviceAuthResult
+    ) -> None:
+        """The NET_DEVICE_AUTH_RESULT of a device authorization."""
         name = request.account
+        if self.authorizing.get(name) is waiting:
+            del self.authorizing[name]
+        clients = waiting.clients
         entry = self.table.get(name)
         if entry is None or entry.generation != request.generation:
             # Revoked or reloaded meanwhile: the clients still get an answer.
@@ -259,7 +256,9 @@ class DeviceFlow:
             self._reply(client, shown(state, withurl))
 
     def poll_result(self, request: NetRequest, result: NetTokenResult) -> None:
-        """The NET_TOKEN_RESULT of a NET_DEVICE_POLL (routed here by the refresher)."""
+        """The NET_TOKEN_RESULT of a NET_DEVICE_POLL."""
+        if result.provider_error == "invalid_client":
+            self.refresher.forget_secret(request.account)  # client_secret_cmd runs again
         entry = self.table.get(request.account)
         if entry is None or entry.generation != request.generation:
             return  # revoked, reloaded or ended meanwhile
@@ -318,33 +317,30 @@ class DeviceFlow:
             if outcome.account.token_uri is None:
                 self.poll_result(request, NetTokenResult(TokenOutcome.PERMANENT, "no token_uri"))
                 return
-            self.refresher.send(
-                current,
-                RequestKind.DEVICE_POLL,
-                ipc.NetDevicePoll(
-                    outcome.account.token_uri,
-                    current.account.client_id,
-                    None if outcome.secret is None else outcome.secret.view(),
-                    pending.device_code.view(),
-                    current.account.token_endpoint_auth_method,
-                ),
+            token_uri = outcome.account.token_uri
+            poll = ipc.NetDevicePoll(
+                token_uri,
+                current.account.client_id,
+                None if outcome.secret is None else outcome.secret.view(),
+                pending.device_code.view(),
+                current.account.token_endpoint_auth_method,
             )
+            sent = NetRequest(RequestKind.DEVICE_POLL, name, generation, token_uri)
+            try:
+                self._call(
+                    poll, lambda result: self.poll_result(sent, result), lambda: self._lost(sent)
+                )
+            except ipc.ProtocolError as e:  # a configured value over its limit
+                self.poll_result(request, NetTokenResult(TokenOutcome.PERMANENT, str(e)))
 
         self.refresher.resolve(entry.account, "token_uri", True, resolved)
 
-    def network_lost(self) -> None:
-        """The network child went away: its device requests will never be answered."""
-        for net_id, request in list(self.refresher.requests.items()):
-            if request.kind is RequestKind.DEVICE_AUTH:
-                del self.refresher.requests[net_id]
-                failed = NetDeviceAuthResult(TokenOutcome.TRANSIENT, "network process restarted")
-                self._authorized(net_id, request, failed)
-            elif request.kind is RequestKind.DEVICE_POLL:
-                del self.refresher.requests[net_id]
-                entry = self.table.get(request.account)
-                if entry is not None and entry.generation == request.generation:
-                    if isinstance(entry.state, DevicePending):
-                        after_poll(entry.state, "", instant())
+    def _lost(self, request: NetRequest) -> None:
+        """The network child went away before answering a poll: poll again later."""
+        entry = self.table.get(request.account)
+        if entry is not None and entry.generation == request.generation:
+            if isinstance(entry.state, DevicePending):
+                after_poll(entry.state, "", instant())
 
 
 def shown(state: DevicePending, withurl: bool) -> str:

@@ -45,6 +45,16 @@ from pizauth.timeouts import SHUTDOWN_FLUSH
 
 # Request ids are u32 on the wire; above them, which start of the command child asked.
 REQUEST_ID_SPAN = 1 << 32
+# What the parent asks of the network child, and the one result type each is answered
+# with (runtime.Calls refuses any other).
+NET_RESULTS: dict[type[ipc.Wire], type[ipc.Wire]] = {
+    ipc.NetExchange: ipc.NetTokenResult,
+    ipc.NetRefresh: ipc.NetTokenResult,
+    ipc.NetDevicePoll: ipc.NetTokenResult,
+    ipc.NetDeviceAuth: ipc.NetDeviceAuthResult,
+    ipc.NetMetadata: ipc.NetMetadataResult,
+    ipc.NetRevoke: ipc.NetRevokeResult,
+}
 
 if TYPE_CHECKING:
     from pizauth.priv.keptlog import KeptLog
@@ -84,20 +94,24 @@ class Parent:
         self.hooks = HookRunner(self.watch, self.unwatch)
         self.notifier = Notifier(self.hooks, lambda: self.config)
         self.keeper = StoreKeeper(config, self.table, self.notifier, self.watch, self.unwatch)
+        # Every request to the network child, whoever makes it (runtime.Calls).
+        self.netcalls = runtime.Calls(
+            lambda msg, request_id: self.net.post(msg, request_id), NET_RESULTS
+        )
         self.refresher = Refresher(
             self.table,
             lambda: self.config,
             lambda: (self.http_port, self.https_port),
             self.notifier,
             self.hooks,
-            lambda frame: self.net.send(frame, secret=True),
+            self.netcalls.call,
         )
         self.login_pages = LoginPages(self.verdict)
         self.refresher.exchange_done = self.login_pages.done
         # Endpoints from issuer metadata and secrets from client_secret_cmd, before any
         # request to the provider; revocation at the provider after `revoke`.
         self.resolver = Resolver(
-            lambda frame: self.net.send(frame),
+            self.netcalls.call,
             lambda name: self.table.client_secret(name),
             self.watch,
             self.unwatch,
@@ -107,13 +121,14 @@ class Parent:
         self.refresher.forget_secret = self.resolver.forget_secret
         self.revoker = Revoker(
             self.resolver,
-            lambda frame: self.net.send(frame, secret=True),
+            self.netcalls.call,
             self.notifier,
             lambda name: self.config.account(name),
         )
         self.commands = Commands(self)
-        self.device = DeviceFlow(self.table, self.refresher, self.commands.reply)
-        self.refresher.device_result = self.device.result
+        self.device = DeviceFlow(
+            self.table, self.refresher, self.commands.reply, self.netcalls.call
+        )
         self.stopping = False
         self.reload_requested = False
         self.ready = False
@@ -152,10 +167,8 @@ class Parent:
         return {
             MsgType.NET_READY: self.handle_net_ready,
             MsgType.NET_CALLBACK: self.handle_callback,
-            MsgType.NET_TOKEN_RESULT: self.refresher.result,
-            MsgType.NET_DEVICE_AUTH_RESULT: self.device.auth_result,
-            MsgType.NET_METADATA_RESULT: self.resolver.result,
-            MsgType.NET_REVOKE_RESULT: self.revoker.result,
+            # Every result goes to the call that asked for it, checked there.
+            **{result.TYPE: self.netcalls.result for result in NET_RESULTS.values()},
         }
 
     # -- the event loop ----------------------------------------------------------------------
@@ -324,10 +337,8 @@ class Parent:
         """No answer will come for what the network child was asked: fail it all. And
         nothing it said outlives it: issuer metadata, logins whose URL an issuer's
         document gave, device logins (their code and page came from it), its HTTPS key."""
-        self.device.network_lost()  # first: takes its requests out of the refresher's
-        self.refresher.network_lost()
+        self.netcalls.lost()  # each request's on_lost, once
         self.resolver.network_lost()
-        self.revoker.network_lost()
         self.login_pages.forget()
         self.https_pub_key = self.https_fingerprint = ""
         for entry in self.table.entries.values():
@@ -366,7 +377,7 @@ class Parent:
     # -- the network child ------------------------------------------------------------------
 
     def verdict(self, request_id: int, status: int, page: str = "") -> None:
-        self.net.send(ipc.CallbackVerdict(status, page).encode(request_id))
+        self.net.post(ipc.CallbackVerdict(status, page), request_id)
 
     def handle_net_ready(self, request_id: int, msg: ipc.NetReady) -> None:
         self.https_pub_key = msg.public_key

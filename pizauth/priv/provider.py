@@ -87,32 +87,30 @@ def configured(table_secret: Callable[[str], Secret | None]) -> Callable[..., No
 
 
 class Resolver:
-    """`send(frame)` queues a frame for the network child; `table_secret(name)` is the
+    """`call` asks the network child (runtime.Calls.call); `table_secret(name)` is the
     configured client_secret as a Secret; watch/unwatch register descriptors with the
     parent's selector (for client_secret_cmd)."""
 
     def __init__(
         self,
-        send: Callable[[bytearray], None],
+        call: runtime.Caller,
         table_secret: Callable[[str], Secret | None],
         watch: Callable[[int, Callable[[], None]], None],
         unwatch: Callable[[int], None],
     ) -> None:
-        self._send = send
+        self._call = call
         self._table_secret = table_secret
         self.commands = secretcmd.SecretCommands(watch, unwatch)
         # Per issuer: a usable document, or one judged unusable ("permanent").
         self.metadata: dict[str, NetMetadataResult] = {}
-        self.fetching: dict[int, str] = {}  # request id -> issuer
-        # Fetches still under way when the configuration was reloaded: their results
-        # are dropped, not taken for a protocol error.
-        self.abandoned: set[int] = set()
+        # Counts reloads and losses of the network child: the result of a fetch asked
+        # for before the last one is dropped (not taken for a protocol error).
+        self.epoch = 0
         self.waiting: dict[str, list[Callable[[NetMetadataResult], None]]] = {}
         self.secrets: dict[str, Secret] = {}  # account -> from its client_secret_cmd
         self.secret_waiting: dict[str, list[Callable[[Secret | None, str], None]]] = {}
         self.reported: set[str] = set()  # accounts told of an unusable document
         self.timers: list[tuple[float, Callable[[], None]]] = []
-        self._ids = runtime.RequestIds()
 
     # -- what callers use ---------------------------------------------------------------
 
@@ -258,24 +256,25 @@ class Resolver:
             waiting.append(then)  # one fetch per issuer, whoever needs it
             return
         self.waiting[issuer] = [then]
-        request_id = self._ids.allocate(self.fetching)
+        epoch = self.epoch
+
+        def lost() -> None:
+            if epoch == self.epoch:
+                self._fetched(issuer, NetMetadataResult(NetOutcome.TRANSIENT, NETWORK_LOST))
+
         try:
-            frame = ipc.NetMetadata(issuer).encode(request_id)
+            self._call(
+                ipc.NetMetadata(issuer), lambda result: self._result(issuer, epoch, result), lost
+            )
         except ipc.ProtocolError as e:  # an issuer over its limit: the config allows none
             self._fetched(issuer, NetMetadataResult(NetOutcome.PERMANENT, str(e)))
             return
-        self.fetching[request_id] = issuer
         log.info("fetching the metadata of %s", issuer)
-        self._send(frame)
 
-    def result(self, request_id: int, result: NetMetadataResult) -> None:
-        """NET_METADATA_RESULT: a result for a fetch never asked for is a protocol error."""
-        issuer = self.fetching.pop(request_id, None)
-        if issuer is None:
-            if request_id in self.abandoned:
-                self.abandoned.discard(request_id)
-                return
-            raise ipc.ProtocolError(f"metadata result for unknown request {request_id}")
+    def _result(self, issuer: str, epoch: int, result: NetMetadataResult) -> None:
+        """The NET_METADATA_RESULT of a fetch; dropped if asked for before a reload."""
+        if epoch != self.epoch:
+            return
         endpoints = (
             result.authorization_endpoint,
             result.token_endpoint,
@@ -344,7 +343,7 @@ class Resolver:
         """The network child went away: fetches in flight fail, transiently, and every
         document it gave is forgotten. A child that lied once and was then killed must
         not go on steering other accounts' codes and tokens (tests/test_child_lies.py)."""
-        self.fetching.clear()
+        self.epoch += 1
         for issuer in list(self.waiting):
             self._fetched(issuer, NetMetadataResult(NetOutcome.TRANSIENT, why))
         if self.metadata:
@@ -359,7 +358,6 @@ class Resolver:
         for name, waiters in secret_waiting.items():
             for waiter in waiters:
                 waiter(None, f"client_secret_cmd for {shown(name)} not finished: {RELOADED}")
-        self.abandoned.update(self.fetching)
         self.network_lost(RELOADED)
         self._forget()
 

@@ -1,8 +1,9 @@
 """Getting tokens: code exchanges, refreshes, and what their results do.
 
 The parent asks the network child for each token request (NET_EXCHANGE,
-NET_REFRESH) and remembers it by request id with the account's generation, so
-that a result for an account whose state has since changed is dropped.
+NET_REFRESH) through the runtime's calls (runtime.Calls), each remembered with the
+account's generation, so that a result for an account whose state has since
+changed is dropped.
 When each Active token is due for refresh is decided here too.
 """
 
@@ -76,7 +77,7 @@ def next_wakeup(table: TokenTable) -> float | None:
 class RequestKind(str, enum.Enum):
     EXCHANGE = "exchange"
     REFRESH = "refresh"
-    DEVICE_AUTH = "device authorization"  # answered by NET_DEVICE_AUTH_RESULT
+    DEVICE_AUTH = "device authorization"
     DEVICE_POLL = "device poll"
 
 
@@ -89,9 +90,9 @@ class NetRequest:
 
 
 class Refresher:
-    """Token requests in flight, and every state change their results make.
+    """Token requests, and every state change their results make.
 
-    `send(frame)` queues a secret frame for the network child; `config()` is the
+    `call` asks the network child (runtime.Calls.call); `config()` is the
     configuration in force; ports() the redirect listeners' (http, https) ports.
     """
 
@@ -102,18 +103,14 @@ class Refresher:
         ports: Callable[[], tuple[int | None, int | None]],
         notifier: Notifier,
         hooks: HookRunner,
-        send: Callable[[bytearray], None],
+        call: runtime.Caller,
     ) -> None:
         self.table = table
         self._config = config
         self._ports = ports
         self.notifier = notifier
         self.hooks = hooks
-        self._send = send
-        self.requests: dict[int, NetRequest] = {}
-        self._ids = runtime.RequestIds()
-        # Results of device requests go to priv/device.py (set by the parent).
-        self.device_result: Callable[[int, NetRequest, NetTokenResult], None] | None = None
+        self._call = call
         # Told how each code exchange ended (account, None or why it failed), so that
         # the browser waiting on the login can be answered (priv/loginpages.py).
         self.exchange_done: Callable[[str, str | None], None] = lambda name, error: None
@@ -218,9 +215,7 @@ class Refresher:
             # A refresh's transient failure is not otherwise reported.
             self.notifier.error(name, f"Refreshing {shown(name)} failed: {why.message}")
         outcome = TokenOutcome.TRANSIENT if kind == RequestKind.REFRESH else TokenOutcome.PERMANENT
-        request_id = self._ids.allocate(self.requests)
-        self.requests[request_id] = NetRequest(kind, name, entry.generation)
-        self.result(request_id, NetTokenResult(outcome, why.message))
+        self._result(NetRequest(kind, name, entry.generation), NetTokenResult(outcome, why.message))
 
     def _unbound(self, entry: Entry, why: str) -> None:
         """The token endpoint moved away from the one that issued the token: the token is
@@ -235,37 +230,25 @@ class Refresher:
         secret = self.table.client_secret(entry.account.name)  # a Secret: no str or bytes copy
         return None if secret is None else secret.view()
 
-    def send(self, entry: Entry, kind: RequestKind, message: ipc.Wire) -> int:
-        """Send another module's request (device logins) to the network child; its id."""
-        return self._request(entry, kind, message)
-
-    def _request(self, entry: Entry, kind: RequestKind, message: ipc.Wire) -> int:
-        request_id = self._ids.allocate(self.requests)
+    def _request(self, entry: Entry, kind: RequestKind, message: ipc.Wire) -> None:
+        name, generation = entry.account.name, entry.generation
+        request = NetRequest(kind, name, generation, getattr(message, "token_uri", ""))
         try:
-            frame = message.encode(request_id)
+            self._call(
+                message, lambda result: self._result(request, result), lambda: self._lost(request)
+            )
         except ipc.ProtocolError as e:
             # A configured value over its limit: fail this request, not the server.
-            self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation)
-            self.result(request_id, NetTokenResult(TokenOutcome.PERMANENT, str(e)))
-            return request_id
-        endpoint = getattr(message, "token_uri", "")
-        self.requests[request_id] = NetRequest(kind, entry.account.name, entry.generation, endpoint)
-        self._send(frame)
-        return request_id
+            self._result(
+                NetRequest(kind, name, generation), NetTokenResult(TokenOutcome.PERMANENT, str(e))
+            )
 
     # -- results --------------------------------------------------------------------------------
 
-    def result(self, request_id: int, result: NetTokenResult) -> None:
-        """NET_TOKEN_RESULT: a result for a request never made is a protocol error."""
-        request = self.requests.pop(request_id, None)
-        if request is None:
-            raise ipc.ProtocolError(f"token result for unknown request {request_id}")
+    def _result(self, request: NetRequest, result: NetTokenResult) -> None:
+        """The NET_TOKEN_RESULT of an exchange or a refresh."""
         if result.provider_error == "invalid_client":
             self.forget_secret(request.account)  # a client_secret_cmd runs again next time
-        if request.kind in (RequestKind.DEVICE_AUTH, RequestKind.DEVICE_POLL):
-            assert self.device_result is not None
-            self.device_result(request_id, request, result)
-            return
         entry = self.table.get(request.account)
         if entry is None or entry.generation != request.generation:
             if request.kind == RequestKind.EXCHANGE:
@@ -361,18 +344,16 @@ class Refresher:
         active.ongoing_refresh = False
         log.info("Transitory refresh error for %s: %s", shown(name), message)
 
-    def network_lost(self) -> None:
-        """The network child went away with requests in flight."""
-        for request in self.requests.values():
-            entry = self.table.get(request.account)
-            if entry is None or entry.generation != request.generation:
-                continue
-            if request.kind == RequestKind.EXCHANGE and isinstance(entry.state, Pending):
-                # The code may or may not have been used: the user can simply log in again.
-                entry.state.exchanging = False
-            elif request.kind == RequestKind.REFRESH and isinstance(entry.state, Active):
-                self.transient_failure(entry, "network process restarted", instant())
-        self.requests.clear()
+    def _lost(self, request: NetRequest) -> None:
+        """The network child went away before answering `request`."""
+        entry = self.table.get(request.account)
+        if entry is None or entry.generation != request.generation:
+            return
+        if request.kind == RequestKind.EXCHANGE and isinstance(entry.state, Pending):
+            # The code may or may not have been used: the user can simply log in again.
+            entry.state.exchanging = False
+        elif request.kind == RequestKind.REFRESH and isinstance(entry.state, Active):
+            self.transient_failure(entry, "network process restarted", instant())
 
     def change(self, entry: Entry, state: TokenState, revoked: bool = False) -> None:
         """Every state change of a token: the table moves it, the notifier tells of it."""

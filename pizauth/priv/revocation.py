@@ -73,27 +73,27 @@ class Revocation:
 
 
 class Revoker:
-    """`send(frame)` queues a secret frame for the network child; `current(name)` is the
+    """`call` asks the network child (runtime.Calls.call); `current(name)` is the
     account of that name in the configuration in force; `clock()` the instant now."""
 
     def __init__(
         self,
         resolver: Resolver,
-        send: Callable[[bytearray], None],
+        call: runtime.Caller,
         notifier: Notifier,
         current: Callable[[str], Account | None],
         clock: Callable[[], float] = instant,
     ) -> None:
         self.resolver = resolver
-        self._send = send
+        self._call = call
         self.notifier = notifier
         self._current = current
         self._clock = clock
-        self.pending: dict[int, Revocation] = {}  # request id -> sent to the network child
-        # Tokens whose endpoint or client secret is still being found, by id of the Secret.
+        # By id of the Secret: tokens at the network child, and tokens whose endpoint or
+        # client secret is still being found (so that shutdown can wipe them).
+        self.sent: dict[int, Revocation] = {}
         self.resolving: dict[int, Revocation] = {}
         self.waiting: list[tuple[float, Revocation]] = []  # (when to try again, what)
-        self._ids = runtime.RequestIds()
 
     def revoke(self, account: Account, token: Secret, hint: str) -> None:
         """Revoke `token` (which this now owns) at `account`'s revocation endpoint, if
@@ -116,22 +116,25 @@ class Revoker:
                 self._only_local(target)
                 return
             secret = outcome.secret
-            request_id = self._ids.allocate(self.pending)
+            message = ipc.NetRevoke(
+                target.revoke_uri,
+                target.client_id,
+                None if secret is None else secret.view(),
+                revocation.token.view(),
+                revocation.hint,
+                target.token_endpoint_auth_method,
+            )
             try:
-                frame = ipc.NetRevoke(
-                    target.revoke_uri,
-                    target.client_id,
-                    None if secret is None else secret.view(),
-                    revocation.token.view(),
-                    revocation.hint,
-                    target.token_endpoint_auth_method,
-                ).encode(request_id)
+                self._call(
+                    message,
+                    lambda result: self._result(key, result),
+                    lambda: self._lost(key),
+                )
             except ipc.ProtocolError as e:
                 self._failed(revocation, str(e), transient=False)
                 return
-            self.pending[request_id] = revocation
+            self.sent[key] = revocation
             log.info("revoking the token of %s at the provider", shown(target.name))
-            self._send(frame)
 
         self.resolver.resolve(revocation.account, "revoke_uri", True, resolved, optional=True)
 
@@ -150,11 +153,11 @@ class Revoker:
         log.warning("%s", message)
         self.notifier.error(name, message)
 
-    def result(self, request_id: int, result: NetRevokeResult) -> None:
-        """NET_REVOKE_RESULT: a result for a revocation never asked for is a protocol error."""
-        revocation = self.pending.pop(request_id, None)
+    def _result(self, key: int, result: NetRevokeResult) -> None:
+        """The NET_REVOKE_RESULT of the revocation of token `key`."""
+        revocation = self.sent.pop(key, None)
         if revocation is None:
-            raise ipc.ProtocolError(f"revocation result for unknown request {request_id}")
+            return  # wiped at shutdown meanwhile
         name = revocation.account.name
         if result.provider_error == "invalid_client":
             self.resolver.forget_secret(name)
@@ -165,9 +168,9 @@ class Revoker:
             transient = result.outcome is NetOutcome.TRANSIENT
             self._failed(revocation, result.message, transient, result.retry_after)
 
-    def network_lost(self) -> None:
-        pending, self.pending = self.pending, {}
-        for revocation in pending.values():
+    def _lost(self, key: int) -> None:
+        revocation = self.sent.pop(key, None)
+        if revocation is not None:
             self._failed(revocation, NETWORK_LOST, transient=True)
 
     # -- retries -------------------------------------------------------------------------
@@ -230,9 +233,9 @@ class Revoker:
 
     def wipe_all(self) -> None:
         """At shutdown: forget every token still waiting for its revocation."""
-        for revocation in self.pending.values():
+        for revocation in self.sent.values():
             revocation.token.wipe()
-        self.pending.clear()
+        self.sent.clear()
         for revocation in self.resolving.values():
             revocation.token.wipe()
         self.resolving.clear()

@@ -1,12 +1,13 @@
-"""Every command README.md and the man pages show, run as a user would type it, so that
-they stay true: the installed `pizauth` against a real server and the local provider, the
-file recipes (man pages, completions, the unit, age keys) in a home of their own, the
-by-hand age recipe from `pizauth dump` to `pizauth restore`, and the demo provider's output.
+"""Every command README.md, docs/install.md, docs/development.md, docs/performance.md
+and the man pages show, run as a user would type it, so that they stay true: the
+installed `pizauth` against a real server and the local provider, the file recipes (man
+pages, completions, the unit, age keys) in a home of their own, the by-hand age recipe
+from `pizauth dump` to `pizauth restore`, and the demo provider's output.
 
-The commands are taken from the documents themselves (README's ```sh blocks and `$ `
-lines, the man pages' literal blocks and .Dl lines), so a new example is checked as soon
-as it is written: it must be run by one of the scenarios below or be in NOT_RUN with the
-reason it cannot run here.
+The commands are taken from the documents themselves (the Markdown documents' ```sh
+blocks and `$ ` lines, the man pages' literal blocks and .Dl lines), so a new example is
+checked as soon as it is written: it must be run by one of the scenarios below or be in
+NOT_RUN with the reason it cannot run here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from conftest import CLIENT_ID, CLIENT_SECRET, Client, Provider, http_get, wait_
 from server_harness import ROOT
 
 BIN = Path(sys.executable).parent
-DOCUMENTS = ("README.md", "man/pizauth.1", "man/pizauth.conf.5")
+# Markdown documents (their ```sh blocks and `$ ` lines), then the man pages.
+MARKDOWN = ("README.md", "docs/install.md", "docs/development.md", "docs/performance.md")
+MAN_PAGES = ("man/pizauth.1", "man/pizauth.conf.5")
+DOCUMENTS = MARKDOWN + MAN_PAGES
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,11 @@ class Example:
 
 def examples() -> list[Example]:
     found: list[Example] = []
-    readme = (ROOT / "README.md").read_text()
-    for lang, body in re.findall(r"^ *```([^\n]*)\n(.*?)^ *```$", readme, re.M | re.S):
-        found += _block("README.md", body, lang.strip() == "sh")
-    for page in DOCUMENTS[1:]:
+    for doc in MARKDOWN:
+        text = (ROOT / doc).read_text()
+        for lang, body in re.findall(r"^ *```([^\n]*)\n(.*?)^ *```$", text, re.M | re.S):
+            found += _block(doc, body, lang.strip() == "sh")
+    for page in MAN_PAGES:
         text = (ROOT / page).read_text()
         for body in re.findall(r"^\.Bd -literal[^\n]*\n(.*?)^\.Ed$", text, re.M | re.S):
             found += _block(page, body.replace("\\e", "\\"), False)
@@ -100,7 +105,9 @@ NOT_RUN = {
         f"{TESTED_ELSEWHERE} tests/test_packaging.py::"
         "test_pip_install_puts_man_pages_and_completions_in_the_venv does it"
     ),
-    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]'": TESTED_ELSEWHERE,
+    "python3 -m venv .venv && .venv/bin/pip install '.[test]'": TESTED_ELSEWHERE,
+    ".venv/bin/pip install -q --no-deps . && rm -rf build   # again after each change to "
+    "pizauth/, bin/, man/ or share/": "how this suite's venv is kept current; .ci/run installs",
     ".venv/bin/pytest            # everything, about six minutes on 2 cores": TESTED_ELSEWHERE,
     ".venv/bin/ruff check .": "a development check, run by .ci/run",
     "systemctl --user daemon-reload && systemctl --user enable --now pizauth": (
@@ -224,7 +231,8 @@ def provider() -> Iterator[Provider]:
 
 def write_user_config(env: dict[str, str], provider: Provider, extra: str = "") -> Path:
     """~/.config/pizauth.conf with the accounts the examples name: "work" (a device
-    login, as README's "Headless machines" shows it) and "officesmtp" (a code login)."""
+    login, as README's "Without a browser: the device flow" shows it) and "officesmtp"
+    (a code login)."""
     conf = Path(env["HOME"]) / ".config" / "pizauth.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.touch(mode=0o600)

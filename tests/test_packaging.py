@@ -378,11 +378,13 @@ def test_configuration_example_notify_commands_unescape() -> None:
 
 
 def documented_examples() -> list[str]:
-    """Every example a user may copy: README's code blocks and its inline code that sets a
-    `*_cmd`, and both man pages' literal blocks."""
-    readme = (ROOT / "README.md").read_text()
-    examples = re.findall(r"^ *```[^\n]*\n(.*?)^ *```$", readme, re.M | re.S)
-    examples += [c for c in re.findall(r"`([^`\n]+)`", readme) if "_cmd = " in c]
+    """Every example a user may copy: the code blocks of README.md and docs/*.md and their
+    inline code that sets a `*_cmd`, and both man pages' literal blocks."""
+    examples: list[str] = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        examples += re.findall(r"^ *```[^\n]*\n(.*?)^ *```$", text, re.M | re.S)
+        examples += [c for c in re.findall(r"`([^`\n]+)`", text) if "_cmd = " in c]
     for page in (MAN1, MAN5):
         examples += literal_blocks(page.read_text())
     return examples

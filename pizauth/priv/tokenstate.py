@@ -123,17 +123,17 @@ TRANSITIONS: dict[tuple[type[TokenState], Cause], Rule] = {
     (Pending, Cause.LOGIN_FAILURE): Rule(Empty, None),
     (DevicePending, Cause.LOGIN_FAILURE): Rule(Empty, None),
     (Active, Cause.REFRESH_FAILURE): Rule(Empty, _INVALIDATED),
-    (Active, Cause.EXPIRY): Rule(Empty, _INVALIDATED),
+    (Active, Cause.EXPIRY): Rule(Empty, _INVALIDATED),  # pizauth 1.1: no event
     (Pending, Cause.REVOKE): Rule(Empty, None),
     (DevicePending, Cause.REVOKE): Rule(Empty, None),
-    (Active, Cause.REVOKE): Rule(Empty, TokenEvent.REVOKED),
+    (Active, Cause.REVOKE): Rule(Empty, TokenEvent.REVOKED),  # 1.1 raised it from any state
     (Pending, Cause.NETWORK_LOST): Rule(Empty, None),
-    (DevicePending, Cause.NETWORK_LOST): Rule(Empty, None),
+    (DevicePending, Cause.NETWORK_LOST): Rule(Empty, None),  # a token outlives the child
     (Empty, Cause.RELOAD): Rule(Empty, None),
     (Pending, Cause.RELOAD): Rule(Empty, None),
     (DevicePending, Cause.RELOAD): Rule(Empty, None),
-    (Active, Cause.RELOAD): Rule(Empty, _INVALIDATED),
-    # A current token is never overwritten by an old one.
+    (Active, Cause.RELOAD): Rule(Empty, _INVALIDATED),  # pizauth 1.1: no event
+    # A current token is never overwritten by an old one. pizauth 1.1 raised no event.
     (Empty, Cause.RESTORE): Rule(Active, _NEW),
     (Pending, Cause.RESTORE): Rule(Active, _NEW),
     (DevicePending, Cause.RESTORE): Rule(Active, _NEW),

@@ -28,6 +28,7 @@ from pizauth import config, ipc
 from pizauth.ipc import MsgType
 from pizauth.priv.parent import Parent, Sockets
 from pizauth.priv.tokens import Empty, Pending
+from pizauth.priv.tokenstate import Cause
 
 # What a child may try to smuggle into a terminal or a log: an OSC 52 clipboard write,
 # a cursor move, a forged log line, C1 controls (CSI, NEL), bidi overrides, a line
@@ -399,7 +400,7 @@ def test_refresh_goes_only_to_the_token_endpoint_that_issued_the_token(parent) -
     for name, bound in (("a", issued_by), ("b", None)):  # b: restored, endpoint unknown
         active = Active(Secret(b"at"), now, now - 1, Secret(b"rt-" + name.encode()))
         active.token_uri = bound
-        p.refresher.change(p.table.entries[name], active)
+        p.refresher.change(p.table.entries[name], active, Cause.RESTORE)
         p.refresher.start_refresh(p.table.entries[name], now)
     moved = [b"ok", b"", b"", b"http://127.0.0.1:7/token", b"", b""]
     p.net.on_frame(frame(MsgType.NET_METADATA_RESULT, moved, request_id=metadata_request(sent)))

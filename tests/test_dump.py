@@ -19,6 +19,7 @@ from _pytest.logging import LogCaptureFixture
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given
 from hypothesis import strategies as st
+from token_states import put
 
 from pizauth import config, ipc
 from pizauth.cmd import child as command
@@ -168,8 +169,8 @@ def active(
 
 def golden_table() -> TokenTable:
     t = table()
-    t.replace("w\u00f6rk", active())
-    t.replace("home", pending())
+    put(t, "w\u00f6rk", active())
+    put(t, "home", pending())
     return t
 
 
@@ -269,7 +270,7 @@ def test_times_are_relative_to_the_clock_of_each_side() -> None:
 
 def test_options_absent() -> None:
     t = table(HOME)
-    t.replace("home", active(access=b"a", refresh=None, obtained=5000.0, expiry=5001.0))
+    put(t, "home", active(access=b"a", refresh=None, obtained=5000.0, expiry=5001.0))
     expected = (
         u64(1)
         + u64(1)
@@ -393,7 +394,7 @@ DECODER_ERRORS = [
 @pytest.mark.parametrize("plaintext", DECODER_ERRORS)
 def test_restore_malformed_plaintext(plaintext: bytes) -> None:
     t = table()
-    t.replace("home", pending())
+    put(t, "home", pending())
     before = snapshot(t)
     with pytest.raises(DumpError) as e:
         dump.restore(t, malformed(plaintext), NOW)
@@ -417,7 +418,7 @@ def test_malformed_messages_say_what_is_wrong() -> None:
 def test_error_late_in_the_dump_changes_nothing() -> None:
     # The first account is good, the second broken: decode everything, then apply.
     t = golden_table()
-    t.replace("w\u00f6rk", Empty())
+    put(t, "w\u00f6rk", Empty())
     before = snapshot(t)
     broken = GOLDEN_PLAINTEXT[: -len(EMPTY)] + u32(7)
     with pytest.raises(DumpError):
@@ -447,7 +448,7 @@ def conf(extra: str = "", **changes: str | None) -> str:
 def dumped_from(text: str, state: Active | None = None) -> bytearray:
     source = table(text)
     for name in source.entries:
-        source.replace(name, state or active())
+        put(source, name, state or active())
     return dump.dump(source, NOW)
 
 
@@ -577,7 +578,7 @@ def test_unknown_accounts_are_ignored() -> None:
 def test_pending_is_replaced_and_its_verifier_wiped() -> None:
     t = table(conf())
     login = pending(b"verifier-bytes")
-    t.replace("x", login)
+    put(t, "x", login)
     generation = t.entries["x"].generation
     assert dump.restore(t, dumped_from(conf()), NOW) == ["x"]
     assert isinstance(t.entries["x"].state, Active)
@@ -587,7 +588,7 @@ def test_pending_is_replaced_and_its_verifier_wiped() -> None:
 
 def test_active_is_never_overwritten() -> None:
     t = table(conf())
-    t.replace("x", active(access=b"current", expiry=100.0))  # even an expired one
+    put(t, "x", active(access=b"current", expiry=100.0))  # even an expired one
     before = snapshot(t)
     assert dump.restore(t, dumped_from(conf(), active(access=b"newer")), NOW) == []
     assert snapshot(t) == before
@@ -597,9 +598,9 @@ def test_active_is_never_overwritten() -> None:
 def test_a_dumped_empty_clears_nothing(current: str | None) -> None:
     t = table(conf())
     if current == "pending":
-        t.replace("x", pending())
+        put(t, "x", pending())
     elif current == "active":
-        t.replace("x", active())
+        put(t, "x", active())
     before = snapshot(t)
     assert dump.restore(t, dump.dump(table(conf()), NOW), NOW) == []
     assert snapshot(t) == before
@@ -685,13 +686,13 @@ def test_dump_restore_scenario() -> None:
     assert t.entries["x"].generation == original
     assert isinstance(t.entries["x"].state, Empty)
     # Pending, restoring the Empty dump: stays Pending.
-    t.replace("x", pending())
+    put(t, "x", pending())
     pending_generation = t.entries["x"].generation
     dump.restore(t, empty_dump)
     assert isinstance(t.entries["x"].state, Pending)
     assert t.entries["x"].generation == pending_generation
     # Active, dumped and restored onto itself: still Active, and untouched.
-    t.replace("x", active(refresh=None, obtained=0.0, expiry=60.0))
+    put(t, "x", active(refresh=None, obtained=0.0, expiry=60.0))
     active_generation = t.entries["x"].generation
     active_dump = dump.dump(t)
     assert dump.restore(t, active_dump) == []
@@ -708,7 +709,7 @@ def test_dump_restore_scenario() -> None:
 
 def test_dump_restore_error_scenario() -> None:
     t = table(ORIGINAL)
-    t.replace("x", pending())
+    put(t, "x", pending())
     before = snapshot(t)
     version_2 = bytearray(dump.encode(table(ORIGINAL), NOW))
     version_2[:8] = u64(2)
@@ -735,7 +736,7 @@ def test_fifty_accounts_with_4k_tokens_fit_in_one_frame() -> None:
     for i, name in enumerate(source.entries):
         access, refresh = bytes([65 + i % 26]) * 4096, bytes([97 + i % 26]) * 4096
         tokens[name] = (access, refresh)
-        source.replace(name, active(access, refresh))
+        put(source, name, active(access, refresh))
     data = dump.dump(source, NOW)
     assert len(data) > 50 * 2 * 4096
     assert len(data) <= dump.MAX_DUMP < ipc.MAX_MESSAGE
@@ -826,7 +827,7 @@ def request(message: ipc.Wire) -> ipc.Wire:
 
 
 def test_parent_dump_reply_is_raw_and_secret(harness: Harness) -> None:
-    harness.parent.table.replace("w\u00f6rk", active(expiry=1e12))
+    put(harness.parent.table, "w\u00f6rk", active(expiry=1e12))
     harness.parent.commands.dump(7, request(ipc.CmdDump()))
     [(reply, secret)] = harness.sent
     assert secret

@@ -16,6 +16,7 @@ from pizauth.priv.clock import instant
 from pizauth.priv.parent import REQUEST_ID_SPAN
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active
+from pizauth.priv.tokenstate import Cause
 
 parent = pytest.fixture(parent_under_test, name="parent")
 
@@ -84,7 +85,7 @@ def test_requests_made_while_the_network_child_is_down_fail_when_it_restarts(par
     now = instant()
     entry = p.table.get("x")
     assert entry is not None
-    p.refresher.change(entry, Active(Secret(b"at"), now, now + 3600, Secret(b"rt")))
+    p.refresher.change(entry, Active(Secret(b"at"), now, now + 3600, Secret(b"rt")), Cause.RESTORE)
     entry = p.table.get("x")
     # The network child has exited (its cleanup ran) and is not restarted yet: a refresh
     # asked for now goes nowhere.

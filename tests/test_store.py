@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from token_states import put
 
 from pizauth import config
 from pizauth.priv import dump, secmem, store
@@ -119,7 +120,7 @@ def test_the_dump_encoding_round_trips_through_the_store() -> None:
         token_uri = "https://auth.example/t";
     }}"""
     table = TokenTable(config.parse(text).accounts)
-    table.replace(ACCOUNT, Active(Secret(ACCESS), 4990.5, 8600.25, Secret(REFRESH)))
+    put(table, ACCOUNT, Active(Secret(ACCESS), 4990.5, 8600.25, Secret(REFRESH)))
     clock = Now(wall=1_700_000_000.0, instant=5000.0)
     plaintext = dump.encode(table, clock)
     data = bytes(store.seal(plaintext, KEY))
@@ -573,7 +574,7 @@ def test_a_server_whose_cipher_fails_the_self_test_does_not_use_the_store(
 ) -> None:
     key = Secret(b"k" * 40)
     table = TokenTable(config.parse(CONF).accounts)
-    table.transition("acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
+    put(table, "acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
     old = store.seal(dump.encode(table, Now(1.7e9, 0.0)), key)
     (tmp_path / "tokens").write_bytes(old)
 
@@ -588,7 +589,7 @@ def test_a_server_whose_cipher_fails_the_self_test_does_not_use_the_store(
     assert isinstance(table.entries["acct"].state, Empty)
     assert kept.error is not None and "self-test" in kept.error  # `pizauth info`
     # No write ever: the file stays as it was, and nothing is moved aside.
-    table.transition("acct", Active(Secret(b"new"), 0.0, 3600.0, None))
+    put(table, "acct", Active(Secret(b"new"), 0.0, 3600.0, None))
     kept.tick(float("inf"))
     kept.last_write()
     kept.close()
@@ -601,7 +602,7 @@ def test_a_server_whose_cipher_passes_the_self_test_uses_the_store(tmp_path: Pat
     kept.restore_at_start()
     assert kept.start_problems == [] and notices.server_errors == []
     assert (tmp_path / "runs").read_text() == "ran\n"  # the key, at start, with no file yet
-    table.transition("acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
+    put(table, "acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
     kept.tick(float("inf"))
     kept.close()
     plain = store.open_sealed((tmp_path / "tokens").read_bytes(), Secret(b"k" * 40))
@@ -619,7 +620,7 @@ def test_a_damaged_list_of_revokes_gives_no_token_back_and_is_used_up(tmp_path: 
 
     key = Secret(b"k" * 40)
     table = TokenTable(config.parse(CONF).accounts)
-    table.transition("acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
+    put(table, "acct", Active(Secret(ACCESS), 0.0, 3600.0, None))
     (tmp_path / "tokens").write_bytes(store.seal(dump.encode(table, Now(1.7e9, 0.0)), key))
     (tmp_path / "tokens.revoked").write_text('{"version": 1, "revoked": ["acct"]}')
 
@@ -631,7 +632,7 @@ def test_a_damaged_list_of_revokes_gives_no_token_back_and_is_used_up(tmp_path: 
     assert isinstance(table.entries["acct"].state, Empty)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tokens", "tokens.revoked"]
     # The store opened: the next write replaces it, without the token, and uses the list up.
-    table.transition("acct", Active(Secret(b"new"), 0.0, 3600.0, None))
+    put(table, "acct", Active(Secret(b"new"), 0.0, 3600.0, None))
     kept.tick(float("inf"))
     kept.close()
     assert not (tmp_path / "tokens.revoked").exists()

@@ -501,7 +501,7 @@ def test_tokens_survive_a_restart_with_age(pizauth: Pizauth) -> None:
 def test_only_changes_of_tokens_ask_for_a_write() -> None:
     """A pending login is stored as no token: starting or abandoning one writes nothing."""
     from pizauth.priv.authurl import new_auth_request
-    from pizauth.priv.tokens import Empty, Pending
+    from pizauth.priv.tokens import Cause, Empty, Pending
 
     accounts = config.parse(
         'account "acct" { auth_uri = "http://127.0.0.1:1/a"; token_uri = "http://127.0.0.1:1/t";'
@@ -511,14 +511,14 @@ def test_only_changes_of_tokens_ask_for_a_write() -> None:
     calls: list[None] = []
     table.on_change = lambda: calls.append(None)
     pending = Pending(new_auth_request(accounts[0], 1, None))
-    table.transition("acct", pending)
-    table.transition("acct", Empty())
+    table.transition("acct", pending, Cause.LOGIN)
+    table.transition("acct", Empty(), Cause.LOGIN_FAILURE)
     assert calls == []
-    table.transition("acct", Active(Secret(b"t"), 0.0, 10.0, None))
-    table.transition("acct", Active(Secret(b"u"), 0.0, 10.0, None))
-    table.transition("acct", Empty(), revoked=True)
+    table.transition("acct", Active(Secret(b"t"), 0.0, 10.0, None), Cause.RESTORE)
+    table.transition("acct", Active(Secret(b"u"), 0.0, 10.0, None), Cause.REFRESH)
+    table.transition("acct", Empty(), Cause.REVOKE)
     assert len(calls) == 3
-    table.transition("acct", Active(Secret(b"v"), 0.0, 10.0, None))
+    table.transition("acct", Active(Secret(b"v"), 0.0, 10.0, None), Cause.RESTORE)
     assert table.reload([]) == ["acct"]  # a reload that drops a token
     assert len(calls) == 5
 

@@ -11,6 +11,7 @@ import re
 import time
 
 import pytest
+from token_states import put
 
 from pizauth import config, ipc, runtime
 from pizauth.ipc import NetTokenResult, TokenOutcome
@@ -105,7 +106,7 @@ def test_act_validation():
     seen.add(old_x)
 
     state = pending()
-    x = table.replace("x", state)
+    x = put(table, "x", state)
     assert x.generation != old_x and x.generation not in seen
     old_x = x.generation
     seen.add(old_x)
@@ -162,7 +163,7 @@ def test_security_change_empties_token_with_new_generation(option, value):
     table = TokenTable(accounts(f'account "x" {{ {BASE} }}'))
     token = active()
     access, refresh = token.access_token.view(), token.refresh_token.view()
-    old = table.replace("x", token).generation
+    old = put(table, "x", token).generation
     dropped = table.reload(accounts(with_option(option, value)))
     x = table.get("x")
     assert isinstance(x.state, Empty)
@@ -183,7 +184,7 @@ def test_security_change_empties_token_with_new_generation(option, value):
 def test_refresh_timing_change_keeps_token_and_generation(option, value):
     table = TokenTable(accounts(f'account "x" {{ {BASE} }}'))
     token = active()
-    old = table.replace("x", token).generation
+    old = put(table, "x", token).generation
     new_accounts = accounts(with_option(option, value))
     dropped = table.reload(new_accounts)
     x = table.get("x")
@@ -197,7 +198,7 @@ def test_refresh_timing_change_keeps_token_and_generation(option, value):
 def test_global_option_change_keeps_token():
     table = TokenTable(accounts(f'account "x" {{ {BASE} }}'))
     token = active()
-    old = table.replace("x", token).generation
+    old = put(table, "x", token).generation
     assert (
         table.reload(
             accounts(f'auth_notify_interval = 1m; refresh_retry = 5s;\naccount "x" {{ {BASE} }}')
@@ -216,11 +217,11 @@ def test_reload_returns_dropped_active_tokens_and_wipes_them():
         ty.access_token.view(),
         tz.request.code_verifier.view(),
     ]
-    table.replace("x", tx)
-    table.replace("y", ty)
-    table.replace("z", tz)
+    put(table, "x", tx)
+    put(table, "y", ty)
+    put(table, "z", tz)
     tw = active(b"tw", b"rw")
-    table.replace("w", tw)
+    put(table, "w", tw)
     # x changed, y removed, z (Pending) changed, w identical.
     dropped = table.reload(
         accounts(block("x", client_id="other") + block("z", 'scopes = ["s"];') + block("w"))
@@ -239,9 +240,9 @@ def test_replace_wipes_old_secrets_and_bumps_generation():
     table = TokenTable(accounts(block("x")))
     first = active(b"secret-access", b"secret-refresh")
     g0 = table.get("x").generation
-    g1 = table.replace("x", first).generation
+    g1 = put(table, "x", first).generation
     access, refresh = first.access_token.view(), first.refresh_token.view()
-    g2 = table.replace("x", Empty()).generation
+    g2 = put(table, "x", Empty()).generation
     assert len({g0, g1, g2}) == 3
     assert is_zeroed(access) and is_zeroed(refresh)
     assert len(first.access_token) == 0  # nothing left to read through the Secret either
@@ -251,8 +252,8 @@ def test_replace_pending_wipes_verifier():
     table = TokenTable(accounts(block("x")))
     old = pending(verifier=b"verifier-bytes")
     view = old.request.code_verifier.view()
-    table.replace("x", old)
-    table.replace("x", pending("new"))
+    put(table, "x", old)
+    put(table, "x", pending("new"))
     assert is_zeroed(view)
     assert table.pending_with_state("xyz") is None
     assert table.pending_with_state("new") is table.get("x")
@@ -261,8 +262,8 @@ def test_replace_pending_wipes_verifier():
 def test_replace_with_same_state_keeps_secrets_but_changes_generation():
     table = TokenTable(accounts(block("x")))
     token = active()
-    g1 = table.replace("x", token).generation
-    g2 = table.replace("x", token).generation
+    g1 = put(table, "x", token).generation
+    g2 = put(table, "x", token).generation
     assert g1 != g2
     assert bytes(token.access_token.view()) == b"access-token"
 
@@ -271,8 +272,8 @@ def test_wipe_all():
     table = TokenTable(accounts(block("x") + block("y")))
     token = active()
     view = token.refresh_token.view()
-    table.replace("x", token)
-    table.replace("y", pending())
+    put(table, "x", token)
+    put(table, "y", pending())
     table.wipe_all()
     assert all(isinstance(e.state, Empty) for e in table.entries.values())
     assert is_zeroed(view)
@@ -282,7 +283,7 @@ def test_generations_are_never_reused():
     table = TokenTable(accounts(block("x") + block("y")))
     seen = [e.generation for e in table.entries.values()]
     for i in range(5):
-        seen.append(table.replace("x", Empty()).generation)
+        seen.append(put(table, "x", Empty()).generation)
         table.reload(accounts(block("x", f'client_secret = "{i}";') + block("y")))
         seen.append(table.get("x").generation)
     assert len(seen) == len(set(seen))
@@ -293,14 +294,14 @@ def test_generations_are_never_reused():
 
 def test_pending_with_state():
     table = TokenTable(accounts(block("x") + block("y") + block("z")))
-    table.replace("x", pending("s1"))
-    table.replace("y", pending("s2"))
-    table.replace("z", active())
+    put(table, "x", pending("s1"))
+    put(table, "y", pending("s2"))
+    put(table, "z", active())
     assert table.pending_with_state("s2") is table.get("y")
     assert table.pending_with_state("s1") is table.get("x")
     assert table.pending_with_state("nope") is None
     assert table.pending_with_state("") is None
-    table.replace("y", Empty())
+    put(table, "y", Empty())
     assert table.pending_with_state("s2") is None
 
 
@@ -322,13 +323,13 @@ def utc(monkeypatch):
 
 def test_status_all_six_states(utc):
     table = TokenTable(accounts("".join(block(n) for n in "fedcba")))
-    table.replace("b", pending())
+    put(table, "b", pending())
     p = pending("s2")
     p.last_notification = T
-    table.replace("c", p)
-    table.replace("d", active(obtained=T, expiry=T + 3600))
-    table.replace("e", active(obtained=T - 3600, expiry=T + 60, last_refresh_attempt=T + 7))
-    table.replace("f", active(obtained=T - 3600, expiry=T + 60))
+    put(table, "c", p)
+    put(table, "d", active(obtained=T, expiry=T + 3600))
+    put(table, "e", active(obtained=T - 3600, expiry=T + 60, last_refresh_attempt=T + 7))
+    put(table, "f", active(obtained=T - 3600, expiry=T + 60))
     assert table.status(T + 1800) == "\n".join(
         [
             "a: No access token",
@@ -464,17 +465,17 @@ def test_ongoing_refresh_and_non_active_are_not_scheduled():
 def test_refresher_due_and_next_wakeup():
     table = TokenTable(accounts(block("a") + block("b") + block("c") + block("d")))
     # default timings: at least 90 min, 90 s before expiry, retry 40 s
-    table.replace("a", active(obtained=0, expiry=1000))  # due at 910
-    table.replace("b", active(obtained=0, expiry=100000))  # due at 5400
-    table.replace("c", active(obtained=0, expiry=1000, ongoing_refresh=True))
-    table.replace("d", pending())
+    put(table, "a", active(obtained=0, expiry=1000))  # due at 910
+    put(table, "b", active(obtained=0, expiry=100000))  # due at 5400
+    put(table, "c", active(obtained=0, expiry=1000, ongoing_refresh=True))
+    put(table, "d", pending())
     assert refresher.next_wakeup(table) == 910
     assert refresher.due(table, 909.9) == []
     assert [e.account.name for e in refresher.due(table, 910)] == ["a"]
     assert {e.account.name for e in refresher.due(table, 6000)} == {"a", "b"}
-    table.replace("a", Empty())
-    table.replace("b", Empty())
-    table.replace("c", Empty())
+    put(table, "a", Empty())
+    put(table, "b", Empty())
+    put(table, "c", Empty())
     assert refresher.next_wakeup(table) is None
 
 
@@ -483,7 +484,7 @@ def test_refresher_due_and_next_wakeup():
 
 def test_reminder_without_last_notification_is_due_immediately():
     table = TokenTable(accounts(block("x")))
-    table.replace("x", pending())
+    put(table, "x", pending())
     assert [e.account.name for e in notifier.due(table, 900, -1e9)] == ["x"]
     assert notifier.next_wakeup(table, 900) == float("-inf")
 
@@ -492,7 +493,7 @@ def test_reminder_after_interval():
     e = entry(Pending(pending().request, last_notification=100.0))
     assert notifier.reminder_time(e, 900) == 1000
     table = TokenTable(accounts(block("x")))
-    table.replace("x", Pending(pending().request, last_notification=100.0))
+    put(table, "x", Pending(pending().request, last_notification=100.0))
     assert notifier.due(table, 900, 999.9) == []
     assert len(notifier.due(table, 900, 1000)) == 1
 
@@ -510,7 +511,7 @@ def test_exchanging_and_non_pending_not_reminded():
     assert notifier.reminder_time(entry(Empty()), 900) is None
     assert notifier.reminder_time(entry(active()), 900) is None
     table = TokenTable(accounts(block("x") + block("y")))
-    table.replace("x", p)
-    table.replace("y", active())
+    put(table, "x", p)
+    put(table, "y", active())
     assert notifier.due(table, 900, 1e12) == []
     assert notifier.next_wakeup(table, 900) is None

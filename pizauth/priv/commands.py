@@ -11,13 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pizauth import ipc
-from pizauth.ipc import TokenEvent
 from pizauth.priv.clock import instant
 from pizauth.priv.failures import show_line
 from pizauth.priv.provider import Outcome, Unready
 from pizauth.priv.refresher import refresh_time
 from pizauth.priv.revocation import token_to_revoke
 from pizauth.priv.tokens import Active, DevicePending, Empty, Entry, Pending
+from pizauth.priv.tokenstate import Cause
 from pizauth.text import shown
 from pizauth.timeouts import RESOLVE_WAIT
 
@@ -91,7 +91,7 @@ class Commands:
             self.reply_secret(request_id, reply)
         elif active.refresh_token is None:
             # Expired and nothing to refresh it with: the user must log in again.
-            self.parent.refresher.change(entry, Empty())
+            self.parent.refresher.change(entry, Empty(), Cause.EXPIRY)
             if _device(entry):
                 self.parent.device.show(request_id, entry, withurl)
                 return
@@ -140,7 +140,7 @@ class Commands:
         # A copy for the provider, taken before the local one is wiped.
         to_revoke = token_to_revoke(entry.state)
         if not isinstance(entry.state, Empty):
-            self.parent.refresher.change(entry, Empty(), revoked=True)
+            self.parent.refresher.change(entry, Empty(), Cause.REVOKE)
         self.parent.keeper.revoked(entry.account.name)  # also out of a store opened later
         self.reply(request_id, "ok:")
         if to_revoke is not None:
@@ -237,12 +237,11 @@ class Commands:
         from pizauth.priv import dump
 
         try:
-            restored = dump.restore(self.parent.table, msg.dump)
+            dump.restore(self.parent.table, msg.dump)
         except dump.DumpError as e:
             self.reply(request_id, f"error:{e}")  # nothing has changed
             return
-        for name in restored:
-            self.parent.notifier.event(name, TokenEvent.NEW)  # pizauth 1.1 emits none
+        # Each restored token raised token_new (pizauth 1.1 raises none): the table did.
         self.reply(request_id, "ok:")
         # Nothing to wake: the loop recomputes refresh and reminder times every iteration.
 

@@ -27,6 +27,7 @@ from pizauth.priv.provider import Outcome, Ready, Unready
 from pizauth.priv.refresher import NetRequest, Refresher, RequestKind
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import DevicePending, Empty, Entry, TokenTable
+from pizauth.priv.tokenstate import Cause
 from pizauth.text import shown as shown_name
 
 log = logging.getLogger("pizauth")
@@ -148,7 +149,7 @@ class DeviceFlow:
         self._start(request_id, entry, withurl)
 
     def _start(self, request_id: int, entry: Entry, withurl: bool) -> None:
-        self.refresher.change(entry, DevicePending())
+        self.refresher.change(entry, DevicePending(), Cause.DEVICE_LOGIN)
         name, generation = entry.account.name, entry.generation
         waiting = self.resolving[name] = _Waiting([(request_id, withurl)])
 
@@ -174,7 +175,7 @@ class DeviceFlow:
     def _not_authorized(self, entry: Entry, waiting: _Waiting, why: Unready) -> None:
         name = entry.account.name
         self.refresher.failed(entry, why.message, instant())
-        self.refresher.change(entry, Empty())
+        self.refresher.change(entry, Empty(), Cause.LOGIN_FAILURE)
         if why.notify:
             self.refresher.notifier.error(
                 name, f"Device authorization for {shown_name(name)} failed: {why.message}"
@@ -233,7 +234,7 @@ class DeviceFlow:
             return
         if result.outcome is not TokenOutcome.OK:
             self.refresher.failed(entry, result.message, instant())  # status says it
-            self.refresher.change(entry, Empty())
+            self.refresher.change(entry, Empty(), Cause.LOGIN_FAILURE)
             text = f"Device authorization request for {shown_name(name)} failed: {result.message}"
             if result.outcome is TokenOutcome.TRANSIENT:
                 text += "; try again later"
@@ -251,7 +252,7 @@ class DeviceFlow:
             interval=interval,
             next_poll=now + interval,
         )
-        self.refresher.change(entry, state)  # the notifier reminds of it at once
+        self.refresher.change(entry, state, Cause.DEVICE_CODE)  # reminded of at once
         for client, withurl in clients:
             self._reply(client, shown(state, withurl))
 
@@ -278,7 +279,7 @@ class DeviceFlow:
 
     def _end(self, entry: Entry, message: str) -> None:
         self.refresher.failed(entry, message, instant())  # status and show say it
-        self.refresher.change(entry, Empty())  # wipes the device code
+        self.refresher.change(entry, Empty(), Cause.LOGIN_FAILURE)  # wipes the device code
         self.refresher.notifier.error(entry.account.name, message)
 
     # -- the schedule ------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from pizauth.ipc import Buffer
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, DevicePending, Empty, Pending, TokenTable
+from pizauth.priv.tokenstate import Cause, allows
 from pizauth.text import shown
 
 log = logging.getLogger("pizauth")
@@ -540,10 +541,12 @@ def merge(
     clock: Now | None = None,
     only: Collection[str] | None = None,
     revoked: Mapping[str, float] | None = None,
+    cause: Cause = Cause.RESTORE,
 ) -> Merged:
     """Decode a dump's plaintext and merge it into `table` by pizauth 1.1's rule; with
     `only`, into those accounts alone; with `revoked` (account name -> wall-clock time
-    of a revoke), never a token obtained before that account's revoke.
+    of a revoke), never a token obtained before that account's revoke. Each token given
+    back is a change for `cause` (restore, or the token store opened) and raises its event.
 
     Everything is decoded before anything changes, so a DumpError leaves `table` as it
     was. The caller wipes `plaintext`.
@@ -572,8 +575,8 @@ def merge(
                 if obtained <= revoked[name]:
                     left_out.append((name, "it was revoked while the store could not be opened"))
                     continue
-            # A current token or login in progress is never overwritten by an old one.
-            if not isinstance(entry.state, Empty | Pending | DevicePending):
+            # A current token is never overwritten by an old one (the state machine's rule).
+            if not allows(entry.state, cause, Active):
                 continue
             why = _too_long(token)
             if why is not None:
@@ -586,7 +589,7 @@ def merge(
                 token.refresh_token,
             )
             del dumped.accounts[name]  # its Secrets now belong to the table
-            table.replace(name, state)  # a new generation: in-flight work is dropped
+            table.transition(name, state, cause)  # a new generation: in-flight work is dropped
             restored.append(name)
     finally:
         dumped.wipe()  # tokens that were not restored

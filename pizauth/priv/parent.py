@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pizauth import config as configuration
 from pizauth import ipc, runtime
-from pizauth.ipc import MsgType, TokenEvent
+from pizauth.ipc import MsgType
 from pizauth.priv.authurl import effective_redirect_uri, redirect_matches
 from pizauth.priv.children import RESTART_DELAY, Child
 from pizauth.priv.clock import instant
@@ -39,6 +39,7 @@ from pizauth.priv.refresher import next_wakeup as next_refresh
 from pizauth.priv.revocation import Revoker
 from pizauth.priv.storekeeper import StoreKeeper
 from pizauth.priv.tokens import DevicePending, Empty, Pending, TokenTable
+from pizauth.priv.tokenstate import Cause
 from pizauth.priv.untrusted import received
 from pizauth.text import shown
 from pizauth.timeouts import SHUTDOWN_FLUSH
@@ -93,6 +94,8 @@ class Parent:
         self.sel = selectors.DefaultSelector()
         self.hooks = HookRunner(self.watch, self.unwatch)
         self.notifier = Notifier(self.hooks, lambda: self.config)
+        # Each event a change of token state raises goes to token_event_cmd.
+        self.table.on_event = lambda name, event: self.notifier.event(name, event)
         self.keeper = StoreKeeper(config, self.table, self.notifier, self.watch, self.unwatch)
         # Every request to the network child, whoever makes it (runtime.Calls).
         self.netcalls = runtime.Calls(
@@ -348,7 +351,7 @@ class Parent:
             )
             if from_child:
                 self.refresher.failed(entry, NETWORK_RESTARTED, instant())
-                self.refresher.change(entry, Empty())
+                self.refresher.change(entry, Empty(), Cause.NETWORK_LOST)
 
     # -- the command child ------------------------------------------------------------------
 
@@ -404,7 +407,7 @@ class Parent:
         if error is not None:
             description = url.get("error_description")
             self.refresher.failed(entry, callback_error(error, description), instant())
-            self.refresher.change(entry, Empty())
+            self.refresher.change(entry, Empty(), Cause.LOGIN_FAILURE)
             # A page that says what failed and what to do (the network child escapes it).
             reason = f"{error} ({description})" if description else error
             self.verdict(
@@ -442,8 +445,7 @@ class Parent:
             # At error level: a warning is not logged without -v, and this one matters.
             log.error("%s", warning, extra={"kept_as": CONFIG_PERMISSIONS})
         self.keeper.reloaded(config)
-        for name in self.table.reload(config.accounts):
-            self.notifier.event(name, TokenEvent.INVALIDATED)
+        self.table.reload(config.accounts)  # each token dropped raises token_invalidated
         return None
 
     def touch_socket(self) -> None:
@@ -464,7 +466,7 @@ class Parent:
         # Pending URLs name the old redirect port: those logins must start afresh.
         for entry in self.table.entries.values():
             if isinstance(entry.state, Pending):
-                self.refresher.change(entry, Empty())
+                self.refresher.change(entry, Empty(), Cause.RELOAD)
 
     def shutdown(self) -> None:
         self.keeper.last_write()  # the store stays, for the next start

@@ -26,6 +26,7 @@ from pizauth.priv.notifier import Notifier
 from pizauth.priv.provider import Outcome, Unready, configured
 from pizauth.priv.secmem import Secret
 from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenState, TokenTable
+from pizauth.priv.tokenstate import Cause
 from pizauth.text import shown
 from pizauth.timeouts import TRANSIENT_ERROR_IF
 
@@ -126,7 +127,7 @@ class Refresher:
         """A new authorisation request; the notifier reminds of it at once."""
         request = new_auth_request(self.known(entry.account), *self._ports())
         pending = Pending(request)
-        self.change(entry, pending)
+        self.change(entry, pending, Cause.LOGIN)
         return pending
 
     def refresh_due(self, now: float) -> None:
@@ -139,7 +140,7 @@ class Refresher:
             return
         if active.refresh_token is None:
             if active.expiry <= now:
-                self.change(entry, Empty())  # kept while it lasted, now gone
+                self.change(entry, Empty(), Cause.EXPIRY)  # kept while it lasted, now gone
             return
         log.info("starting inner refresh")
         active.ongoing_refresh = True
@@ -223,7 +224,7 @@ class Refresher:
         name = entry.account.name
         log.error("Refreshing %s: %s", shown(name), why)
         self.failed(entry, why, instant())
-        self.change(entry, Empty())
+        self.change(entry, Empty(), Cause.REFRESH_FAILURE)
         self.notifier.error(name, f"Refreshing {shown(name)} failed permanently: {why}")
 
     def _client_secret(self, entry: Entry) -> memoryview | None:
@@ -257,12 +258,13 @@ class Refresher:
         name = entry.account.name
         now = instant()
         if result.outcome is TokenOutcome.OK:
-            self._token_received(entry, result, now, request.endpoint)
+            cause = Cause.REFRESH if request.kind == RequestKind.REFRESH else Cause.GRANT
+            self._token_received(entry, result, now, request.endpoint, cause)
             if request.kind == RequestKind.EXCHANGE:
                 self.exchange_done(name, None)
         elif request.kind == RequestKind.EXCHANGE:
             self.failed(entry, result.message, now)
-            self.change(entry, Empty())
+            self.change(entry, Empty(), Cause.LOGIN_FAILURE)
             self.notifier.error(name, f"Authentication for {shown(name)} failed: {result.message}")
             self.exchange_done(name, result.message)
         elif result.outcome is TokenOutcome.TRANSIENT:
@@ -270,7 +272,7 @@ class Refresher:
         else:
             log.info("Permanent refresh error for %s: %s", shown(name), result.message)
             self.failed(entry, result.message, now)
-            self.change(entry, Empty())
+            self.change(entry, Empty(), Cause.REFRESH_FAILURE)
             # A token that can no longer be refreshed is news the user needs.
             self.notifier.error(
                 name, f"Refreshing {shown(name)} failed permanently: {result.message}"
@@ -284,12 +286,11 @@ class Refresher:
     def token_received(
         self, entry: Entry, result: NetTokenResult, now: float, endpoint: str
     ) -> None:
-        """A token obtained (by a code exchange, a refresh or a device login) through
-        token endpoint `endpoint`."""
-        self._token_received(entry, result, now, endpoint)
+        """A token a device login obtained through token endpoint `endpoint`."""
+        self._token_received(entry, result, now, endpoint, Cause.GRANT)
 
     def _token_received(
-        self, entry: Entry, result: NetTokenResult, now: float, endpoint: str
+        self, entry: Entry, result: NetTokenResult, now: float, endpoint: str, cause: Cause
     ) -> None:
         # expires_in is only recommended (RFC 6749): without it, refresh_at_least decides.
         expires_in = result.expires_in
@@ -308,7 +309,7 @@ class Refresher:
         entry.last_error = None
         active = Active(Secret(result.access_token), now, now + expires_in, refresh_token)
         active.token_uri = endpoint or None
-        self.change(entry, active)
+        self.change(entry, active, cause)
 
     def transient_failure(
         self, entry: Entry, message: str, now: float, retry_after: int | None = None
@@ -336,7 +337,7 @@ class Refresher:
                     current.state.ongoing_refresh = False
                 else:
                     log.error("Permanent refresh error for %s: %s", shown(name), error)
-                    self.change(current, Empty())
+                    self.change(current, Empty(), Cause.REFRESH_FAILURE)
 
             active.ongoing_refresh = True
             self.hooks.start(cmd, {"PIZAUTH_ACCOUNT": name}, TRANSIENT_ERROR_IF, judged)
@@ -355,7 +356,7 @@ class Refresher:
         elif request.kind == RequestKind.REFRESH and isinstance(entry.state, Active):
             self.transient_failure(entry, "network process restarted", instant())
 
-    def change(self, entry: Entry, state: TokenState, revoked: bool = False) -> None:
-        """Every state change of a token: the table moves it, the notifier tells of it."""
-        name = entry.account.name
-        self.notifier.event(name, self.table.transition(name, state, revoked))
+    def change(self, entry: Entry, state: TokenState, cause: Cause) -> None:
+        """A change of `entry`'s token state for `cause`: the table makes it, if the state
+        machine allows it, and raises its event (priv/tokenstate.py)."""
+        self.table.transition(entry.account.name, state, cause)

@@ -24,13 +24,13 @@ from collections.abc import Callable
 
 from pizauth import ipc, paths
 from pizauth.config import Config
-from pizauth.ipc import TokenEvent
 from pizauth.priv import secretcmd, store, storerevoked
 from pizauth.priv.clock import instant
 from pizauth.priv.notifier import Notifier
 from pizauth.priv.secmem import Secret
 from pizauth.priv.store import Aead, Status, Store, StoreError, WriteSchedule
 from pizauth.priv.tokens import TokenTable
+from pizauth.priv.tokenstate import Cause
 from pizauth.text import shown
 from pizauth.timeouts import STORE_LAST_KEY as LAST_KEY
 
@@ -177,7 +177,9 @@ class StoreKeeper:
                 if self.generations_at_start.get(name) == entry.generation
             }
         try:
-            merged = dump.merge(self.table, plaintext, only=only, revoked=revoked)
+            merged = dump.merge(
+                self.table, plaintext, only=only, revoked=revoked, cause=Cause.STORE_OPEN
+            )  # each token given back raises token_new, as `pizauth restore` does
         except dump.DumpError as e:
             self.store.not_opened(f"token store {self.store.path} is damaged: {e}")
             self._set_aside(f"token store {self.store.path} is damaged: {e}", report)
@@ -188,8 +190,6 @@ class StoreKeeper:
             self.notifier.error(name, f"Token of {shown(name)} not restored from the store: {why}")
         for name, why in merged.left_out:
             log.error("token of %s not restored from the store: %s", shown(name), why)
-        for name in merged.restored:
-            self.notifier.event(name, TokenEvent.NEW)  # as `pizauth restore` does
         log.info("token store: %d token(s) restored", len(merged.restored))
 
     def _set_aside(self, why: str, report: Callable[[str], None]) -> None:

@@ -1,8 +1,9 @@
 """Token state per account: Empty -> Pending -> Active, and back to Empty.
 A device-flow account (auth_flow = "device") is DevicePending instead of Pending.
 
-Every change of state goes through TokenTable.transition, which also says
-which event (if any) token_event_cmd is told of.
+Every change of state goes through TokenTable (transition, reload, wipe_all), which
+makes it only if the state machine (priv/tokenstate.py) allows it, and raises the event
+(if any) the machine says token_event_cmd is told of.
 
 Each account has a generation that changes whenever its token state is
 replaced or a reload changes the account. Work that takes time (a code
@@ -20,72 +21,20 @@ from dataclasses import dataclass
 
 from pizauth.config import Account
 from pizauth.ipc import TokenEvent
-from pizauth.priv.authurl import AuthRequest
 from pizauth.priv.clock import format_instant
 from pizauth.priv.failures import LastError, status_suffix
 from pizauth.priv.secmem import Secret
+from pizauth.priv.tokenstate import (
+    Active,
+    Cause,
+    DevicePending,
+    Empty,
+    Pending,
+    TokenState,
+    step,
+)
 
-
-@dataclass(slots=True)
-class Empty:
-    def wipe(self) -> None:
-        pass
-
-
-@dataclass(slots=True)
-class Pending:
-    request: AuthRequest
-    last_notification: float | None = None
-    # A code exchange is under way: a second callback (a reload of the page) must not
-    # send the code again, which some providers punish by revoking the grant.
-    exchanging: bool = False
-
-    def wipe(self) -> None:
-        self.request.code_verifier.wipe()
-
-
-@dataclass(slots=True)
-class DevicePending:
-    """A device login (RFC 8628). Until the provider has answered the device
-    authorization request, `device_code` is None and nothing is to be shown or polled.
-    priv/device.py holds the schedule."""
-
-    device_code: Secret | None = None  # a credential, like a refresh token
-    user_code: str = ""
-    uri: str = ""  # verification_uri_complete if the provider gave one, else verification_uri
-    expires_at: float = float("inf")
-    interval: float = 0.0  # seconds between polls: the provider's, plus 5 per slow_down
-    next_poll: float = float("inf")
-    polling: bool = False  # a poll is under way: never two at once
-    last_notification: float | None = None
-
-    def wipe(self) -> None:
-        if self.device_code is not None:
-            self.device_code.wipe()
-
-
-@dataclass(slots=True)
-class Active:
-    access_token: Secret
-    obtained: float
-    expiry: float
-    refresh_token: Secret | None
-    ongoing_refresh: bool = False
-    consecutive_refresh_fails: int = 0
-    last_refresh_attempt: float | None = None
-    # What the provider's Retry-After asked for with the last transient failure, if any.
-    retry_after: int | None = None
-    # The token endpoint that issued the token, the only one its refresh token goes to
-    # (priv/binding.py); None when restored from a dump or the store, until a refresh.
-    token_uri: str | None = None
-
-    def wipe(self) -> None:
-        self.access_token.wipe()
-        if self.refresh_token is not None:
-            self.refresh_token.wipe()
-
-
-TokenState = Empty | Pending | DevicePending | Active
+__all__ = ["Active", "Cause", "DevicePending", "Empty", "Entry", "Pending", "TokenState"]
 
 
 @dataclass(slots=True)
@@ -110,6 +59,8 @@ class TokenTable:
         # Told whenever a token appears, changes or goes (every replace or reload that
         # touches an Active state): the token store is rewritten after it.
         self.on_change: Callable[[], None] = lambda: None
+        # Told of each event a change raises (the parent's notifier: token_event_cmd).
+        self.on_event: Callable[[str, TokenEvent], None] = lambda name, event: None
 
     def client_secret(self, name: str) -> Secret | None:
         """The account's client secret as a Secret (made once per configuration load)."""
@@ -122,25 +73,12 @@ class TokenTable:
         entry = self.entries.get(name)
         return entry is not None and entry.generation == generation
 
-    def transition(self, name: str, state: TokenState, revoked: bool = False) -> TokenEvent | None:
-        """Move `name` to `state` (see replace); the event this raises, if any.
-
-        A token obtained is new, unless it replaces an active one (a refresh); an
-        active token that goes is revoked if the user asked (`revoked`), else
-        invalidated. Nothing else raises an event.
-        """
-        had_token = isinstance(self.entries[name].state, Active)
-        self.replace(name, state)
-        if isinstance(state, Active):
-            return TokenEvent.REFRESHED if had_token else TokenEvent.NEW
-        if had_token:
-            return TokenEvent.REVOKED if revoked else TokenEvent.INVALIDATED
-        return None
-
-    def replace(self, name: str, state: TokenState) -> Entry:
-        """Give `name` a new token state and generation, wiping the old state.
-        Handlers use transition(); this is for restoring a dump."""
+    def transition(self, name: str, state: TokenState, cause: Cause) -> Entry:
+        """Move `name` to `state` for `cause`, if the state machine allows it (else
+        IllegalTransition, and nothing changes): a new generation, the old state wiped
+        (unless it is `state` itself), and the event the machine names raised."""
         entry = self.entries[name]
+        event = step(entry.state, cause, state)
         tokens_changed = isinstance(entry.state, Active) or isinstance(state, Active)
         if entry.state is not state:
             entry.state.wipe()
@@ -148,6 +86,8 @@ class TokenTable:
         entry.generation = next(self._generations)
         if tokens_changed:
             self.on_change()
+        if event is not None:
+            self.on_event(name, event)
         return entry
 
     def pending_with_state(self, state: str) -> Entry | None:
@@ -158,38 +98,52 @@ class TokenTable:
 
     def reload(self, accounts: Iterable[Account]) -> list[str]:
         """Apply a new configuration: an account whose endpoints or client changed starts
-        afresh. Returns the accounts whose token was dropped (each is invalidated)."""
+        afresh (a new entry, so a new generation), one no longer configured goes. Returns
+        the accounts whose token was dropped (each is invalidated)."""
         accounts = list(accounts)
+        kept = {
+            a.name
+            for a in accounts
+            if a.name in self.entries
+            and self.entries[a.name].account.security_key() == a.security_key()
+        }
+        # Changed accounts in the new configuration's order, then those that went. Each
+        # is checked before anything changes: an illegal change leaves the table as it was.
+        gone = [self.entries[a.name] for a in accounts if a.name in self.entries]
+        gone += [e for name, e in self.entries.items() if name not in {a.name for a in accounts}]
+        gone = [e for e in gone if e.account.name not in kept]
+        events = [(e.account.name, step(e.state, Cause.RELOAD, Empty())) for e in gone]
         _wipe_secrets(self.client_secrets)
         self.client_secrets = _client_secrets(accounts)
-        dropped = []
         new: dict[str, Entry] = {}
         for account in accounts:
-            old = self.entries.pop(account.name, None)
-            if old is not None and old.account.security_key() == account.security_key():
-                old.account = account
-                new[account.name] = old
+            if account.name in kept:
+                new[account.name] = self.entries[account.name]
+                new[account.name].account = account
             else:
-                if old is not None:
-                    if isinstance(old.state, Active):
-                        dropped.append(account.name)
-                    old.state.wipe()
                 new[account.name] = Entry(account, next(self._generations), Empty())
-        for old in self.entries.values():
-            if isinstance(old.state, Active):
-                dropped.append(old.account.name)
+        for old in gone:
             old.state.wipe()
         self.entries = new
+        dropped = [name for name, event in events if event is not None]
         if dropped:
             self.on_change()
+        for name, event in events:
+            if event is not None:
+                self.on_event(name, event)
         return dropped
 
     def wipe_all(self) -> None:
-        """Forget every token and client secret (shutdown)."""
-        for entry in self.entries.values():
-            entry.state.wipe()
-            entry.state = Empty()
-        _wipe_secrets(self.client_secrets)
+        """Forget every token and client secret (shutdown). The last change: no
+        generation, token store write or event follows it."""
+        try:
+            for entry in self.entries.values():
+                step(entry.state, Cause.SHUTDOWN, Empty())
+        finally:  # even a bug leaves no token behind
+            for entry in self.entries.values():
+                entry.state.wipe()
+                entry.state = Empty()
+            _wipe_secrets(self.client_secrets)
 
     def status(self, now: float) -> str:
         lines = [

@@ -4,11 +4,13 @@ A frame is a 16-byte header -- type, total length, request id, sender pid, all
 u32 in network byte order -- followed by the payload: a sequence of fields,
 each a u32 length and that many bytes (the layout of OpenBSD's imsg).
 
-Each message type is a frozen dataclass below with `encode(request_id)` and
-`decode(msg)`; both the sender and the receiver use it. Every field has a
-size limit, checked on both sides: a field over it, a wrong field count or a
-malformed value is a ProtocolError, which ends the peer's channel and never
-the process that received it. docs/protocol.md lists every message.
+Each message type is a frozen dataclass below (@message) with `encode(request_id)`
+and `decode(msg)`; both the sender and the receiver use it. Its fields are declared
+once, each with the codec that carries it and its size limit (wire()); encoding,
+decoding and the field count follow from them. Every limit is checked on both
+sides: a field over it, a wrong field count or a malformed value is a
+ProtocolError, which ends the peer's channel and never the process that received
+it. docs/protocol.md lists every message.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class Call:
 
     def failure(self, outcome: TokenOutcome, message: str) -> ipc.Wire:
         """The result of this call when it could not be made."""
-        return self.result(outcome, message)  # type: ignore[call-arg]
+        return self.result(outcome, message)
 
     def lost_result(self) -> ipc.Wire:
         """The result of this call when its worker never answered."""

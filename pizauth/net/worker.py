@@ -8,9 +8,9 @@ network child forks at start-up, before it has any thread, any secret or any
 private key, and before its seccomp filter forbids it to make processes:
 
     network child --SCM_RIGHTS: one end of a new socketpair--> launcher
-    launcher --fork--> worker: reads one NET_EXCHANGE, NET_REFRESH or NET_DEVICE_POLL
-    frame on that socket, makes the call, writes one NET_TOKEN_RESULT frame, exits
-    (a NET_DEVICE_AUTH is answered by one NET_DEVICE_AUTH_RESULT frame instead).
+    launcher --fork--> worker: reads one request frame on that socket, makes the
+    call, writes one frame of the call's result type, exits (the calls and their
+    results: net/calls.py).
 
 The launcher only ever sees descriptors (each with the type of the request it will
 carry), never a request or a result. It runs at most limits.MAX_WORKERS workers at

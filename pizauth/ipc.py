@@ -4,22 +4,25 @@ A frame is a 16-byte header -- type, total length, request id, sender pid, all
 u32 in network byte order -- followed by the payload: a sequence of fields,
 each a u32 length and that many bytes (the layout of OpenBSD's imsg).
 
-Each message type is a frozen dataclass below with `encode(request_id)` and
-`decode(msg)`; both the sender and the receiver use it. Every field has a
-size limit, checked on both sides: a field over it, a wrong field count or a
-malformed value is a ProtocolError, which ends the peer's channel and never
-the process that received it. docs/protocol.md lists every message.
+Each message type is a frozen dataclass below (@message) with `encode(request_id)`
+and `decode(msg)`; both the sender and the receiver use it. Its fields are declared
+once, each with the codec that carries it and its size limit (wire()); encoding,
+decoding and the field count follow from them. Every limit is checked on both
+sides: a field over it, a wrong field count or a malformed value is a
+ProtocolError, which ends the peer's channel and never the process that received
+it. docs/protocol.md lists every message.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import socket
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from dataclasses import MISSING, dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 from pizauth import limits
 from pizauth.timeouts import RETRY_AFTER_MAX
@@ -280,14 +283,6 @@ MAX_RETRY_AFTER = int(RETRY_AFTER_MAX)
 MAX_RETRY_AFTER_DIGITS = len(str(MAX_RETRY_AFTER))
 
 
-def _optional_number(value: int | None) -> bytes:
-    return b"" if value is None else str(value).encode()
-
-
-def _retry_after(field: memoryview) -> int | None:
-    return number(field, 0, MAX_RETRY_AFTER) if field.nbytes else None
-
-
 E = TypeVar("E", bound=enum.Enum)
 
 
@@ -323,8 +318,10 @@ def cut(message: str, limit: int) -> str:
 
 
 class TokenOutcome(str, enum.Enum):
-    """How a token request ended. A transient failure of a refresh is retried later;
-    a permanent one (and every failed code exchange) needs the user to log in again."""
+    """How a request to a provider ended, for every kind of request (token, device
+    authorization, metadata, revocation). A transient failure may work later (a refresh
+    is retried); a permanent one (and every failed code exchange) will not: for a token,
+    the user must log in again."""
 
     OK = "ok"
     TRANSIENT = "transient"
@@ -348,27 +345,209 @@ class TokenEvent(str, enum.Enum):
     INVALIDATED = "token_invalidated"
 
 
+# -- how a field travels ------------------------------------------------------------------------
+#
+# Each field of a message is declared once, in its dataclass, with the codec that carries it:
+# `name: type = wire(Codec(...))`. The codec says how the value becomes wire fields (one, or
+# two for an optional secret) and the size limit of each; encode, decode, the field count and
+# LIMITS all follow from the declarations, in their order.
+
+
+class Codec:
+    """How one dataclass field travels: `limits` has one size limit (bytes) per wire field."""
+
+    limits: tuple[int, ...] = ()
+
+    def encode(self, value: Any) -> list[Buffer]:
+        raise NotImplementedError
+
+    def decode(self, fields: tuple[memoryview, ...]) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Text(Codec):
+    """A str that is never secret (names, URLs, messages), as UTF-8."""
+
+    limit: int
+
+    @property
+    def limits(self) -> tuple[int, ...]:
+        return (self.limit,)
+
+    def encode(self, value: str) -> list[Buffer]:
+        return [value.encode()]
+
+    def decode(self, fields: tuple[memoryview, ...]) -> str:
+        return text(fields[0])
+
+
+@dataclass(frozen=True)
+class Raw(Codec):
+    """A buffer as it is: a secret or a reply for a client. Decoded, a view of the frame,
+    so that the receiver can copy it where it belongs and wipe the frame."""
+
+    limit: int
+
+    @property
+    def limits(self) -> tuple[int, ...]:
+        return (self.limit,)
+
+    def encode(self, value: Buffer) -> list[Buffer]:
+        return [value]
+
+    def decode(self, fields: tuple[memoryview, ...]) -> memoryview:
+        return fields[0]
+
+
+@dataclass(frozen=True)
+class OptionalRaw(Codec):
+    """A buffer or None (a public client's secret), as a flag and the buffer ("" if None)."""
+
+    limit: int
+
+    @property
+    def limits(self) -> tuple[int, ...]:
+        return (1, self.limit)
+
+    def encode(self, value: Buffer | None) -> list[Buffer]:
+        return [flag(value is not None), b"" if value is None else value]
+
+    def decode(self, fields: tuple[memoryview, ...]) -> memoryview | None:
+        has_value, value = fields
+        return value if read_flag(has_value) else None
+
+
+@dataclass(frozen=True)
+class Flag(Codec):
+    limits = (1,)
+
+    def encode(self, value: bool) -> list[Buffer]:
+        return [flag(value)]
+
+    def decode(self, fields: tuple[memoryview, ...]) -> bool:
+        return read_flag(fields[0])
+
+
+@dataclass(frozen=True)
+class Number(Codec):
+    """An int in [low, high] as ASCII digits; with `optional`, None travels as ""."""
+
+    low: int
+    high: int
+    optional: bool = False
+
+    @property
+    def limits(self) -> tuple[int, ...]:
+        return (len(str(self.high)),)
+
+    def encode(self, value: int | None) -> list[Buffer]:
+        return [b"" if value is None else str(value).encode()]
+
+    def decode(self, fields: tuple[memoryview, ...]) -> int | None:
+        if self.optional and not fields[0].nbytes:
+            return None
+        return number(fields[0], self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Choice(Codec):
+    """A member of a str enum, as its value."""
+
+    kind: type[enum.Enum]
+
+    @property
+    def limits(self) -> tuple[int, ...]:
+        return (max(len(member.value) for member in self.kind),)
+
+    def encode(self, value: enum.Enum) -> list[Buffer]:
+        return [self.kind(value).value.encode()]
+
+    def decode(self, fields: tuple[memoryview, ...]) -> enum.Enum:
+        return choice(fields[0], self.kind)
+
+
+@dataclass(frozen=True)
+class OneOf(Codec):
+    """One of a few words, kept as str (`what` names it in errors)."""
+
+    words: tuple[str, ...]
+    what: str
+
+    @property
+    def limits(self) -> tuple[int, ...]:
+        return (max(len(word) for word in self.words),)
+
+    def encode(self, value: str) -> list[Buffer]:
+        return [value.encode()]
+
+    def decode(self, fields: tuple[memoryview, ...]) -> str:
+        word = text(fields[0])
+        if word not in self.words:
+            raise ProtocolError(f"bad {self.what}")
+        return word
+
+
+@dataclass(frozen=True)
+class Pairs(Codec):
+    """(key, value) str pairs, in order, as one packed list (pack_list) of both."""
+
+    limit: int
+
+    @property
+    def limits(self) -> tuple[int, ...]:
+        return (self.limit,)
+
+    def encode(self, value: tuple[tuple[str, str], ...]) -> list[Buffer]:
+        return [pack_list([s.encode() for pair in value for s in pair])]
+
+    def decode(self, fields: tuple[memoryview, ...]) -> tuple[tuple[str, str], ...]:
+        flat = [text(v) for v in unpack_list(fields[0])]
+        if len(flat) % 2:
+            raise ProtocolError("odd number of query fields")
+        return tuple(zip(flat[::2], flat[1::2], strict=True))
+
+
+def wire(codec: Codec, default: Any = MISSING) -> Any:
+    """A message field that travels by `codec` (see above)."""
+    return field(default=default, metadata={"codec": codec})
+
+
 # -- the messages -------------------------------------------------------------------------------
 
 W = TypeVar("W", bound="Wire")
 
 
 class Wire:
-    """One message type: its fields, each with a size limit in bytes (LIMITS, in
-    field order). Subclasses give `fields()` and `from_fields()`."""
+    """One message type. Its dataclass fields are its wire fields, in order, each with its
+    codec (wire()); LIMITS, the size limit of each wire field, follows from them. Anything
+    else on the class (TYPE, and any other ClassVar) is not a field."""
 
     __slots__ = ()
     TYPE: ClassVar[MsgType]
     LIMITS: ClassVar[tuple[int, ...]] = ()
     # A frame of this type may hold a secret: its sender wipes it once written.
     SECRET: ClassVar[bool] = False
+    # (field name, codec) in wire order, set by @message
+    CODECS: ClassVar[tuple[tuple[str, Codec], ...]] = ()
 
     def fields(self) -> Sequence[Buffer]:
-        return ()
+        return [f for name, codec in self.CODECS for f in codec.encode(getattr(self, name))]
 
     @classmethod
     def from_fields(cls: type[W], fields: tuple[memoryview, ...]) -> W:
-        return cls()
+        values: dict[str, Any] = {}
+        at = 0
+        for name, codec in cls.CODECS:
+            width = len(codec.limits)
+            values[name] = codec.decode(fields[at : at + width])
+            at += width
+        result = cls(**values)
+        result.check()
+        return result
+
+    def check(self) -> None:
+        """Refuse (ProtocolError) a decoded message whose fields disagree with each other."""
 
     def encode(self, request_id: int) -> bytearray:
         """The frame; a bytearray, so a sender of secrets can wipe it once sent."""
@@ -385,93 +564,90 @@ class Wire:
         return cls.from_fields(msg.fields)
 
 
+def message(cls: type[W]) -> type[W]:
+    """`cls` as a frozen, slotted dataclass whose fields, each declared with wire(), are
+    its message's fields in wire order; sets its CODECS and LIMITS from them."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+    codecs = []
+    for f in dataclasses.fields(cls):
+        codec = f.metadata.get("codec")
+        if not isinstance(codec, Codec):
+            raise TypeError(f"{cls.__name__}.{f.name} is not declared with wire()")
+        codecs.append((f.name, codec))
+    cls.CODECS = tuple(codecs)
+    cls.LIMITS = tuple(limit for _, codec in codecs for limit in codec.limits)
+    return cls
+
+
 def _check_sizes(msg_type: MsgType, sizes: tuple[int, ...], fields: Sequence[Buffer]) -> None:
     if len(fields) != len(sizes):
         raise ProtocolError(f"{msg_type.name} takes {len(sizes)} fields")
-    for i, (field, limit) in enumerate(zip(fields, sizes, strict=True)):
-        if memoryview(field).nbytes > limit:
+    for i, (field_, limit) in enumerate(zip(fields, sizes, strict=True)):
+        if memoryview(field_).nbytes > limit:
             raise ProtocolError(f"{msg_type.name} field {i} over its limit of {limit} bytes")
 
 
-def _name(field: memoryview) -> str:
-    return text(field)
-
+ACCOUNT = Text(limits.MAX_ACCOUNT_NAME)
+URI = Text(limits.MAX_URI)
+SECONDS = Number(0, limits.MAX_SECONDS)
+RESULT_MESSAGE = Text(limits.MAX_RESULT_MESSAGE)
+ERROR_CODE = Text(limits.MAX_ERROR_CODE)  # the provider's OAuth error code
+OUTCOME = Choice(TokenOutcome)
+# A provider's Retry-After, in whole seconds, as the network child read it: from 0 up to
+# timeouts.RETRY_AFTER_MAX; the field is empty when there was none.
+RETRY_AFTER = Number(0, MAX_RETRY_AFTER, optional=True)
 
 # command child -> parent: one message per client request, answered by CMD_REPLY.
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdReady(Wire):
     """The command child serves the control socket."""
 
     TYPE = MsgType.CMD_READY
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdShow(Wire):
     TYPE = MsgType.CMD_SHOW
-    LIMITS = (1, limits.MAX_ACCOUNT_NAME)
-    withurl: bool
-    account: str
-
-    def fields(self) -> Sequence[Buffer]:
-        return [flag(self.withurl), self.account.encode()]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdShow:
-        return cls(read_flag(fields[0]), _name(fields[1]))
+    withurl: bool = wire(Flag())
+    account: str = wire(ACCOUNT)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdRefresh(Wire):
     TYPE = MsgType.CMD_REFRESH
-    LIMITS = (1, limits.MAX_ACCOUNT_NAME)
-    withurl: bool
-    account: str
-
-    def fields(self) -> Sequence[Buffer]:
-        return [flag(self.withurl), self.account.encode()]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdRefresh:
-        return cls(read_flag(fields[0]), _name(fields[1]))
+    withurl: bool = wire(Flag())
+    account: str = wire(ACCOUNT)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdRevoke(Wire):
     TYPE = MsgType.CMD_REVOKE
-    LIMITS = (limits.MAX_ACCOUNT_NAME,)
-    account: str
-
-    def fields(self) -> Sequence[Buffer]:
-        return [self.account.encode()]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdRevoke:
-        return cls(_name(fields[0]))
+    account: str = wire(ACCOUNT)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdStatus(Wire):
     TYPE = MsgType.CMD_STATUS
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdInfo(Wire):
     TYPE = MsgType.CMD_INFO
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdReload(Wire):
     TYPE = MsgType.CMD_RELOAD
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdShutdown(Wire):
     TYPE = MsgType.CMD_SHUTDOWN
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdDump(Wire):
     TYPE = MsgType.CMD_DUMP
 
@@ -480,85 +656,60 @@ class CmdDump(Wire):
 MAX_RESTORE = MAX_MESSAGE - 1024
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdRestore(Wire):
     """A dump to restore: secret, a view of the frame, never copied."""
 
     TYPE = MsgType.CMD_RESTORE
-    LIMITS = (MAX_RESTORE,)
-    dump: Buffer
-
-    def fields(self) -> Sequence[Buffer]:
-        return [self.dump]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdRestore:
-        return cls(fields[0])
+    dump: Buffer = wire(Raw(MAX_RESTORE))
 
 
 # parent -> command child
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CmdReply(Wire):
-    """The reply exactly as the client is to read it; it may hold a token or a dump."""
+    """The reply exactly as the client is to read it."""
 
     TYPE = MsgType.CMD_REPLY
+    text: Buffer = wire(Raw(MAX_MESSAGE - HEADER_SIZE - FIELD_LEN.size))
+
+
+class CmdSecretReply(CmdReply):
+    """A CMD_REPLY holding a token or a dump: the same frame, wiped once written."""
+
+    __slots__ = ()
     SECRET = True
-    LIMITS = (MAX_MESSAGE - HEADER_SIZE - FIELD_LEN.size,)
-    text: Buffer
-
-    def fields(self) -> Sequence[Buffer]:
-        return [self.text]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> CmdReply:
-        return cls(fields[0])
 
 
 # network child -> parent
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetReady(Wire):
     """The network child serves; with HTTPS, the certificate `info` shows."""
 
     TYPE = MsgType.NET_READY
-    LIMITS = (limits.MAX_PUBLIC_KEY, limits.MAX_FINGERPRINT)
-    public_key: str  # PEM, empty without HTTPS
-    fingerprint: str  # SHA-256 of the certificate, empty without HTTPS
-
-    def fields(self) -> Sequence[Buffer]:
-        return [self.public_key.encode(), self.fingerprint.encode()]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetReady:
-        return cls(text(fields[0]), text(fields[1]))
+    public_key: str = wire(Text(limits.MAX_PUBLIC_KEY))  # PEM, empty without HTTPS
+    # SHA-256 of the certificate, empty without HTTPS
+    fingerprint: str = wire(Text(limits.MAX_FINGERPRINT))
 
 
 # A query is at most the redirect request, but each value gains a length prefix.
 MAX_QUERY = 5 * limits.MAX_REDIRECT_REQUEST
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetCallback(Wire):
     """A browser's redirect request as the network child parsed it."""
 
     TYPE = MsgType.NET_CALLBACK
-    LIMITS = (
-        len("https"),
-        limits.MAX_REDIRECT_REQUEST,
-        len("65535"),
-        limits.MAX_REDIRECT_REQUEST,
-        1,
-        MAX_QUERY,
-    )
-    scheme: str
-    host: str
-    port: int
-    path: str
-    has_fragment: bool
-    pairs: tuple[tuple[str, str], ...]  # the query, form-decoded, in order
+    scheme: str = wire(Text(len("https")))
+    host: str = wire(Text(limits.MAX_REDIRECT_REQUEST))
+    port: int = wire(Number(0, 65535))
+    path: str = wire(Text(limits.MAX_REDIRECT_REQUEST))
+    has_fragment: bool = wire(Flag())
+    pairs: tuple[tuple[str, str], ...] = wire(Pairs(MAX_QUERY))  # the query, form-decoded
 
     def get(self, key: str) -> str | None:
         """The first value of `key`: a repeated parameter counts once, as the original does."""
@@ -567,212 +718,80 @@ class NetCallback(Wire):
                 return v
         return None
 
-    def fields(self) -> Sequence[Buffer]:
-        flat = [s.encode() for pair in self.pairs for s in pair]
-        return [
-            self.scheme.encode(),
-            self.host.encode(),
-            str(self.port).encode(),
-            self.path.encode(),
-            flag(self.has_fragment),
-            pack_list(flat),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetCallback:
-        scheme, host, port, path, has_fragment, packed = fields
-        flat = [text(v) for v in unpack_list(packed)]
-        if len(flat) % 2:
-            raise ProtocolError("odd number of query fields")
-        return cls(
-            scheme=text(scheme),
-            host=text(host),
-            port=number(port, 0, 65535),
-            path=text(path),
-            has_fragment=read_flag(has_fragment),
-            pairs=tuple(zip(flat[::2], flat[1::2], strict=True)),
-        )
-
 
 Callback = NetCallback  # the name the redirect parser and the URL checks know it by
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetTokenResult(Wire):
-    """How a NET_EXCHANGE or NET_REFRESH with the same request id ended. The tokens are
-    secret: views of the frame, copied by the parent into its own memory."""
+    """How a NET_EXCHANGE, NET_REFRESH or NET_DEVICE_POLL with the same request id ended.
+    The tokens are secret: views of the frame, copied by the parent into its own memory."""
 
     TYPE = MsgType.NET_TOKEN_RESULT
-    LIMITS = (
-        len("permanent"),
-        limits.MAX_RESULT_MESSAGE,
-        limits.MAX_TOKEN,
-        len(str(limits.MAX_SECONDS)),
-        len("invalid"),
-        limits.MAX_TOKEN,
-        limits.MAX_ERROR_CODE,
-        MAX_RETRY_AFTER_DIGITS,
-    )
-    outcome: TokenOutcome
-    message: str = ""  # why it failed
-    access_token: Buffer = b""
-    expires_in: int | None = None  # seconds; None when the provider gave none
-    refresh_kind: RefreshKind = RefreshKind.ABSENT
-    refresh_token: Buffer = b""
-    provider_error: str = ""  # the provider's OAuth error code, e.g. "invalid_client"
+    outcome: TokenOutcome = wire(OUTCOME)
+    message: str = wire(RESULT_MESSAGE, "")  # why it failed
+    access_token: Buffer = wire(Raw(limits.MAX_TOKEN), b"")
+    # seconds; None when the provider gave none
+    expires_in: int | None = wire(Number(0, limits.MAX_SECONDS, optional=True), None)
+    refresh_kind: RefreshKind = wire(Choice(RefreshKind), RefreshKind.ABSENT)
+    refresh_token: Buffer = wire(Raw(limits.MAX_TOKEN), b"")
+    provider_error: str = wire(ERROR_CODE, "")  # e.g. "invalid_client"
     # With a transient failure: the seconds the provider's Retry-After asked for, if any.
-    retry_after: int | None = None
+    retry_after: int | None = wire(RETRY_AFTER, None)
 
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            self.outcome.value.encode(),
-            self.message.encode(),
-            self.access_token,
-            b"" if self.expires_in is None else str(self.expires_in).encode(),
-            self.refresh_kind.value.encode(),
-            self.refresh_token,
-            self.provider_error.encode(),
-            _optional_number(self.retry_after),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetTokenResult:
-        outcome, message, access, expires, kind, refresh, provider_error, wait = fields
-        result = cls(
-            outcome=choice(outcome, TokenOutcome),
-            message=text(message),
-            access_token=access,
-            expires_in=number(expires, 0, limits.MAX_SECONDS) if expires.nbytes else None,
-            refresh_kind=choice(kind, RefreshKind),
-            refresh_token=refresh,
-            provider_error=text(provider_error),
-            retry_after=_retry_after(wait),
-        )
-        if result.outcome is TokenOutcome.OK and not access.nbytes:
+    def check(self) -> None:
+        if self.outcome is TokenOutcome.OK and not memoryview(self.access_token).nbytes:
             raise ProtocolError("empty access token")
-        return result
 
 
 # parent -> network child
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CallbackVerdict(Wire):
     """The parent's answer to a NET_CALLBACK: the HTTP status and page for the browser."""
 
     TYPE = MsgType.NET_CALLBACK_VERDICT
-    LIMITS = (3, limits.MAX_PAGE)
-    status: int
-    page: str = ""
-
-    def fields(self) -> Sequence[Buffer]:
-        return [b"%d" % self.status, self.page.encode()]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> CallbackVerdict:
-        return cls(number(fields[0], 100, 599), text(fields[1]))
+    status: int = wire(Number(100, 599))
+    page: str = wire(Text(limits.MAX_PAGE), "")
 
 
-_CLIENT_LIMITS = (limits.MAX_URI, limits.MAX_CLIENT_ID, 1, limits.MAX_CLIENT_SECRET)
 # How the client authenticates (token_endpoint_auth_method): the config admits these only.
 AUTH_METHODS = ("client_secret_post", "client_secret_basic")
-_AUTH_METHOD_LIMIT = max(len(m) for m in AUTH_METHODS)
+AUTH_METHOD = OneOf(AUTH_METHODS, "token_endpoint_auth_method")
+# Every request to a provider endpoint starts with the endpoint, the client id and the
+# client secret (None for a public client); secrets (client secret, code verifier, tokens,
+# device code) are buffers, never str, so that every copy can be wiped.
+CLIENT_ID = Text(limits.MAX_CLIENT_ID)
+CLIENT_SECRET = OptionalRaw(limits.MAX_CLIENT_SECRET)
 
 
-def auth_method(field: memoryview) -> str:
-    method = text(field)
-    if method not in AUTH_METHODS:
-        raise ProtocolError("bad token_endpoint_auth_method")
-    return method
-
-
-def _client_fields(uri: str, client_id: str, secret: Buffer | None) -> list[Buffer]:
-    """The first four fields of every request to a provider endpoint (_CLIENT_LIMITS)."""
-    return [
-        uri.encode(),
-        client_id.encode(),
-        flag(secret is not None),
-        b"" if secret is None else secret,
-    ]
-
-
-def _client_from(fields: tuple[memoryview, ...]) -> tuple[str, str, memoryview | None]:
-    """(endpoint URI, client id, client secret or None) from those four fields."""
-    uri, client_id, has_secret, secret = fields[:4]
-    return text(uri), text(client_id), secret if read_flag(has_secret) else None
-
-
-@dataclass(frozen=True, slots=True)
+@message
 class NetExchange(Wire):
-    """Exchange an authorisation code for tokens. Secrets (client secret, code
-    verifier) are buffers, never str, so that every copy can be wiped."""
+    """Exchange an authorisation code for tokens."""
 
     TYPE = MsgType.NET_EXCHANGE
     SECRET = True
-    LIMITS = (
-        *_CLIENT_LIMITS,
-        limits.MAX_AUTH_CODE,
-        limits.MAX_CODE_VERIFIER,
-        limits.MAX_URI,
-        _AUTH_METHOD_LIMIT,
-    )
-    token_uri: str
-    client_id: str
-    client_secret: Buffer | None
-    code: str
-    code_verifier: Buffer
-    redirect_uri: str
-    auth_method: str = AUTH_METHODS[0]  # token_endpoint_auth_method
-
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            *_client_fields(self.token_uri, self.client_id, self.client_secret),
-            self.code.encode(),
-            self.code_verifier,
-            self.redirect_uri.encode(),
-            self.auth_method.encode(),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetExchange:
-        code, verifier, redirect_uri, method = fields[4:]
-        return cls(
-            *_client_from(fields),
-            text(code),
-            verifier,
-            text(redirect_uri),
-            auth_method(method),
-        )
+    token_uri: str = wire(URI)
+    client_id: str = wire(CLIENT_ID)
+    client_secret: Buffer | None = wire(CLIENT_SECRET)
+    code: str = wire(Text(limits.MAX_AUTH_CODE))
+    code_verifier: Buffer = wire(Raw(limits.MAX_CODE_VERIFIER))
+    redirect_uri: str = wire(URI)
+    auth_method: str = wire(AUTH_METHOD, AUTH_METHODS[0])  # token_endpoint_auth_method
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetRefresh(Wire):
-    """Refresh an access token (secrets as buffers, as in NetExchange)."""
+    """Refresh an access token."""
 
     TYPE = MsgType.NET_REFRESH
     SECRET = True
-    LIMITS = (*_CLIENT_LIMITS, limits.MAX_TOKEN, _AUTH_METHOD_LIMIT)
-    token_uri: str
-    client_id: str
-    client_secret: Buffer | None
-    refresh_token: Buffer
-    auth_method: str = AUTH_METHODS[0]  # token_endpoint_auth_method
-
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            *_client_fields(self.token_uri, self.client_id, self.client_secret),
-            self.refresh_token,
-            self.auth_method.encode(),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRefresh:
-        refresh_token, method = fields[4:]
-        return cls(
-            *_client_from(fields),
-            refresh_token,
-            auth_method(method),
-        )
+    token_uri: str = wire(URI)
+    client_id: str = wire(CLIENT_ID)
+    client_secret: Buffer | None = wire(CLIENT_SECRET)
+    refresh_token: Buffer = wire(Raw(limits.MAX_TOKEN))
+    auth_method: str = wire(AUTH_METHOD, AUTH_METHODS[0])  # token_endpoint_auth_method
 
 
 # The device authorization grant (RFC 8628).
@@ -781,263 +800,129 @@ class NetRefresh(Wire):
 MAX_SCOPE = limits.MAX_URI
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetDeviceAuth(Wire):
     """parent -> network child: ask the device authorization endpoint for a user code."""
 
     TYPE = MsgType.NET_DEVICE_AUTH
     SECRET = True
-    LIMITS = (*_CLIENT_LIMITS, MAX_SCOPE, _AUTH_METHOD_LIMIT)
-    device_auth_uri: str
-    client_id: str
-    client_secret: Buffer | None
-    scope: str  # space-separated; empty for none
-    auth_method: str
-
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            *_client_fields(self.device_auth_uri, self.client_id, self.client_secret),
-            self.scope.encode(),
-            self.auth_method.encode(),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetDeviceAuth:
-        scope, method = fields[4:]
-        return cls(
-            *_client_from(fields),
-            text(scope),
-            auth_method(method),
-        )
+    device_auth_uri: str = wire(URI)
+    client_id: str = wire(CLIENT_ID)
+    client_secret: Buffer | None = wire(CLIENT_SECRET)
+    scope: str = wire(Text(MAX_SCOPE))  # space-separated; empty for none
+    auth_method: str = wire(AUTH_METHOD)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetDevicePoll(Wire):
     """parent -> network child: one device access token request; the device code is a
-    secret (a buffer, wiped by whoever made it). Answered by NET_TOKEN_RESULT."""
+    secret (wiped by whoever made it). Answered by NET_TOKEN_RESULT."""
 
     TYPE = MsgType.NET_DEVICE_POLL
     SECRET = True
-    LIMITS = (*_CLIENT_LIMITS, limits.MAX_DEVICE_CODE, _AUTH_METHOD_LIMIT)
-    token_uri: str
-    client_id: str
-    client_secret: Buffer | None
-    device_code: Buffer
-    auth_method: str
-
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            *_client_fields(self.token_uri, self.client_id, self.client_secret),
-            self.device_code,
-            self.auth_method.encode(),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetDevicePoll:
-        device_code, method = fields[4:]
-        return cls(
-            *_client_from(fields),
-            device_code,
-            auth_method(method),
-        )
+    token_uri: str = wire(URI)
+    client_id: str = wire(CLIENT_ID)
+    client_secret: Buffer | None = wire(CLIENT_SECRET)
+    device_code: Buffer = wire(Raw(limits.MAX_DEVICE_CODE))
+    auth_method: str = wire(AUTH_METHOD)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetDeviceAuthResult(Wire):
     """network child -> parent: how a NET_DEVICE_AUTH with the same request id ended. The
     device code is secret: a view of the frame, copied by the parent into a Secret."""
 
     TYPE = MsgType.NET_DEVICE_AUTH_RESULT
-    LIMITS = (
-        len("permanent"),
-        limits.MAX_RESULT_MESSAGE,
-        limits.MAX_ERROR_CODE,
-        limits.MAX_DEVICE_CODE,
-        limits.MAX_PROVIDER_TEXT,
-        limits.MAX_URI,
-        limits.MAX_URI,
-        len(str(limits.MAX_SECONDS)),
-        len(str(limits.MAX_SECONDS)),
-    )
-    outcome: TokenOutcome
-    message: str = ""
-    provider_error: str = ""
-    device_code: Buffer = b""
-    user_code: str = ""
-    verification_uri: str = ""
-    verification_uri_complete: str = ""  # "" when the provider gave none
-    expires_in: int = 0
-    interval: int = 0
+    outcome: TokenOutcome = wire(OUTCOME)
+    message: str = wire(RESULT_MESSAGE, "")
+    provider_error: str = wire(ERROR_CODE, "")
+    device_code: Buffer = wire(Raw(limits.MAX_DEVICE_CODE), b"")
+    user_code: str = wire(Text(limits.MAX_PROVIDER_TEXT), "")
+    verification_uri: str = wire(URI, "")
+    verification_uri_complete: str = wire(URI, "")  # "" when the provider gave none
+    expires_in: int = wire(SECONDS, 0)
+    interval: int = wire(SECONDS, 0)
 
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            self.outcome.value.encode(),
-            self.message.encode(),
-            self.provider_error.encode(),
-            self.device_code,
-            self.user_code.encode(),
-            self.verification_uri.encode(),
-            self.verification_uri_complete.encode(),
-            str(self.expires_in).encode(),
-            str(self.interval).encode(),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetDeviceAuthResult:
-        outcome, message, error, code, user_code, uri, complete, expires_in, interval = fields
-        result = cls(
-            outcome=choice(outcome, TokenOutcome),
-            message=text(message),
-            provider_error=text(error),
-            device_code=code,
-            user_code=text(user_code),
-            verification_uri=text(uri),
-            verification_uri_complete=text(complete),
-            expires_in=number(expires_in, 0, limits.MAX_SECONDS),
-            interval=number(interval, 0, limits.MAX_SECONDS),
-        )
-        if result.outcome is TokenOutcome.OK:
-            # What the user is shown and a hook is given: one line of printable text, and
-            # URIs without spaces, so "the URL up to the first space" stays the URL.
-            if not code.nbytes or not result.user_code.strip() or not result.verification_uri:
-                raise ProtocolError("incomplete device authorization")
-            uris = result.verification_uri + result.verification_uri_complete
-            if not result.user_code.isprintable() or not all("\x21" <= c <= "\x7e" for c in uris):
-                raise ProtocolError("unprintable device authorization")
-            if result.expires_in < 1 or result.interval < 1:
-                raise ProtocolError("device authorization without expiry or interval")
-        return result
+    def check(self) -> None:
+        if self.outcome is not TokenOutcome.OK:
+            return
+        # What the user is shown and a hook is given: one line of printable text, and
+        # URIs without spaces, so "the URL up to the first space" stays the URL.
+        if (
+            not memoryview(self.device_code).nbytes
+            or not self.user_code.strip()
+            or not self.verification_uri
+        ):
+            raise ProtocolError("incomplete device authorization")
+        uris = self.verification_uri + self.verification_uri_complete
+        if not self.user_code.isprintable() or not all("\x21" <= c <= "\x7e" for c in uris):
+            raise ProtocolError("unprintable device authorization")
+        if self.expires_in < 1 or self.interval < 1:
+            raise ProtocolError("device authorization without expiry or interval")
 
 
 # issuer metadata and revocation at the provider
 
 
-class NetOutcome(str, enum.Enum):
-    """How a metadata fetch or a revocation ended: a transient failure may work later."""
-
-    OK = "ok"
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-
-
-@dataclass(frozen=True, slots=True)
+@message
 class NetMetadata(Wire):
     """Fetch the metadata of `issuer` (parent -> network child)."""
 
     TYPE = MsgType.NET_METADATA
-    LIMITS = (limits.MAX_URI,)
-    issuer: str
-
-    def fields(self) -> Sequence[Buffer]:
-        return [self.issuer.encode()]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetMetadata:
-        return cls(text(fields[0]))
+    issuer: str = wire(URI)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetMetadataResult(Wire):
     """What a NET_METADATA with the same request id found: each endpoint "" when the
     document does not have it, and every one "" unless the outcome is ok."""
 
     TYPE = MsgType.NET_METADATA_RESULT
-    LIMITS = (len("permanent"), limits.MAX_RESULT_MESSAGE, *(limits.MAX_URI,) * 4)
-    outcome: NetOutcome
-    message: str = ""
-    authorization_endpoint: str = ""
-    token_endpoint: str = ""
-    device_authorization_endpoint: str = ""
-    revocation_endpoint: str = ""
+    outcome: TokenOutcome = wire(OUTCOME)
+    message: str = wire(RESULT_MESSAGE, "")
+    authorization_endpoint: str = wire(URI, "")
+    token_endpoint: str = wire(URI, "")
+    device_authorization_endpoint: str = wire(URI, "")
+    revocation_endpoint: str = wire(URI, "")
 
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            self.outcome.value.encode(),
-            self.message.encode(),
-            self.authorization_endpoint.encode(),
-            self.token_endpoint.encode(),
-            self.device_authorization_endpoint.encode(),
-            self.revocation_endpoint.encode(),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetMetadataResult:
-        outcome, message, *endpoints = fields
-        result = cls(choice(outcome, NetOutcome), text(message), *(text(e) for e in endpoints))
-        if result.outcome is not NetOutcome.OK and any(endpoints):
+    def check(self) -> None:
+        endpoints = (
+            self.authorization_endpoint,
+            self.token_endpoint,
+            self.device_authorization_endpoint,
+            self.revocation_endpoint,
+        )
+        if self.outcome is not TokenOutcome.OK and any(endpoints):
             raise ProtocolError("endpoints in a failed metadata result")
-        return result
 
 
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetRevoke(Wire):
-    """Revoke `token` at `revoke_uri` (RFC 7009); secrets as buffers, as in NetExchange."""
+    """Revoke `token` at `revoke_uri` (RFC 7009)."""
 
     TYPE = MsgType.NET_REVOKE
     SECRET = True
-    LIMITS = (*_CLIENT_LIMITS, limits.MAX_TOKEN, len("refresh_token"), _AUTH_METHOD_LIMIT)
-    revoke_uri: str
-    client_id: str
-    client_secret: Buffer | None
-    token: Buffer
-    token_type_hint: str
-    auth_method: str = AUTH_METHODS[0]
-
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            *_client_fields(self.revoke_uri, self.client_id, self.client_secret),
-            self.token,
-            self.token_type_hint.encode(),
-            self.auth_method.encode(),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRevoke:
-        token, hint, method = fields[4:]
-        if text(hint) not in TOKEN_TYPE_HINTS:
-            raise ProtocolError("bad token_type_hint")
-        return cls(
-            *_client_from(fields),
-            token,
-            text(hint),
-            auth_method(method),
-        )
+    revoke_uri: str = wire(URI)
+    client_id: str = wire(CLIENT_ID)
+    client_secret: Buffer | None = wire(CLIENT_SECRET)
+    token: Buffer = wire(Raw(limits.MAX_TOKEN))
+    token_type_hint: str = wire(OneOf(TOKEN_TYPE_HINTS, "token_type_hint"))
+    auth_method: str = wire(AUTH_METHOD, AUTH_METHODS[0])
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NetRevokeResult(Wire):
     """How a NET_REVOKE with the same request id ended."""
 
     TYPE = MsgType.NET_REVOKE_RESULT
-    LIMITS = (
-        len("permanent"),
-        limits.MAX_RESULT_MESSAGE,
-        limits.MAX_ERROR_CODE,
-        MAX_RETRY_AFTER_DIGITS,
-    )
-    outcome: NetOutcome
-    message: str = ""
-    provider_error: str = ""
+    outcome: TokenOutcome = wire(OUTCOME)
+    message: str = wire(RESULT_MESSAGE, "")
+    provider_error: str = wire(ERROR_CODE, "")
     # With a transient failure: the seconds the provider's Retry-After asked for, if any.
-    retry_after: int | None = None
-
-    def fields(self) -> Sequence[Buffer]:
-        return [
-            self.outcome.value.encode(),
-            self.message.encode(),
-            self.provider_error.encode(),
-            _optional_number(self.retry_after),
-        ]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[memoryview, ...]) -> NetRevokeResult:
-        outcome, message, provider_error, wait = fields
-        return cls(
-            choice(outcome, NetOutcome), text(message), text(provider_error), _retry_after(wait)
-        )
+    retry_after: int | None = wire(RETRY_AFTER, None)
 
 
 MESSAGES: dict[MsgType, type[Wire]] = {

@@ -152,7 +152,7 @@ def test_metadata_lie_does_not_outlive_the_child(
     pizauth.write_config(issuer_accounts(provider, "a", "b"))
     pizauth.start()
     answer = (
-        "_m.ipc.NetMetadataResult(_m.ipc.NetOutcome.OK, '', "
+        "_m.ipc.NetMetadataResult(_m.ipc.TokenOutcome.OK, '', "
         f"'{provider.auth_uri}', '{attacker.url}/token', '', '{attacker.url}/revoke')"
     )
     liar = compromise(pizauth, LIE.format(kind="NET_METADATA", answer=answer))
@@ -372,7 +372,7 @@ def test_a_token_is_never_sent_to_another_token_endpoint(
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: pizauth.roles().get("network", old) != old, 10, "a new network child")
     answer = (
-        "_m.ipc.NetMetadataResult(_m.ipc.NetOutcome.OK, '', "
+        "_m.ipc.NetMetadataResult(_m.ipc.TokenOutcome.OK, '', "
         f"'{attacker.url}/auth', '{attacker.url}/token', '', '')"
     )
     compromise(pizauth, LIE.format(kind="NET_METADATA", answer=answer))

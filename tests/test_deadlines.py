@@ -22,13 +22,13 @@ import requests
 from conftest import Pizauth, http_get, wait_for
 from test_errors import status_line
 
+from pizauth.ipc import NetRefresh
 from pizauth.net import tokenclient
 from pizauth.timeouts import TOKEN_REQUEST
 
 # What a deadline may overrun by on a loaded machine: the worker's start, the parent's
 # loop turn, and `status` itself.
 MARGIN = 6.0
-FORM = [("grant_type", "refresh_token"), ("refresh_token", "rt"), ("client_id", "c")]
 REPLY = b'{"access_token": "never", "token_type": "Bearer", "expires_in": 3600}'
 
 
@@ -176,7 +176,7 @@ def test_the_token_client_bounds_the_whole_exchange(
     try:
         start = time.monotonic()
         with requests.Session() as session:
-            result = tokenclient.refresh(session, server.uri, FORM)
+            result = tokenclient.refresh(session, NetRefresh(server.uri, "c", None, b"rt"))
         elapsed = time.monotonic() - start
         assert (result.outcome, result.message) == (
             "transient",

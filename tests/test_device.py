@@ -15,7 +15,7 @@ from pizauth import ipc, limits
 from pizauth.config import Account
 from pizauth.ipc import NetTokenResult, TokenOutcome
 from pizauth.net import device as netdevice
-from pizauth.net.worker import poll_to_wire
+from pizauth.net.calls import poll_to_wire
 from pizauth.priv import device
 from pizauth.priv.dump import AccountDump
 from pizauth.priv.secmem import Secret
@@ -419,7 +419,9 @@ def test_failure_messages() -> None:
 
 
 def test_poll_result_never_quotes_the_device_code() -> None:
-    got = netdevice.DevicePoll("permanent", "HTTP code 400 (bad code dc-SECRET)", "invalid_grant")
+    got = netdevice.DevicePoll(
+        TokenOutcome.PERMANENT, "HTTP code 400 (bad code dc-SECRET)", "invalid_grant"
+    )
     wire = poll_to_wire(got, "dc-SECRET")
     assert "dc-SECRET" not in wire.message and wire.provider_error == "invalid_grant"
     assert wire.outcome is TokenOutcome.PERMANENT

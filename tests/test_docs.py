@@ -85,13 +85,14 @@ def documented_messages(text: str) -> list[Documented]:
 
 
 def message_class(msg_type: ipc.MsgType) -> type:
-    """The message dataclass of `msg_type`: the one class in pizauth.ipc whose TYPE it is."""
+    """The message dataclass of `msg_type`: the one class in pizauth.ipc that declares it as
+    its TYPE (a subclass that only marks the frame secret, CmdSecretReply, declares none)."""
     classes = {
         cls
         for cls in vars(ipc).values()
         if isinstance(cls, type)
         and dataclasses.is_dataclass(cls)
-        and getattr(cls, "TYPE", None) is msg_type
+        and vars(cls).get("TYPE") is msg_type
     }
     assert len(classes) == 1, f"{msg_type.name}: message classes {classes}"
     return classes.pop()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import struct
 import threading
+from typing import ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -231,11 +233,11 @@ EXAMPLES: list[ipc.Wire] = [
     ),
     ipc.NetRefresh("https://t/", "cid", b"s", b"rt", "client_secret_basic"),
     ipc.NetMetadata("https://issuer.example/tenant"),
-    ipc.NetMetadataResult(ipc.NetOutcome.OK, "", "https://a/", "https://t/", "", "https://r/"),
-    ipc.NetMetadataResult(ipc.NetOutcome.TRANSIENT, "HTTP code 503"),
+    ipc.NetMetadataResult(ipc.TokenOutcome.OK, "", "https://a/", "https://t/", "", "https://r/"),
+    ipc.NetMetadataResult(ipc.TokenOutcome.TRANSIENT, "HTTP code 503"),
     ipc.NetRevoke("https://r/", "cid", b"s", b"rt", "refresh_token", "client_secret_basic"),
     ipc.NetRevoke("https://r/", "cid", None, b"at", "access_token"),
-    ipc.NetRevokeResult(ipc.NetOutcome.PERMANENT, "HTTP code 400", "invalid_client"),
+    ipc.NetRevokeResult(ipc.TokenOutcome.PERMANENT, "HTTP code 400", "invalid_client"),
 ]
 
 
@@ -249,7 +251,7 @@ def test_unknown_auth_method_or_hint_is_a_protocol_error() -> None:
 
 
 def test_failed_metadata_result_carries_no_endpoints() -> None:
-    frame = ipc.NetMetadataResult(ipc.NetOutcome.PERMANENT, "bad", "https://evil/").encode(1)
+    frame = ipc.NetMetadataResult(ipc.TokenOutcome.PERMANENT, "bad", "https://evil/").encode(1)
     with pytest.raises(ipc.ProtocolError):
         ipc.decode_as(ipc.decode(frame))
 
@@ -303,6 +305,171 @@ def test_oversized_net_ready_public_key_is_refused() -> None:
     frame = ipc.encode(MsgType.NET_READY, 0, [huge.encode(), b"fp"])
     with pytest.raises(ipc.ProtocolError):
         ipc.NetReady.decode(ipc.decode(frame))
+
+
+# Each message's size limits, field by field, as the protocol has them (docs/protocol.md):
+# what the declarations in ipc.py must add up to.
+SECRET = limits.MAX_CLIENT_SECRET
+CLIENT = (limits.MAX_URI, limits.MAX_CLIENT_ID, 1, SECRET)
+RESULT = (len("permanent"), limits.MAX_RESULT_MESSAGE)
+SECONDS = len(str(limits.MAX_SECONDS))
+RETRY = len(str(ipc.MAX_RETRY_AFTER))
+METHOD = len("client_secret_basic")
+WIRE_LIMITS: dict[type[ipc.Wire], tuple[int, ...]] = {
+    ipc.CmdReady: (),
+    ipc.CmdShow: (1, limits.MAX_ACCOUNT_NAME),
+    ipc.CmdRefresh: (1, limits.MAX_ACCOUNT_NAME),
+    ipc.CmdRevoke: (limits.MAX_ACCOUNT_NAME,),
+    ipc.CmdStatus: (),
+    ipc.CmdInfo: (),
+    ipc.CmdReload: (),
+    ipc.CmdShutdown: (),
+    ipc.CmdDump: (),
+    ipc.CmdRestore: (ipc.MAX_MESSAGE - 1024,),
+    ipc.CmdReply: (ipc.MAX_MESSAGE - ipc.HEADER_SIZE - 4,),
+    ipc.NetReady: (limits.MAX_PUBLIC_KEY, limits.MAX_FINGERPRINT),
+    ipc.NetCallback: (
+        5,
+        limits.MAX_REDIRECT_REQUEST,
+        5,
+        limits.MAX_REDIRECT_REQUEST,
+        1,
+        5 * limits.MAX_REDIRECT_REQUEST,
+    ),
+    ipc.NetTokenResult: (
+        *RESULT,
+        limits.MAX_TOKEN,
+        SECONDS,
+        len("invalid"),
+        limits.MAX_TOKEN,
+        limits.MAX_ERROR_CODE,
+        RETRY,
+    ),
+    ipc.CallbackVerdict: (3, limits.MAX_PAGE),
+    ipc.NetExchange: (
+        *CLIENT,
+        limits.MAX_AUTH_CODE,
+        limits.MAX_CODE_VERIFIER,
+        limits.MAX_URI,
+        METHOD,
+    ),
+    ipc.NetRefresh: (*CLIENT, limits.MAX_TOKEN, METHOD),
+    ipc.NetDeviceAuth: (*CLIENT, limits.MAX_URI, METHOD),
+    ipc.NetDevicePoll: (*CLIENT, limits.MAX_DEVICE_CODE, METHOD),
+    ipc.NetDeviceAuthResult: (
+        *RESULT,
+        limits.MAX_ERROR_CODE,
+        limits.MAX_DEVICE_CODE,
+        limits.MAX_PROVIDER_TEXT,
+        limits.MAX_URI,
+        limits.MAX_URI,
+        SECONDS,
+        SECONDS,
+    ),
+    ipc.NetMetadata: (limits.MAX_URI,),
+    ipc.NetMetadataResult: (*RESULT, *(limits.MAX_URI,) * 4),
+    ipc.NetRevoke: (*CLIENT, limits.MAX_TOKEN, len("refresh_token"), METHOD),
+    ipc.NetRevokeResult: (*RESULT, limits.MAX_ERROR_CODE, RETRY),
+}
+
+
+@pytest.mark.parametrize("cls", list(ipc.MESSAGES.values()), ids=lambda c: c.__name__)
+def test_declared_fields_give_the_limits_and_field_count(cls: type[ipc.Wire]) -> None:
+    declared = [f.name for f in dataclasses.fields(cls)]
+    assert [name for name, _ in cls.CODECS] == declared  # every field travels, in order
+    assert cls.LIMITS == tuple(n for _, codec in cls.CODECS for n in codec.limits)
+    assert cls.LIMITS == WIRE_LIMITS[cls]
+    assert ipc.FIELD_COUNTS[cls.TYPE] == len(cls.LIMITS)
+    assert "TYPE" not in declared
+
+
+# Frames as the protocol has always written them (request id 7, pid 0): the declarations
+# must keep every byte.
+GOLDEN = [
+    (
+        ipc.NetExchange(
+            "https://t/", "cid", b"sec", "code", b"ver", "http://l/", "client_secret_basic"
+        ),
+        "000000290000006400000007000000000000000a68747470733a2f2f742f0000000363696400000001310000"
+        "000373656300000004636f64650000000376657200000009687474703a2f2f6c2f00000013636c69656e74"
+        "5f7365637265745f6261736963",
+    ),
+    (
+        ipc.NetRefresh("https://t/", "cid", None, b"rt"),
+        "0000002a0000004a00000007000000000000000a68747470733a2f2f742f00000003636964000000013000"
+        "00000000000002727400000012636c69656e745f7365637265745f706f7374",
+    ),
+    (
+        ipc.NetTokenResult(ipc.TokenOutcome.OK, "", b"at", 60, ipc.RefreshKind.STRING, b"rt"),
+        "000000200000003e0000000700000000000000026f6b000000000000000261740000000236300000000673"
+        "7472696e670000000272740000000000000000",
+    ),
+    (
+        ipc.NetRevokeResult(ipc.TokenOutcome.TRANSIENT, "busy", "x", 30),
+        "0000003f000000300000000700000000000000097472616e7369656e74000000046275737900000001780000"
+        "00023330",
+    ),
+    (
+        ipc.NetCallback("http", "h", 80, "/", True, (("state", "s"),)),
+        "0000001f0000003f000000070000000000000004687474700000000168000000023830000000012f000000"
+        "01310000000e0000000573746174650000000173",
+    ),
+]
+
+
+@pytest.mark.parametrize(("message", "golden"), GOLDEN, ids=lambda m: type(m).__name__)
+def test_frames_are_byte_for_byte_the_protocol(message: ipc.Wire, golden: str) -> None:
+    frame = message.encode(7)
+    frame[12:16] = bytes(4)  # the sender's pid
+    assert bytes(frame) == bytes.fromhex(golden)
+    assert ipc.decode_as(ipc.decode(frame)) == ipc.decode_as(ipc.decode(bytes.fromhex(golden)))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(list(ipc.MESSAGES.values())), st.data())
+def test_any_fields_decode_to_a_message_that_round_trips_or_fail_cleanly(
+    cls: type[ipc.Wire], data
+) -> None:
+    """Arbitrary bytes in every field (some of them the words and numbers the fields
+    expect): the typed decoder gives a message or a ProtocolError, nothing else; a message
+    it gives encodes within its limits and decodes to the same fields again."""
+    words = st.sampled_from(
+        [b"", b"0", b"1", b"60", b"ok", b"transient", b"permanent", b"string", b"absent"]
+        + [b"client_secret_post", b"refresh_token", b"https://x/", b"\xff", b"05"]
+    )
+    fields = [data.draw(words | st.binary(max_size=min(limit + 1, 40))) for limit in cls.LIMITS]
+    frame = ipc.encode(cls.TYPE, 3, fields)
+    try:
+        message = ipc.decode_as(ipc.decode(frame))
+    except ipc.ProtocolError:
+        return
+    assert type(message) is cls
+    again = ipc.decode_as(ipc.decode(message.encode(3)))
+    assert [bytes(f) for f in again.fields()] == [bytes(f) for f in message.fields()]
+
+
+@ipc.message
+class _Marked(ipc.Wire):
+    """A message class with a ClassVar besides TYPE: neither is a wire field."""
+
+    TYPE = ipc.MsgType.CMD_REVOKE
+    SECRET: ClassVar[bool] = True
+    account: str = ipc.wire(ipc.ACCOUNT)
+
+
+def test_a_class_variable_is_not_a_wire_field() -> None:
+    assert _Marked.SECRET is True
+    assert _Marked.LIMITS == ipc.CmdRevoke.LIMITS
+    assert bytes(_Marked("a").encode(1)) == bytes(ipc.CmdRevoke("a").encode(1))
+
+
+def test_a_field_without_a_codec_is_refused() -> None:
+    with pytest.raises(TypeError, match="wire"):
+
+        @ipc.message
+        class _Bare(ipc.Wire):
+            TYPE = ipc.MsgType.CMD_REVOKE
+            account: str
 
 
 def test_every_message_fits_a_frame_at_its_limits() -> None:

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 from test_hostile import no_internal_errors
+from token_states import put
 
 from pizauth import config, ipc, runtime
-from pizauth.ipc import MsgType, NetOutcome, TokenOutcome
+from pizauth.ipc import MsgType, TokenOutcome
 from pizauth.priv.clock import instant
 from pizauth.priv.parent import NET_RESULTS, Parent, Sockets
 from pizauth.priv.secmem import Secret
@@ -33,8 +34,8 @@ CONF = (
 RESULTS: dict[MsgType, ipc.Wire] = {
     MsgType.NET_TOKEN_RESULT: ipc.NetTokenResult(TokenOutcome.PERMANENT, "no"),
     MsgType.NET_DEVICE_AUTH_RESULT: ipc.NetDeviceAuthResult(TokenOutcome.PERMANENT, "no"),
-    MsgType.NET_METADATA_RESULT: ipc.NetMetadataResult(NetOutcome.PERMANENT, "no"),
-    MsgType.NET_REVOKE_RESULT: ipc.NetRevokeResult(NetOutcome.PERMANENT, "no"),
+    MsgType.NET_METADATA_RESULT: ipc.NetMetadataResult(TokenOutcome.PERMANENT, "no"),
+    MsgType.NET_REVOKE_RESULT: ipc.NetRevokeResult(TokenOutcome.PERMANENT, "no"),
 }
 
 
@@ -84,7 +85,7 @@ def show(p: Parent, name: str, request_id: int) -> None:
 def refresh(p: Parent, name: str) -> Active:
     now = instant()
     entry = p.table.entries[name]
-    p.refresher.change(entry, Active(Secret(b"at"), now, now - 1, Secret(b"rt")))
+    put(p.table, name, Active(Secret(b"at"), now, now - 1, Secret(b"rt")))
     p.refresher.start_refresh(entry, now)
     assert isinstance(entry.state, Active)
     return entry.state
@@ -112,9 +113,10 @@ def test_each_message_goes_out_secret_or_not_by_its_type(parent) -> None:  # typ
         MsgType.NET_REVOKE: True,
         MsgType.NET_METADATA: False,
         MsgType.NET_CALLBACK_VERDICT: False,
-        MsgType.CMD_REPLY: True,  # a reply may carry a token: every one is wiped once sent
+        MsgType.CMD_REPLY: False,  # a status; a token or a dump goes as CmdSecretReply
     }
     assert all(s == ipc.MESSAGES[m.type].SECRET for m, s in seen.frames)
+    assert ipc.CmdSecretReply.SECRET and ipc.CmdSecretReply.TYPE is MsgType.CMD_REPLY
     # Every request that carries a client secret, a code or a token is secret by its type.
     assert {cls for cls in NET_RESULTS if cls.SECRET} == {
         ipc.NetExchange,

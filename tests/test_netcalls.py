@@ -23,6 +23,14 @@ import pytest
 import requests
 
 from pizauth import limits
+from pizauth.ipc import (
+    NetDeviceAuth,
+    NetDevicePoll,
+    NetExchange,
+    NetMetadata,
+    NetRefresh,
+    NetRevoke,
+)
 from pizauth.net import device, metadata, reply, revoke, tokenclient
 from pizauth.net.device import DeviceAuthorization, poll_device_token, request_device_authorization
 from pizauth.net.metadata import fetch_metadata, issuer_matches
@@ -53,6 +61,12 @@ def provider() -> Iterator[Provider]:
 
 
 SECRETS = {"app": "app-secret", "pub": None, "basic": BASIC_SECRET, "post": "p-secret"}
+
+
+def secret_of(client_id: str) -> bytes | None:
+    """The client's secret as a request to the network side carries it."""
+    secret = SECRETS.get(client_id)
+    return None if secret is None else secret.encode()
 
 
 @pytest.fixture
@@ -120,8 +134,10 @@ def hostile() -> Iterator[Hostile]:
     h.server.server_close()
 
 
-def authorization_code(p: Provider, client_id: str) -> list[tuple[str, str]]:
-    """A code from /authorize, as the form the code exchange posts (post style)."""
+def authorization_code(
+    p: Provider, client_id: str, method: str = CLIENT_SECRET_POST
+) -> NetExchange:
+    """A code from /authorize, as the code exchange request that posts it."""
     verifier = secrets.token_urlsafe(48)
     params = {
         "response_type": "code",
@@ -134,33 +150,25 @@ def authorization_code(p: Provider, client_id: str) -> list[tuple[str, str]]:
     r = requests.get(p.auth_uri, params=params, allow_redirects=False, timeout=5)
     assert r.status_code == 302, r.text
     code = urllib.parse.parse_qs(urllib.parse.urlsplit(r.headers["Location"]).query)["code"][0]
-    form = [
-        ("code", code),
-        ("client_id", client_id),
-        ("code_verifier", verifier),
-        ("redirect_uri", REDIRECT),
-        ("grant_type", "authorization_code"),
-    ]
-    if SECRETS[client_id] is not None:
-        form.append(("client_secret", SECRETS[client_id]))
-    return form
+    return NetExchange(
+        p.token_uri, client_id, secret_of(client_id), code, verifier.encode(), REDIRECT, method
+    )
 
 
 def start(p: Provider, session: requests.Session, client_id: str = "pub", method: str = "post"):
     return request_device_authorization(
         session,
-        p.device_auth_uri,
-        client_id,
-        SECRETS.get(client_id),
-        SCOPES,
-        f"client_secret_{method}",
+        NetDeviceAuth(
+            p.device_auth_uri, client_id, secret_of(client_id), SCOPES, f"client_secret_{method}"
+        ),
     )
 
 
 def poll(p: Provider, session: requests.Session, auth: DeviceAuthorization, client_id="pub"):
     method = CLIENT_SECRET_BASIC if client_id == "basic" else CLIENT_SECRET_POST
     return poll_device_token(
-        session, p.token_uri, client_id, SECRETS.get(client_id), auth.device_code, method
+        session,
+        NetDevicePoll(p.token_uri, client_id, secret_of(client_id), auth.device_code, method),
     )
 
 
@@ -202,21 +210,20 @@ def test_client_auth_fields() -> None:
 
 
 def test_exchange_and_refresh_with_basic(provider: Provider, session) -> None:
-    form = authorization_code(provider, "basic")
-    result = tokenclient.exchange_code(
-        session, provider.token_uri, form, auth_method=CLIENT_SECRET_BASIC
-    )
+    request = authorization_code(provider, "basic", CLIENT_SECRET_BASIC)
+    result = tokenclient.exchange_code(session, request)
     assert result.outcome == "ok", result.message
     assert provider.is_valid_access_token(result.access_token)
     sent = provider.token_requests[-1]
     assert "client_secret" not in sent and sent["client_id"] == "basic"
-    refresh_form = [
-        ("client_id", "basic"),
-        ("refresh_token", result.refresh_token),
-        ("grant_type", "refresh_token"),
-        ("client_secret", BASIC_SECRET),
-    ]
-    again = tokenclient.refresh(session, provider.token_uri, refresh_form, CLIENT_SECRET_BASIC)
+    refresh_request = NetRefresh(
+        provider.token_uri,
+        "basic",
+        BASIC_SECRET.encode(),
+        result.refresh_token.encode(),
+        CLIENT_SECRET_BASIC,
+    )
+    again = tokenclient.refresh(session, refresh_request)
     assert again.outcome == "ok", again.message
     assert "client_secret" not in provider.token_requests[-1]
     assert provider.token_requests[-1]["client_id"] == "basic"
@@ -224,8 +231,8 @@ def test_exchange_and_refresh_with_basic(provider: Provider, session) -> None:
 
 
 def test_default_is_still_post(provider: Provider, session) -> None:
-    form = authorization_code(provider, "post")
-    result = tokenclient.exchange_code(session, provider.token_uri, form)
+    request = authorization_code(provider, "post")
+    result = tokenclient.exchange_code(session, request)
     assert result.outcome == "ok", result.message
     assert provider.token_requests[-1]["client_secret"] == "p-secret"
 
@@ -238,8 +245,8 @@ def test_default_is_still_post(provider: Provider, session) -> None:
     ],
 )
 def test_wrong_method_is_refused_by_the_provider(provider, session, client_id, method, why):
-    form = authorization_code(provider, client_id)
-    result = tokenclient.exchange_code(session, provider.token_uri, form, auth_method=method)
+    request = authorization_code(provider, client_id, method)
+    result = tokenclient.exchange_code(session, request)
     assert result.outcome == "permanent"
     assert result.message.startswith("HTTP code 401 (invalid_client")
     assert provider.errors == [f"/token: invalid_client: {why}"]
@@ -247,10 +254,8 @@ def test_wrong_method_is_refused_by_the_provider(provider, session, client_id, m
 
 
 def test_basic_for_a_public_client_sends_client_id(provider: Provider, session) -> None:
-    form = authorization_code(provider, "pub")
-    result = tokenclient.exchange_code(
-        session, provider.token_uri, form, auth_method=CLIENT_SECRET_BASIC
-    )
+    request = authorization_code(provider, "pub", CLIENT_SECRET_BASIC)
+    result = tokenclient.exchange_code(session, request)
     assert result.outcome == "ok", result.message
     assert provider.token_requests[-1]["client_id"] == "pub"
 
@@ -326,7 +331,9 @@ def test_device_authorization_scope_refused(provider: Provider, session) -> None
 
 def test_device_authorization_unreachable(session, closed_port) -> None:
     uri = f"http://127.0.0.1:{closed_port}/device"
-    auth = request_device_authorization(session, uri, "pub", None, "", CLIENT_SECRET_POST)
+    auth = request_device_authorization(
+        session, NetDeviceAuth(uri, "pub", None, "", CLIENT_SECRET_POST)
+    )
     assert (auth.outcome, auth.message) == ("transient", f"couldn't connect to {uri}")
 
 
@@ -357,7 +364,9 @@ HUGE = int("9" * 400)
 def test_device_reply_accepted(hostile: Hostile, session, change, expected) -> None:
     doc = {k: v for k, v in {**GOOD_DEVICE, **change}.items() if v is not None}
     uri = hostile.answer("/device", 200, doc)
-    auth = request_device_authorization(session, uri, "pub", None, SCOPES, CLIENT_SECRET_POST)
+    auth = request_device_authorization(
+        session, NetDeviceAuth(uri, "pub", None, SCOPES, CLIENT_SECRET_POST)
+    )
     assert auth.outcome == "ok", auth.message
     for name, value in expected.items():
         assert getattr(auth, name) == value
@@ -397,7 +406,9 @@ def test_device_reply_accepted(hostile: Hostile, session, change, expected) -> N
 def test_device_reply_refused(hostile: Hostile, session, change) -> None:
     doc = {k: v for k, v in {**GOOD_DEVICE, **change}.items() if v is not None}
     uri = hostile.answer("/device", 200, json.dumps(doc).encode())
-    auth = request_device_authorization(session, uri, "pub", None, SCOPES, CLIENT_SECRET_POST)
+    auth = request_device_authorization(
+        session, NetDeviceAuth(uri, "pub", None, SCOPES, CLIENT_SECRET_POST)
+    )
     assert auth.outcome == "permanent"
     assert auth.message.startswith(device.INVALID_RESPONSE)
     assert auth.device_code == b"" and auth.user_code == ""
@@ -418,7 +429,9 @@ def test_device_reply_refused(hostile: Hostile, session, change) -> None:
 )
 def test_device_hostile_replies(hostile: Hostile, session, status, payload, outcome) -> None:
     uri = hostile.answer("/device", status, payload)
-    auth = request_device_authorization(session, uri, "pub", None, SCOPES, CLIENT_SECRET_POST)
+    auth = request_device_authorization(
+        session, NetDeviceAuth(uri, "pub", None, SCOPES, CLIENT_SECRET_POST)
+    )
     assert auth.outcome == outcome
     assert auth.device_code == b""
 
@@ -426,7 +439,9 @@ def test_device_hostile_replies(hostile: Hostile, session, status, payload, outc
 def test_device_error_text_is_cleaned(hostile: Hostile, session) -> None:
     desc = "bad\x00\x1b[31mred\u202e\ud800" + "x" * 5000
     uri = hostile.answer("/device", 400, {"error": "invalid_\x00client", "error_description": desc})
-    auth = request_device_authorization(session, uri, "pub", None, SCOPES, CLIENT_SECRET_POST)
+    auth = request_device_authorization(
+        session, NetDeviceAuth(uri, "pub", None, SCOPES, CLIENT_SECRET_POST)
+    )
     assert auth.outcome == "permanent"
     assert auth.provider_error == "invalid_\ufffdclient"
     assert auth.message.startswith("HTTP code 400 (invalid_\ufffdclient: bad\ufffd\ufffd[31mred")
@@ -493,7 +508,9 @@ def test_poll_too_fast_gets_slow_down(session) -> None:
 
 def test_poll_unreachable_is_transient(session, closed_port) -> None:
     uri = f"http://127.0.0.1:{closed_port}/token"
-    result = poll_device_token(session, uri, "pub", None, b"dc-1", CLIENT_SECRET_POST)
+    result = poll_device_token(
+        session, NetDevicePoll(uri, "pub", None, b"dc-1", CLIENT_SECRET_POST)
+    )
     assert (result.outcome, result.provider_error) == ("transient", "")
 
 
@@ -523,7 +540,9 @@ def test_poll_unreachable_is_transient(session, closed_port) -> None:
 )
 def test_poll_replies(hostile: Hostile, session, status, payload, outcome, provider_error) -> None:
     uri = hostile.answer("/token", status, payload)
-    result = poll_device_token(session, uri, "pub", None, b"dc-1", CLIENT_SECRET_POST)
+    result = poll_device_token(
+        session, NetDevicePoll(uri, "pub", None, b"dc-1", CLIENT_SECRET_POST)
+    )
     assert (result.outcome, result.provider_error) == (outcome, provider_error)
     assert (result.token is not None) == (outcome == "ok")
     assert "\x00" not in result.message and "\ud800" not in result.message
@@ -532,14 +551,18 @@ def test_poll_replies(hostile: Hostile, session, status, payload, outcome, provi
 def test_poll_clamps_expires_in(hostile: Hostile, session) -> None:
     doc = b'{"access_token": "at", "token_type": "Bearer", "expires_in": ' + b"9" * 400 + b"}"
     uri = hostile.answer("/token", 200, doc)
-    result = poll_device_token(session, uri, "pub", None, b"dc-1", CLIENT_SECRET_POST)
+    result = poll_device_token(
+        session, NetDevicePoll(uri, "pub", None, b"dc-1", CLIENT_SECRET_POST)
+    )
     assert result.outcome == "ok" and result.token is not None
     assert result.token.expires_in == limits.MAX_SECONDS
 
 
 def test_poll_sends_basic_and_no_secret_in_body(hostile: Hostile, session) -> None:
     uri = hostile.answer("/token", 400, {"error": "authorization_pending"})
-    poll_device_token(session, uri, "cid", "s:e", bytearray(b"dc-1"), CLIENT_SECRET_BASIC)
+    poll_device_token(
+        session, NetDevicePoll(uri, "cid", b"s:e", bytearray(b"dc-1"), CLIENT_SECRET_BASIC)
+    )
     _, _, headers, body = hostile.requests[-1]
     assert headers["Authorization"] == tokenclient.basic_credentials("cid", "s:e")
     assert urllib.parse.parse_qsl(body.decode()) == [
@@ -562,7 +585,7 @@ def endpoints(m: metadata.Metadata) -> tuple[str, str, str, str]:
 
 
 def test_metadata_openid(provider: Provider, session) -> None:
-    m = fetch_metadata(session, provider.issuer)
+    m = fetch_metadata(session, NetMetadata(provider.issuer))
     assert (m.outcome, m.message) == ("ok", "")
     assert endpoints(m) == (
         provider.auth_uri,
@@ -576,7 +599,7 @@ def test_metadata_openid(provider: Provider, session) -> None:
 def test_metadata_falls_back_to_rfc8414(session) -> None:
     with Provider([Client("pub", None)], issuer_path="/tenant/v2.0") as p:
         p.metadata_not_found = {"openid-configuration"}
-        m = fetch_metadata(session, p.issuer)
+        m = fetch_metadata(session, NetMetadata(p.issuer))
         assert m.outcome == "ok", m.message
         assert m.token_endpoint == p.token_uri
         assert p.metadata_fetches == [
@@ -588,14 +611,14 @@ def test_metadata_falls_back_to_rfc8414(session) -> None:
 def test_metadata_not_found_anywhere(session) -> None:
     with Provider([Client("pub", None)], issuer_path="/x") as p:
         p.metadata_not_found = set(("openid-configuration", "oauth-authorization-server"))
-        m = fetch_metadata(session, p.issuer)
+        m = fetch_metadata(session, NetMetadata(p.issuer))
         assert (m.outcome, m.message) == ("permanent", f"no metadata found for issuer {p.issuer}")
         assert endpoints(m) == ("", "", "", "")
         assert len(p.metadata_fetches) == 3  # both RFC 8414 forms differ under a path
 
 
 def test_metadata_trailing_slash_in_issuer(provider: Provider, session) -> None:
-    m = fetch_metadata(session, provider.issuer + "/")
+    m = fetch_metadata(session, NetMetadata(provider.issuer + "/"))
     assert m.outcome == "permanent" and "is for issuer" in m.message  # exact match only
     assert provider.metadata_fetches == ["/.well-known/openid-configuration"]
 
@@ -604,14 +627,14 @@ def test_metadata_trailing_slash_in_issuer(provider: Provider, session) -> None:
 def test_metadata_microsoft_tenant_issuer(session, tenant) -> None:
     with Provider([Client("pub", None)], issuer_path=f"/{tenant}/v2.0") as p:
         p.metadata_tenant_issuer = True
-        m = fetch_metadata(session, p.issuer)
+        m = fetch_metadata(session, NetMetadata(p.issuer))
         assert m.outcome == "ok", m.message
         assert m.device_authorization_endpoint == p.device_auth_uri
 
 
 def test_metadata_issuer_mismatch(provider: Provider, session) -> None:
     provider.metadata_issuer = "https://evil.example"
-    m = fetch_metadata(session, provider.issuer)
+    m = fetch_metadata(session, NetMetadata(provider.issuer))
     assert m.outcome == "permanent"
     assert m.message == (
         f"metadata from {provider.issuer}/.well-known/openid-configuration is for issuer "
@@ -622,7 +645,7 @@ def test_metadata_issuer_mismatch(provider: Provider, session) -> None:
 
 def test_metadata_dropped_endpoints(provider: Provider, session) -> None:
     provider.metadata_drop = {"revocation_endpoint", "device_authorization_endpoint"}
-    m = fetch_metadata(session, provider.issuer)
+    m = fetch_metadata(session, NetMetadata(provider.issuer))
     assert m.outcome == "ok"
     assert endpoints(m) == (provider.auth_uri, provider.token_uri, "", "")
 
@@ -631,7 +654,7 @@ def test_metadata_rfc8414_fills_in_what_the_openid_document_lacks(
     provider: Provider, session
 ) -> None:
     provider.metadata_drop_from = {"openid-configuration": {"revocation_endpoint"}}
-    m = fetch_metadata(session, provider.issuer)
+    m = fetch_metadata(session, NetMetadata(provider.issuer))
     assert m.outcome == "ok", m.message
     assert m.revocation_endpoint == provider.revoke_uri
     assert provider.metadata_fetches == [
@@ -652,7 +675,7 @@ def test_metadata_fill_in_never_replaces_the_first_documents(hostile: Hostile, s
         revocation_endpoint="https://example.com/revoke",
     )
     hostile.answer(RFC8414_PATH, 200, later)
-    m = fetch_metadata(session, hostile.base_url)
+    m = fetch_metadata(session, NetMetadata(hostile.base_url))
     assert endpoints(m) == (
         "http://127.0.0.1:1/auth",
         "https://example.com/token",  # the first document's
@@ -675,7 +698,7 @@ def test_metadata_fill_in_that_fails(hostile: Hostile, session, status, later, o
     if isinstance(later, dict):
         later = metadata_doc(hostile, **later)
     hostile.answer(RFC8414_PATH, status, later)
-    m = fetch_metadata(session, hostile.base_url)
+    m = fetch_metadata(session, NetMetadata(hostile.base_url))
     assert m.outcome == outcome, m.message
     if outcome == "ok":  # the first document alone
         assert m.token_endpoint == "https://example.com/token" and m.revocation_endpoint == ""
@@ -716,7 +739,7 @@ def metadata_doc(hostile: Hostile, **change: object) -> dict[str, object]:
 
 def test_metadata_loopback_http_endpoints_allowed(hostile: Hostile, session) -> None:
     hostile.answer("/.well-known/openid-configuration", 200, metadata_doc(hostile))
-    m = fetch_metadata(session, hostile.base_url)
+    m = fetch_metadata(session, NetMetadata(hostile.base_url))
     assert m.outcome == "ok", m.message
     assert endpoints(m) == (
         "http://127.0.0.1:1/auth",
@@ -744,7 +767,7 @@ def test_metadata_loopback_http_endpoints_allowed(hostile: Hostile, session) -> 
 )
 def test_metadata_bad_document(hostile: Hostile, session, change) -> None:
     hostile.answer("/.well-known/openid-configuration", 200, metadata_doc(hostile, **change))
-    m = fetch_metadata(session, hostile.base_url)
+    m = fetch_metadata(session, NetMetadata(hostile.base_url))
     assert m.outcome == "permanent"
     assert m.message.startswith(f"metadata from {hostile.base_url}/.well-known/")
     assert endpoints(m) == ("", "", "", "")
@@ -766,7 +789,7 @@ def test_metadata_bad_document(hostile: Hostile, session, change) -> None:
 )
 def test_metadata_hostile_replies(hostile: Hostile, session, status, payload, outcome, message):
     hostile.answer("/.well-known/openid-configuration", status, payload)
-    m = fetch_metadata(session, hostile.base_url)
+    m = fetch_metadata(session, NetMetadata(hostile.base_url))
     assert m.outcome == outcome
     assert message in m.message
     assert endpoints(m) == ("", "", "", "")
@@ -775,14 +798,14 @@ def test_metadata_hostile_replies(hostile: Hostile, session, status, payload, ou
 def test_metadata_mismatch_text_is_cleaned(hostile: Hostile, session) -> None:
     doc = metadata_doc(hostile, issuer="https://e\x00vil\u202e" + "x" * 5000)
     hostile.answer("/.well-known/openid-configuration", 200, doc)
-    m = fetch_metadata(session, hostile.base_url)
+    m = fetch_metadata(session, NetMetadata(hostile.base_url))
     assert m.outcome == "permanent"
     assert "\x00" not in m.message and "\u202e" not in m.message
     assert len(m.message) < limits.MAX_PROVIDER_TEXT + 500
 
 
 def test_metadata_unreachable_is_transient(session, closed_port) -> None:
-    m = fetch_metadata(session, f"http://127.0.0.1:{closed_port}")
+    m = fetch_metadata(session, NetMetadata(f"http://127.0.0.1:{closed_port}"))
     assert m.outcome == "transient" and "couldn't connect" in m.message
 
 
@@ -790,7 +813,7 @@ def test_metadata_unreachable_is_transient(session, closed_port) -> None:
     "issuer", ["http://example.com", "ftp://127.0.0.1", "https://a.example/?q=1", "", "x" * 9000]
 )
 def test_metadata_refuses_bad_issuer_without_fetching(session, issuer) -> None:
-    m = fetch_metadata(session, issuer)
+    m = fetch_metadata(session, NetMetadata(issuer))
     assert m.outcome == "permanent" and "is not an https URL" in m.message
 
 
@@ -803,12 +826,14 @@ def test_revoke_refresh_token(provider: Provider, session, client_id) -> None:
     method = CLIENT_SECRET_BASIC if client_id == "basic" else CLIENT_SECRET_POST
     result = revoke_token(
         session,
-        provider.revoke_uri,
-        client_id,
-        SECRETS[client_id],
-        refresh_token,
-        "refresh_token",
-        method,
+        NetRevoke(
+            provider.revoke_uri,
+            client_id,
+            secret_of(client_id),
+            refresh_token.encode(),
+            "refresh_token",
+            method,
+        ),
     )
     assert result == revoke.Revocation("ok")
     assert provider.revocations == [
@@ -824,14 +849,14 @@ def test_revoke_refresh_token(provider: Provider, session, client_id) -> None:
 
 def test_revoke_access_token_without_hint(provider: Provider, session) -> None:
     access, refresh_token = device_token(provider, session)
-    result = revoke_token(session, provider.revoke_uri, "pub", None, access)
+    result = revoke_token(session, NetRevoke(provider.revoke_uri, "pub", None, access.encode(), ""))
     assert result.outcome == "ok"
     assert provider.revocations[0]["token_type_hint"] == ""
     assert not provider.is_active(access) and provider.is_active(refresh_token)
 
 
 def test_revoke_unknown_token_is_ok(provider: Provider, session) -> None:
-    result = revoke_token(session, provider.revoke_uri, "pub", None, "never-issued")
+    result = revoke_token(session, NetRevoke(provider.revoke_uri, "pub", None, b"never-issued", ""))
     assert result.outcome == "ok"
     assert provider.revocations[0]["kind"] == "unknown"
 
@@ -839,7 +864,10 @@ def test_revoke_unknown_token_is_ok(provider: Provider, session) -> None:
 def test_revoke_other_clients_token(provider: Provider, session) -> None:
     _, refresh_token = device_token(provider, session)
     result = revoke_token(
-        session, provider.revoke_uri, "app", "app-secret", refresh_token, "refresh_token"
+        session,
+        NetRevoke(
+            provider.revoke_uri, "app", b"app-secret", refresh_token.encode(), "refresh_token"
+        ),
     )
     assert (result.outcome, result.provider_error) == ("permanent", "unauthorized_client")
     assert result.message == "HTTP code 400 (unauthorized_client: token belongs to another client)"
@@ -847,14 +875,14 @@ def test_revoke_other_clients_token(provider: Provider, session) -> None:
 
 
 def test_revoke_wrong_secret(provider: Provider, session) -> None:
-    result = revoke_token(session, provider.revoke_uri, "app", "nope-secret", "t")
+    result = revoke_token(session, NetRevoke(provider.revoke_uri, "app", b"nope-secret", b"t", ""))
     assert (result.outcome, result.provider_error) == ("permanent", "invalid_client")
     assert "nope-secret" not in result.message
 
 
 def test_revoke_refuses_unknown_hint(provider: Provider, session) -> None:
     with pytest.raises(ValueError):
-        revoke_token(session, provider.revoke_uri, "pub", None, "t", "id_token")
+        revoke_token(session, NetRevoke(provider.revoke_uri, "pub", None, b"t", "id_token"))
 
 
 @pytest.mark.parametrize(
@@ -875,7 +903,7 @@ def test_revoke_refuses_unknown_hint(provider: Provider, session) -> None:
 )
 def test_revoke_replies(hostile: Hostile, session, status, payload, outcome, message) -> None:
     uri = hostile.answer("/revoke", status, payload)
-    result = revoke_token(session, uri, "cid", "sec", "the-token", "refresh_token")
+    result = revoke_token(session, NetRevoke(uri, "cid", b"sec", b"the-token", "refresh_token"))
     assert (result.outcome, result.message) == (outcome, message)
     _, _, headers, body = hostile.requests[-1]
     assert urllib.parse.parse_qsl(body.decode()) == [
@@ -889,13 +917,13 @@ def test_revoke_replies(hostile: Hostile, session, status, payload, outcome, mes
 
 def test_revoke_unreachable_is_transient(session, closed_port) -> None:
     uri = f"http://127.0.0.1:{closed_port}/revoke"
-    result = revoke_token(session, uri, "pub", None, "t")
+    result = revoke_token(session, NetRevoke(uri, "pub", None, b"t", ""))
     assert (result.outcome, result.message) == ("transient", f"couldn't connect to {uri}")
 
 
 def test_revoke_oversized_reply(hostile: Hostile, session) -> None:
     uri = hostile.answer("/revoke", 200, b" " * (limits.MAX_REPLY_BODY + 1))
-    result = revoke_token(session, uri, "pub", None, "t")
+    result = revoke_token(session, NetRevoke(uri, "pub", None, b"t", ""))
     assert (result.outcome, result.message) == (
         "permanent",
         "response from revocation endpoint too large",

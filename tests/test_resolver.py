@@ -9,13 +9,13 @@ import pytest
 
 from pizauth import ipc, runtime
 from pizauth.config import Account
-from pizauth.ipc import NetMetadataResult, NetOutcome
+from pizauth.ipc import NetMetadataResult, TokenOutcome
 from pizauth.priv.parent import NET_RESULTS
 from pizauth.priv.provider import Ready, Resolver, Unready
 
 ISSUER = "https://issuer.example"
 OK = NetMetadataResult(
-    NetOutcome.OK, "", ISSUER + "/auth", ISSUER + "/token", "", ISSUER + "/revoke"
+    TokenOutcome.OK, "", ISSUER + "/auth", ISSUER + "/token", "", ISSUER + "/revoke"
 )
 
 
@@ -77,7 +77,7 @@ def test_transient_failures_are_not_kept() -> None:
     r = resolver(net)
     got: list[object] = []
     r.resolve(account(), "auth_uri", False, got.append)
-    net.calls.result(net.sent[0][0], NetMetadataResult(NetOutcome.TRANSIENT, "HTTP code 503"))
+    net.calls.result(net.sent[0][0], NetMetadataResult(TokenOutcome.TRANSIENT, "HTTP code 503"))
     assert got == [Unready("HTTP code 503", True, False)]
     r.resolve(account(), "auth_uri", False, got.append)
     assert len(net.sent) == 2
@@ -113,7 +113,7 @@ def test_malformed_endpoint_from_the_network_child_is_refused() -> None:
     net = Net()
     r = resolver(net)
     r.resolve(account(), "auth_uri", False, lambda o: None)
-    bad = NetMetadataResult(NetOutcome.OK, "", "javascript:alert(1)")
+    bad = NetMetadataResult(TokenOutcome.OK, "", "javascript:alert(1)")
     with pytest.raises(ipc.ProtocolError):
         net.calls.result(net.sent[0][0], bad)
 
@@ -156,7 +156,7 @@ def test_remote_issuer_naming_an_http_endpoint_is_that_accounts_error(endpoint: 
     got: list[object] = []
     r.resolve(account(issuer=REMOTE), "auth_uri", False, got.append)
     r.resolve(account("b", issuer=REMOTE), "token_uri", False, got.append)
-    plain = NetMetadataResult(NetOutcome.OK, "", REMOTE + "/auth", endpoint)
+    plain = NetMetadataResult(TokenOutcome.OK, "", REMOTE + "/auth", endpoint)
     net.calls.result(net.sent[0][0], plain)  # not a protocol error: the child only relays it
     assert [type(o) for o in got] == [Unready, Unready]
     for outcome in got:
@@ -175,7 +175,7 @@ def test_loopback_issuer_may_name_loopback_http_endpoints(issuer: str) -> None:
     got: list[object] = []
     r.resolve(account(issuer=issuer), "token_uri", False, got.append)
     token = "http://127.0.0.2:9/token"
-    net.calls.result(net.sent[0][0], NetMetadataResult(NetOutcome.OK, "", "", token))
+    net.calls.result(net.sent[0][0], NetMetadataResult(TokenOutcome.OK, "", "", token))
     assert isinstance(got[0], Ready) and got[0].account.token_uri == token
 
 

@@ -14,7 +14,7 @@ from test_resolver import account as resolver_account
 
 from pizauth import ipc, runtime
 from pizauth.config import Account
-from pizauth.ipc import MsgType, NetMetadataResult, NetOutcome, NetRevokeResult
+from pizauth.ipc import MsgType, NetMetadataResult, NetRevokeResult, TokenOutcome
 from pizauth.limits import MAX_REVOCATIONS_WAITING
 from pizauth.priv.parent import NET_RESULTS
 from pizauth.priv.provider import Resolver
@@ -24,9 +24,9 @@ from pizauth.timeouts import RETRY_AFTER_MAX, REVOKE_RETRIES, REVOKE_RETRY_AFTER
 
 TOKEN = b"1//refresh-token-to-revoke"
 REVOKE_URI = "https://provider.example/revoke"
-BUSY = NetRevokeResult(NetOutcome.TRANSIENT, "HTTP code 503 (temporarily_unavailable)")
-GONE = NetRevokeResult(NetOutcome.PERMANENT, "HTTP code 404")
-OK = NetRevokeResult(NetOutcome.OK)
+BUSY = NetRevokeResult(TokenOutcome.TRANSIENT, "HTTP code 503 (temporarily_unavailable)")
+GONE = NetRevokeResult(TokenOutcome.PERMANENT, "HTTP code 404")
+OK = NetRevokeResult(TokenOutcome.OK)
 LOCAL_ONLY = (
     "The token of acct was forgotten locally but not revoked at the provider: the account has"
     " no revocation endpoint (revoke_uri, or the issuer's metadata)"
@@ -198,13 +198,13 @@ def test_a_transient_failure_to_find_the_endpoint_is_tried_again() -> None:
     token = h.revoke()
     [(fetch_id, issuer)] = h.net.fetches
     assert issuer == ISSUER and h.net.revokes == []
-    h.net.calls.result(fetch_id, NetMetadataResult(NetOutcome.TRANSIENT, "connection refused"))
+    h.net.calls.result(fetch_id, NetMetadataResult(TokenOutcome.TRANSIENT, "connection refused"))
     assert h.errors.reports == [] and not wiped(token)
     h.advance_to(h.now + REVOKE_RETRIES[0])
     fetch_id, _ = h.net.fetches[-1]
     assert len(h.net.fetches) == 2  # the metadata is fetched again
     h.net.calls.result(
-        fetch_id, NetMetadataResult(NetOutcome.OK, "", revocation_endpoint=ISSUER + "/revoke")
+        fetch_id, NetMetadataResult(TokenOutcome.OK, "", revocation_endpoint=ISSUER + "/revoke")
     )
     assert [t for _, t in h.net.revokes] == [TOKEN]
     h.answer(OK)
@@ -215,7 +215,7 @@ def test_a_permanent_failure_to_find_the_endpoint_is_reported_at_once() -> None:
     h = Harness({"acct": account(revoke_uri=None, issuer=ISSUER)})
     token = h.revoke()
     [(fetch_id, _)] = h.net.fetches
-    h.net.calls.result(fetch_id, NetMetadataResult(NetOutcome.PERMANENT, "not an issuer"))
+    h.net.calls.result(fetch_id, NetMetadataResult(TokenOutcome.PERMANENT, "not an issuer"))
     assert h.errors.reports == [
         ("acct", "Revoking the token of acct at the provider failed: not an issuer")
     ]
@@ -237,7 +237,7 @@ def test_an_issuer_without_a_revocation_endpoint_is_told() -> None:
     h = Harness({"acct": account(revoke_uri=None, issuer=ISSUER)})
     token = h.revoke()
     [(fetch_id, _)] = h.net.fetches
-    h.net.calls.result(fetch_id, NetMetadataResult(NetOutcome.OK, ""))  # no revocation_endpoint
+    h.net.calls.result(fetch_id, NetMetadataResult(TokenOutcome.OK, ""))  # no revocation_endpoint
     assert h.net.revokes == [] and wiped(token)
     assert h.errors.reports == [("acct", LOCAL_ONLY)]
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from pizauth import ipc, limits
 from pizauth.net import reply, tokenclient
+from pizauth.net.calls import to_wire
 from pizauth.net.tokenclient import TokenResult, exchange_code, refresh
-from pizauth.net.worker import to_wire
 
 RETRY_AFTER_MAX = reply.RETRY_AFTER_MAX
 
@@ -126,7 +126,16 @@ EXCHANGE_FORM = [
     ("redirect_uri", "http://localhost:1/"),
     ("grant_type", "authorization_code"),
 ]
-REFRESH_FORM = [("client_id", "cid"), ("refresh_token", "rt"), ("grant_type", "refresh_token")]
+
+
+def exchange_request(uri: str) -> ipc.NetExchange:
+    """The NET_EXCHANGE whose form is EXCHANGE_FORM."""
+    return ipc.NetExchange(uri, "cid", None, "the-code", b"ver", "http://localhost:1/")
+
+
+def refresh_request(uri: str) -> ipc.NetRefresh:
+    """A NET_REFRESH of refresh token "rt" for public client "cid"."""
+    return ipc.NetRefresh(uri, "cid", None, b"rt")
 
 
 def judge(status: int, payload: bytes, unexpected: str = UNEXPECTED_EXCHANGE) -> TokenResult:
@@ -261,7 +270,7 @@ def test_refresh_token_kinds(extra, kind, token):
 
 def test_refresh_ok(endpoint, session):
     endpoint.answer((200, body(GOOD)))
-    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    result = refresh(session, refresh_request(endpoint.uri))
     assert result == TokenResult("ok", "", "at-1", 3600, "string", "rt")
     path, headers, sent = endpoint.requests[0]
     assert path == "/token"
@@ -273,7 +282,7 @@ def test_refresh_ok(endpoint, session):
 @pytest.mark.parametrize("status", [503, 429])
 def test_refresh_transient_status(endpoint, session, status):
     endpoint.answer((status, body({"error": "slow_down"})))
-    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    result = refresh(session, refresh_request(endpoint.uri))
     assert result.outcome == "transient"
     assert result.message.startswith(f"HTTP code {status}")
     assert len(endpoint.requests) == 1  # one attempt; the parent schedules retries
@@ -281,7 +290,7 @@ def test_refresh_transient_status(endpoint, session, status):
 
 def test_refresh_permanent_400(endpoint, session):
     endpoint.answer((400, body({"error": "invalid_grant", "error_description": "revoked"})))
-    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    result = refresh(session, refresh_request(endpoint.uri))
     assert (result.outcome, result.message) == (
         "permanent",
         "HTTP code 400 (invalid_grant: revoked)",
@@ -290,20 +299,20 @@ def test_refresh_permanent_400(endpoint, session):
 
 def test_refresh_non_json(endpoint, session):
     endpoint.answer((200, b"not json"))
-    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    result = refresh(session, refresh_request(endpoint.uri))
     assert result.outcome == "permanent" and result.message.startswith("Invalid JSON: ")
 
 
 def test_refresh_unexpected_json(endpoint, session):
     endpoint.answer((200, body({**GOOD, "expires_in": -5})))
-    assert refresh(session, endpoint.uri, REFRESH_FORM) == TokenResult(
+    assert refresh(session, refresh_request(endpoint.uri)) == TokenResult(
         "permanent", UNEXPECTED_REFRESH
     )
 
 
 def test_redirects_are_not_followed(endpoint, session):
     endpoint.answer((302, b""))
-    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    result = refresh(session, refresh_request(endpoint.uri))
     assert (result.outcome, result.message) == ("permanent", "HTTP code 302")
     assert len(endpoint.requests) == 1
 
@@ -311,14 +320,14 @@ def test_redirects_are_not_followed(endpoint, session):
 def test_oversized_body_is_permanent(endpoint, session, monkeypatch):
     monkeypatch.setattr(tokenclient, "MAX_BODY", 100)
     endpoint.answer((200, body({**GOOD, "padding": "x" * 1000})))
-    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    result = refresh(session, refresh_request(endpoint.uri))
     assert result.outcome == "permanent"
     assert "too large" in result.message
 
 
 def test_refresh_connection_refused_is_transient(session, closed_port):
     uri = f"http://127.0.0.1:{closed_port}/token"
-    result = refresh(session, uri, REFRESH_FORM)
+    result = refresh(session, refresh_request(uri))
     assert result.outcome == "transient"
     assert result.message == f"couldn't connect to {uri}"
 
@@ -326,13 +335,13 @@ def test_refresh_connection_refused_is_transient(session, closed_port):
 def test_refresh_read_timeout_is_transient(endpoint, session, monkeypatch):
     monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
     endpoint.answer(STALL)
-    assert refresh(session, endpoint.uri, REFRESH_FORM).outcome == "transient"
+    assert refresh(session, refresh_request(endpoint.uri)).outcome == "transient"
 
 
 def test_refresh_body_stall_is_transient(endpoint, session, monkeypatch):
     monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
     endpoint.answer(STALL_BODY)
-    assert refresh(session, endpoint.uri, REFRESH_FORM).outcome == "transient"
+    assert refresh(session, refresh_request(endpoint.uri)).outcome == "transient"
 
 
 # -- code exchange over HTTP -----------------------------------------------------------------
@@ -341,7 +350,7 @@ def test_refresh_body_stall_is_transient(endpoint, session, monkeypatch):
 def test_exchange_ok(endpoint, session):
     endpoint.answer((200, body(GOOD)))
     sleeps = Sleeps()
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=sleeps)
     assert result.outcome == "ok" and result.access_token == "at-1"
     assert sleeps == []
     assert urllib.parse.parse_qsl(endpoint.requests[0][2].decode()) == EXCHANGE_FORM
@@ -350,27 +359,27 @@ def test_exchange_ok(endpoint, session):
 def test_exchange_400_not_retried_and_reports_oauth_error(endpoint, session):
     endpoint.answer((400, body({"error": "invalid_grant", "error_description": "used"})))
     sleeps = Sleeps()
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=sleeps)
     assert (result.outcome, result.message) == ("permanent", "HTTP code 400 (invalid_grant: used)")
     assert sleeps == [] and len(endpoint.requests) == 1
 
 
 def test_exchange_error_on_200(endpoint, session):
     endpoint.answer((200, body({"error": "access_denied"})))
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=Sleeps())
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=Sleeps())
     assert (result.outcome, result.message) == ("permanent", "access_denied")
 
 
 def test_exchange_invalid_reply(endpoint, session):
     endpoint.answer((200, body({**GOOD, "token_type": "mac"})))
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=Sleeps())
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=Sleeps())
     assert (result.outcome, result.message) == ("permanent", UNEXPECTED_EXCHANGE)
 
 
 def test_exchange_503_retried_then_succeeds(endpoint, session):
     endpoint.answer((503, b""), (200, body(GOOD)))
     sleeps = Sleeps()
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=sleeps)
     assert result.outcome == "ok"
     assert sleeps == [tokenclient.EXCHANGE_RETRY_DELAY] == [6.0]
     assert len(endpoint.requests) == 2
@@ -380,7 +389,7 @@ def test_exchange_503_retried_then_succeeds(endpoint, session):
 def test_exchange_503_every_time_gives_up(endpoint, session):
     endpoint.answer(*[(503, b"")] * tokenclient.EXCHANGE_ATTEMPTS)
     sleeps = Sleeps()
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=sleeps)
     assert (result.outcome, result.message) == ("permanent", "HTTP code 503")
     assert len(endpoint.requests) == tokenclient.EXCHANGE_ATTEMPTS == 10
     assert sleeps == [6.0] * 9
@@ -389,7 +398,7 @@ def test_exchange_503_every_time_gives_up(endpoint, session):
 def test_exchange_connection_refused_retried(session, closed_port):
     uri = f"http://127.0.0.1:{closed_port}/token"
     sleeps = Sleeps()
-    result = exchange_code(session, uri, EXCHANGE_FORM, sleep=sleeps)
+    result = exchange_code(session, exchange_request(uri), sleep=sleeps)
     assert sleeps == [6.0] * (tokenclient.EXCHANGE_ATTEMPTS - 1)
     assert (result.outcome, result.message) == ("permanent", f"couldn't connect to {uri}")
 
@@ -399,7 +408,7 @@ def test_exchange_read_timeout_not_retried(endpoint, session, monkeypatch):
     monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
     endpoint.answer(STALL, (200, body(GOOD)))
     sleeps = Sleeps()
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=sleeps)
     assert result.outcome == "permanent"
     assert sleeps == []
     assert len(endpoint.requests) == 1
@@ -409,7 +418,7 @@ def test_exchange_body_stall_not_retried(endpoint, session, monkeypatch):
     monkeypatch.setattr(tokenclient, "TIMEOUT", 0.3)
     endpoint.answer(STALL_BODY, (200, body(GOOD)))
     sleeps = Sleeps()
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=sleeps)
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=sleeps)
     assert result.outcome == "permanent"
     assert sleeps == []
     assert len(endpoint.requests) == 1
@@ -420,7 +429,7 @@ def test_exchange_body_stall_not_retried(endpoint, session, monkeypatch):
 
 def test_exchange_form_order_with_secret():
     uri, form = tokenclient.exchange_form(
-        (b"http://t/token", b"cid", b"1", b"sec", b"code", b"ver", b"http://localhost:1/")
+        ipc.NetExchange("http://t/token", "cid", b"sec", "code", b"ver", "http://localhost:1/")
     )
     assert uri == "http://t/token"
     assert form == [
@@ -435,7 +444,7 @@ def test_exchange_form_order_with_secret():
 
 def test_exchange_form_without_secret():
     _, form = tokenclient.exchange_form(
-        (b"http://t/token", b"cid", b"0", b"", b"code", b"ver", b"http://localhost:1/")
+        ipc.NetExchange("http://t/token", "cid", None, "code", b"ver", "http://localhost:1/")
     )
     assert [k for k, _ in form] == [
         "code",
@@ -448,13 +457,13 @@ def test_exchange_form_without_secret():
 
 def test_exchange_form_with_empty_secret_still_sends_it():
     _, form = tokenclient.exchange_form(
-        (b"http://t/token", b"cid", b"1", b"", b"code", b"ver", b"http://localhost:1/")
+        ipc.NetExchange("http://t/token", "cid", b"", "code", b"ver", "http://localhost:1/")
     )
     assert form[-1] == ("client_secret", "")
 
 
 def test_refresh_form_order():
-    uri, form = tokenclient.refresh_form((b"http://t/token", b"cid", b"1", b"sec", b"rt"))
+    uri, form = tokenclient.refresh_form(ipc.NetRefresh("http://t/token", "cid", b"sec", b"rt"))
     assert uri == "http://t/token"
     assert form == [
         ("client_id", "cid"),
@@ -462,16 +471,14 @@ def test_refresh_form_order():
         ("grant_type", "refresh_token"),
         ("client_secret", "sec"),
     ]
-    _, form = tokenclient.refresh_form((b"http://t/token", b"cid", b"0", b"", b"rt"))
+    _, form = tokenclient.refresh_form(ipc.NetRefresh("http://t/token", "cid", None, b"rt"))
     assert [k for k, _ in form] == ["client_id", "refresh_token", "grant_type"]
 
 
 def test_form_posted_in_order_with_secret_last(endpoint, session):
-    uri, form = tokenclient.exchange_form(
-        (endpoint.uri.encode(), b"c id", b"1", b"s&cret", b"co/de", b"ver", b"http://l:1/")
-    )
+    request = ipc.NetExchange(endpoint.uri, "c id", b"s&cret", "co/de", b"ver", "http://l:1/")
     endpoint.answer((200, body(GOOD)))
-    assert exchange_code(session, uri, form, sleep=Sleeps()).outcome == "ok"
+    assert exchange_code(session, request, sleep=Sleeps()).outcome == "ok"
     assert endpoint.requests[0][2] == (
         b"code=co%2Fde&client_id=c+id&code_verifier=ver&redirect_uri=http%3A%2F%2Fl%3A1%2F"
         b"&grant_type=authorization_code&client_secret=s%26cret"
@@ -548,9 +555,9 @@ def test_one_mebibyte_reply_with_a_huge_refresh_token(endpoint, session):
     payload = head + b'"' + b"r" * (limits.MAX_REPLY_BODY - len(head) - 3) + b'"}'
     assert len(payload) == limits.MAX_REPLY_BODY
     endpoint.answer((200, payload), (200, payload))
-    result = exchange_code(session, endpoint.uri, EXCHANGE_FORM, sleep=Sleeps())
+    result = exchange_code(session, exchange_request(endpoint.uri), sleep=Sleeps())
     assert result.outcome == "permanent" and "longer than" in result.message
-    result = refresh(session, endpoint.uri, REFRESH_FORM)
+    result = refresh(session, refresh_request(endpoint.uri))
     assert result.outcome == "permanent" and "longer than" in result.message
     ipc.encode(ipc.MsgType.NET_TOKEN_RESULT, 1, result.fields())  # within the frame limit
 
@@ -687,9 +694,9 @@ RETRY_AFTERS = st.none() | st.one_of(
 )
 def test_any_reply_gives_a_well_formed_result(status, payload, retry_after):
     session = FakeSession(status, payload, retry_after)
-    assert_well_formed(refresh(session, "http://t/", REFRESH_FORM))
+    assert_well_formed(refresh(session, refresh_request("http://t/")))
     sleeps = Sleeps()
-    assert_well_formed(exchange_code(session, "http://t/", EXCHANGE_FORM, sleeps))
+    assert_well_formed(exchange_code(session, exchange_request("http://t/"), sleeps))
 
 
 @settings(max_examples=500, deadline=None)

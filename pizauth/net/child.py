@@ -20,7 +20,8 @@ import time
 from pizauth import ipc, runtime, sandbox
 from pizauth.ipc import MsgType, TokenOutcome
 from pizauth.net import redirect
-from pizauth.net.worker import Busy, Launcher, failure
+from pizauth.net.calls import CALLS
+from pizauth.net.worker import Busy, Launcher
 from pizauth.process import start_child
 from pizauth.timeouts import VERDICT as VERDICT_TIMEOUT
 
@@ -28,21 +29,6 @@ log = logging.getLogger("pizauth")
 
 MAX_CONNECTIONS = 64  # callback connections served at once (see Connections)
 BUSY = "too many requests to providers at once: try again"
-TOKEN_REQUESTS = (
-    MsgType.NET_EXCHANGE,
-    MsgType.NET_REFRESH,
-    MsgType.NET_DEVICE_AUTH,
-    MsgType.NET_DEVICE_POLL,
-)
-# What a worker answers to each request it runs.
-RESULT_TYPES = {
-    MsgType.NET_EXCHANGE: MsgType.NET_TOKEN_RESULT,
-    MsgType.NET_REFRESH: MsgType.NET_TOKEN_RESULT,
-    MsgType.NET_DEVICE_AUTH: MsgType.NET_DEVICE_AUTH_RESULT,
-    MsgType.NET_DEVICE_POLL: MsgType.NET_TOKEN_RESULT,
-    MsgType.NET_METADATA: MsgType.NET_METADATA_RESULT,
-    MsgType.NET_REVOKE: MsgType.NET_REVOKE_RESULT,
-}
 
 
 class Connections:
@@ -169,19 +155,9 @@ class NetChild:
         if not self.channel.deliver(request_id, verdict):
             log.debug("verdict for a callback that gave up waiting")
 
-    def handle_token_request(
-        self,
-        request_id: int,
-        message: ipc.NetExchange
-        | ipc.NetRefresh
-        | ipc.NetDeviceAuth
-        | ipc.NetDevicePoll
-        | ipc.NetMetadata
-        | ipc.NetRevoke,
-    ) -> None:
-        """A request to the provider (NET_EXCHANGE, NET_REFRESH, NET_DEVICE_AUTH,
-        NET_DEVICE_POLL, NET_METADATA or NET_REVOKE): run it in a worker process
-        (net/worker.py)."""
+    def handle_token_request(self, request_id: int, message: ipc.Wire) -> None:
+        """A request to the provider (one of net/calls.py's CALLS): run it in a worker
+        process (net/worker.py)."""
         # The worker's copy, wiped once sent; the parent's frame is wiped on return.
         request = message.encode(request_id)
         threading.Thread(
@@ -189,20 +165,21 @@ class NetChild:
         ).start()
 
     def _relay(self, msg_type: MsgType, request_id: int, request: bytearray) -> None:
+        call = CALLS[msg_type]
         try:
             result = self.launcher.call(request, msg_type)
         except Busy:
             # Every worker slot taken: the request never left, so even an exchange may be
             # tried again (its code is unused).
             log.warning("no token request worker free; the request fails for now")
-            self.channel.send(failure(msg_type, TokenOutcome.TRANSIENT, BUSY), request_id)
+            self.channel.send(call.failure(TokenOutcome.TRANSIENT, BUSY), request_id)
             return
         finally:
             ipc.wipe(request)
         try:
             if result is not None:
                 reply = ipc.decode(result)
-                if reply.request_id == request_id and reply.type == RESULT_TYPES[msg_type]:
+                if reply.request_id == request_id and reply.type == call.result.TYPE:
                     self.channel.send(ipc.decode_as(reply), request_id)
                     return
                 log.warning("token request worker answered another request")
@@ -211,14 +188,8 @@ class NetChild:
         finally:
             if result is not None:
                 ipc.wipe(result)
-        # No answer (the worker crashed or was killed for overrunning its deadline). A
-        # code may have been used: an exchange fails for good; anything else may be
-        # tried again.
-        outcome = (
-            TokenOutcome.PERMANENT if msg_type == MsgType.NET_EXCHANGE else TokenOutcome.TRANSIENT
-        )
-        failed = "token request failed" if msg_type in TOKEN_REQUESTS else "request failed"
-        self.channel.send(failure(msg_type, outcome, failed), request_id)
+        # No answer (the worker crashed or was killed for overrunning its deadline).
+        self.channel.send(call.lost_result(), request_id)
 
     def run(self) -> None:
         cert = None
@@ -236,12 +207,7 @@ class NetChild:
         self.channel.send(ready)
         handlers: runtime.Handlers = {
             MsgType.NET_CALLBACK_VERDICT: self.handle_verdict,
-            MsgType.NET_EXCHANGE: self.handle_token_request,
-            MsgType.NET_REFRESH: self.handle_token_request,
-            MsgType.NET_DEVICE_AUTH: self.handle_token_request,
-            MsgType.NET_DEVICE_POLL: self.handle_token_request,
-            MsgType.NET_METADATA: self.handle_token_request,
-            MsgType.NET_REVOKE: self.handle_token_request,
+            **{msg_type: self.handle_token_request for msg_type in CALLS},
         }
         self.channel.serve(handlers, "network child")
 

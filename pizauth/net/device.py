@@ -27,7 +27,8 @@ from dataclasses import dataclass, field, replace
 
 import requests
 
-from pizauth import limits
+from pizauth import ipc, limits
+from pizauth.ipc import NetDeviceAuth, NetDevicePoll, TokenOutcome
 from pizauth.net import reply, tokenclient
 from pizauth.net.tokenclient import TokenResult, _judge, _Permanent, _post, _Transient
 from pizauth.uri import http_uri
@@ -48,7 +49,7 @@ _WHAT = "device authorization endpoint"
 
 @dataclass(frozen=True)
 class DeviceAuthorization:
-    outcome: str  # "ok", "transient" or "permanent"
+    outcome: TokenOutcome
     message: str = ""  # for the user when not ok
     provider_error: str = ""  # the OAuth error code the provider gave, if any
     device_code: bytes = field(default=b"", repr=False)  # a credential: never shown
@@ -66,31 +67,27 @@ class DeviceAuthorization:
 
 @dataclass(frozen=True)
 class DevicePoll:
-    outcome: str  # "ok", "transient" or "permanent"; see the module docstring
+    outcome: TokenOutcome  # see the module docstring
     message: str = ""
     provider_error: str = ""
-    token: TokenResult | None = None  # set exactly when outcome is "ok"
+    token: TokenResult | None = None  # set exactly when outcome is OK
 
 
 def request_device_authorization(
-    session: requests.Session,
-    device_auth_uri: str,
-    client_id: str,
-    secret: str | None,
-    scopes: str,
-    auth_method: str = tokenclient.CLIENT_SECRET_POST,
+    session: requests.Session, request: NetDeviceAuth
 ) -> DeviceAuthorization:
-    """Ask for a device code and user code (RFC 8628 §3.1, §3.2). `scopes` is the
-    space-separated scope, left out of the request when empty."""
-    form, headers = tokenclient.client_auth(client_id, secret, auth_method)
-    if scopes:
-        form.append(("scope", scopes))
+    """Ask for a device code and user code (RFC 8628 §3.1, §3.2). The request's scope is
+    space-separated, left out of the request when empty."""
+    secret = tokenclient.secret_text(request.client_secret)
+    form, headers = tokenclient.client_auth(request.client_id, secret, request.auth_method)
+    if request.scope:
+        form.append(("scope", request.scope))
     try:
-        got = _post(session, device_auth_uri, form, headers, what=_WHAT)
+        got = _post(session, request.device_auth_uri, form, headers, what=_WHAT)
     except _Transient as e:
-        return DeviceAuthorization("transient", str(e))
+        return DeviceAuthorization(TokenOutcome.TRANSIENT, str(e))
     except _Permanent as e:
-        return DeviceAuthorization("permanent", str(e))
+        return DeviceAuthorization(TokenOutcome.PERMANENT, str(e))
     status, body = got.status, got.body
     doc = reply.load_json(body)
     error, description = reply.oauth_error(doc)
@@ -98,18 +95,21 @@ def request_device_authorization(
         message = f"HTTP code {status}" + (
             f" ({reply.error_text(error, description)})" if error else ""
         )
-        kind = "transient" if status in tokenclient.TRANSIENT_STATUSES else "permanent"
+        transient = status in tokenclient.TRANSIENT_STATUSES
+        kind = TokenOutcome.TRANSIENT if transient else TokenOutcome.PERMANENT
         return DeviceAuthorization(kind, message, error)
     if error:
-        return DeviceAuthorization("permanent", reply.error_text(error, description), error)
+        return DeviceAuthorization(
+            TokenOutcome.PERMANENT, reply.error_text(error, description), error
+        )
     if not isinstance(doc, dict):
-        return DeviceAuthorization("permanent", INVALID_RESPONSE)
+        return DeviceAuthorization(TokenOutcome.PERMANENT, INVALID_RESPONSE)
     return _authorization(doc)
 
 
 def _authorization(doc: dict[str, object]) -> DeviceAuthorization:
     def bad(why: str) -> DeviceAuthorization:
-        return DeviceAuthorization("permanent", f"{INVALID_RESPONSE}: {why}")
+        return DeviceAuthorization(TokenOutcome.PERMANENT, f"{INVALID_RESPONSE}: {why}")
 
     device_code = doc.get("device_code")
     if not isinstance(device_code, str) or not device_code:
@@ -161,7 +161,7 @@ def _authorization(doc: dict[str, object]) -> DeviceAuthorization:
             return bad("malformed interval")
         interval = max(interval, 1)  # never poll back to back
     return DeviceAuthorization(
-        "ok",
+        TokenOutcome.OK,
         device_code=code,
         user_code=user_code,
         verification_uri=uri,
@@ -171,25 +171,19 @@ def _authorization(doc: dict[str, object]) -> DeviceAuthorization:
     )
 
 
-def poll_device_token(
-    session: requests.Session,
-    token_uri: str,
-    client_id: str,
-    secret: str | None,
-    device_code: bytes | bytearray | memoryview | str,
-    auth_method: str = tokenclient.CLIENT_SECRET_POST,
-) -> DevicePoll:
+def poll_device_token(session: requests.Session, request: NetDevicePoll) -> DevicePoll:
     """One device access token request (RFC 8628 §3.4), judged as in the module
     docstring."""
-    code = device_code if isinstance(device_code, str) else bytes(device_code).decode("utf-8")
-    auth, headers = tokenclient.client_auth(client_id, secret, auth_method)
+    code = ipc.text(memoryview(request.device_code))
+    secret = tokenclient.secret_text(request.client_secret)
+    auth, headers = tokenclient.client_auth(request.client_id, secret, request.auth_method)
     form = [("grant_type", DEVICE_GRANT), ("device_code", code), *auth]
     try:
-        got = _post(session, token_uri, form, headers)
+        got = _post(session, request.token_uri, form, headers)
     except _Transient as e:
-        return DevicePoll("transient", str(e))
+        return DevicePoll(TokenOutcome.TRANSIENT, str(e))
     except _Permanent as e:
-        return DevicePoll("permanent", str(e))
+        return DevicePoll(TokenOutcome.PERMANENT, str(e))
     status, body = got.status, got.body
     doc = reply.load_json(body)
     error, description = reply.oauth_error(doc)
@@ -197,23 +191,25 @@ def poll_device_token(
     if status in tokenclient.TRANSIENT_STATUSES:
         # Whatever else an overloaded server says, a request to slow down is safe to obey.
         return DevicePoll(
-            "transient", f"HTTP code {status}{detail}", SLOW_DOWN if error == SLOW_DOWN else ""
+            TokenOutcome.TRANSIENT,
+            f"HTTP code {status}{detail}",
+            SLOW_DOWN if error == SLOW_DOWN else "",
         )
     # RFC 8628 §3.5 errors come with 400; some providers (GitHub) send them with 200.
     if error and (status == 200 or 400 <= status < 500):
         message = reply.error_text(error, description)
         if error in (PENDING, SLOW_DOWN):
-            return DevicePoll("transient", message, error)
-        return DevicePoll("permanent", f"HTTP code {status} ({message})", error)
+            return DevicePoll(TokenOutcome.TRANSIENT, message, error)
+        return DevicePoll(TokenOutcome.PERMANENT, f"HTTP code {status} ({message})", error)
     if 200 <= status < 300 and doc is None:
         # Checked here because the token parser lets a nesting too deep for Python escape.
-        return DevicePoll("permanent", f"{INVALID_RESPONSE}: not JSON")
+        return DevicePoll(TokenOutcome.PERMANENT, f"{INVALID_RESPONSE}: not JSON")
     try:
         token = _judge(status, body, INVALID_RESPONSE)
     except (_Transient, _Permanent) as e:
         # _judge quotes no token, only status codes and provider error text: keep that
         # clean and bounded like the rest.
-        return DevicePoll("permanent", reply.provider_text(str(e)))
+        return DevicePoll(TokenOutcome.PERMANENT, reply.provider_text(str(e)))
     return _bounded(token)
 
 
@@ -223,9 +219,11 @@ def _bounded(token: TokenResult) -> DevicePoll:
         try:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
-            return DevicePoll("permanent", f"{INVALID_RESPONSE}: token is not valid text")
+            return DevicePoll(
+                TokenOutcome.PERMANENT, f"{INVALID_RESPONSE}: token is not valid text"
+            )
         if size > limits.MAX_TOKEN:
-            return DevicePoll("permanent", f"{INVALID_RESPONSE}: token too long")
+            return DevicePoll(TokenOutcome.PERMANENT, f"{INVALID_RESPONSE}: token too long")
     if token.expires_in is not None and token.expires_in > limits.MAX_SECONDS:
         token = replace(token, expires_in=limits.MAX_SECONDS)
-    return DevicePoll("ok", token=token)
+    return DevicePoll(TokenOutcome.OK, token=token)

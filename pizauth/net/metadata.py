@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from pizauth.ipc import NetMetadata, TokenOutcome
 from pizauth.net import reply
 from pizauth.net.tokenclient import TRANSIENT_STATUSES, _Permanent, _post, _Transient
 from pizauth.uri import endpoint_allowed, http_uri
@@ -51,7 +52,7 @@ TENANT_PLACEHOLDER = "{tenantid}"
 
 @dataclass(frozen=True)
 class Metadata:
-    outcome: str  # "ok", "transient" or "permanent"
+    outcome: TokenOutcome
     message: str = ""  # for the user when not ok
     # Each "" when the document does not have it (and always when not ok).
     authorization_endpoint: str = ""
@@ -91,19 +92,20 @@ def issuer_matches(published: str, configured: str) -> bool:
     return re.fullmatch(re.escape(f"{scheme}://{origin}/") + pattern, configured) is not None
 
 
-def fetch_metadata(session: requests.Session, issuer: str) -> Metadata:
-    """The endpoints `issuer` publishes, judged as in the module docstring."""
+def fetch_metadata(session: requests.Session, request: NetMetadata) -> Metadata:
+    """The endpoints the request's issuer publishes, judged as in the module docstring."""
+    issuer = request.issuer
     if http_uri(issuer, https_only=True) is None or "?" in issuer:
-        return Metadata("permanent", f"issuer {issuer!r} is not an https URL")
+        return Metadata(TokenOutcome.PERMANENT, f"issuer {issuer!r} is not an https URL")
     uris = metadata_uris(issuer)
     for i, uri in enumerate(uris):
         found = _fetch_document(session, issuer, uri)
         if found is None:
             continue
-        if found.outcome != "ok":
+        if found.outcome is not TokenOutcome.OK:
             return found
         return _fill_in(session, issuer, found, uris[i + 1 :])
-    return Metadata("permanent", f"no metadata found for issuer {issuer}")
+    return Metadata(TokenOutcome.PERMANENT, f"no metadata found for issuer {issuer}")
 
 
 def _fetch_document(session: requests.Session, issuer: str, uri: str) -> Metadata | None:
@@ -111,16 +113,20 @@ def _fetch_document(session: requests.Session, issuer: str, uri: str) -> Metadat
     try:
         got = _post(session, uri, [], method="GET", what="metadata document")
     except _Transient as e:
-        return Metadata("transient", f"couldn't fetch metadata: {e}")
+        return Metadata(TokenOutcome.TRANSIENT, f"couldn't fetch metadata: {e}")
     except _Permanent as e:
-        return Metadata("permanent", f"couldn't fetch metadata: {e}")
+        return Metadata(TokenOutcome.PERMANENT, f"couldn't fetch metadata: {e}")
     status, body = got.status, got.body
     if status in NOT_FOUND:
         return None
     if status in TRANSIENT_STATUSES:
-        return Metadata("transient", f"couldn't fetch metadata from {uri}: HTTP code {status}")
+        return Metadata(
+            TokenOutcome.TRANSIENT, f"couldn't fetch metadata from {uri}: HTTP code {status}"
+        )
     if status != 200:
-        return Metadata("permanent", f"couldn't fetch metadata from {uri}: HTTP code {status}")
+        return Metadata(
+            TokenOutcome.PERMANENT, f"couldn't fetch metadata from {uri}: HTTP code {status}"
+        )
     return _judge_document(reply.load_json(body), issuer, uri)
 
 
@@ -132,9 +138,9 @@ def _fill_in(session: requests.Session, issuer: str, first: Metadata, later: lis
         found = _fetch_document(session, issuer, uri)
         if found is None:
             continue
-        if found.outcome == "transient":
+        if found.outcome is TokenOutcome.TRANSIENT:
             return found
-        if found.outcome != "ok":
+        if found.outcome is not TokenOutcome.OK:
             return first  # unusable: the first document stands alone
         missing = {name: getattr(found, name) for name in ENDPOINTS if not getattr(first, name)}
         return replace(first, **{name: uri for name, uri in missing.items() if uri})
@@ -143,7 +149,7 @@ def _fill_in(session: requests.Session, issuer: str, first: Metadata, later: lis
 
 def _judge_document(doc: object, issuer: str, uri: str) -> Metadata:
     def bad(why: str) -> Metadata:
-        return Metadata("permanent", f"metadata from {uri} {why}")
+        return Metadata(TokenOutcome.PERMANENT, f"metadata from {uri} {why}")
 
     if not isinstance(doc, dict):
         return bad("is not a JSON object")
@@ -161,4 +167,4 @@ def _judge_document(doc: object, issuer: str, uri: str) -> Metadata:
         if checked is None or not endpoint_allowed(issuer, checked):
             return bad(f"has a malformed or non-https {name}")
         endpoints[name] = checked
-    return Metadata("ok", **endpoints)
+    return Metadata(TokenOutcome.OK, **endpoints)

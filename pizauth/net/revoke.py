@@ -12,52 +12,49 @@ from dataclasses import dataclass
 
 import requests
 
+from pizauth import ipc
+from pizauth.ipc import NetRevoke, TokenOutcome
 from pizauth.net import reply, tokenclient
 from pizauth.net.tokenclient import TRANSIENT_STATUSES, _Permanent, _post, _Transient
 
-TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
+TOKEN_TYPE_HINTS = ipc.TOKEN_TYPE_HINTS
 _WHAT = "revocation endpoint"
 
 
 @dataclass(frozen=True)
 class Revocation:
-    outcome: str  # "ok", "transient" or "permanent"
+    outcome: TokenOutcome
     message: str = ""  # for the user when not ok
     provider_error: str = ""  # the OAuth error code the provider gave, if any
     retry_after: int | None = None  # seconds the provider's Retry-After asked for, if any
 
 
-def revoke_token(
-    session: requests.Session,
-    revoke_uri: str,
-    client_id: str,
-    secret: str | None,
-    token: str,
-    token_type_hint: str = "",
-    auth_method: str = tokenclient.CLIENT_SECRET_POST,
-) -> Revocation:
-    """Ask the provider to revoke `token`; `token_type_hint` is "access_token",
-    "refresh_token" or "" to send none. ValueError for any other hint."""
-    if token_type_hint and token_type_hint not in TOKEN_TYPE_HINTS:
+def revoke_token(session: requests.Session, request: NetRevoke) -> Revocation:
+    """Ask the provider to revoke the request's token; its token_type_hint is
+    "access_token", "refresh_token" or "" to send none. ValueError for any other hint."""
+    hint = request.token_type_hint
+    if hint and hint not in TOKEN_TYPE_HINTS:
         raise ValueError("unknown token_type_hint")
-    auth, headers = tokenclient.client_auth(client_id, secret, auth_method)
-    form = [("token", token)]
-    if token_type_hint:
-        form.append(("token_type_hint", token_type_hint))
+    # str copies of the token and secret die with the worker (net/worker.py).
+    secret = tokenclient.secret_text(request.client_secret)
+    auth, headers = tokenclient.client_auth(request.client_id, secret, request.auth_method)
+    form = [("token", ipc.text(memoryview(request.token)))]
+    if hint:
+        form.append(("token_type_hint", hint))
     form += auth
     try:
-        got = _post(session, revoke_uri, form, headers, what=_WHAT)
+        got = _post(session, request.revoke_uri, form, headers, what=_WHAT)
     except _Transient as e:
-        return Revocation("transient", str(e))
+        return Revocation(TokenOutcome.TRANSIENT, str(e))
     except _Permanent as e:
-        return Revocation("permanent", str(e))
+        return Revocation(TokenOutcome.PERMANENT, str(e))
     status, body = got.status, got.body
     if status == 200:
-        return Revocation("ok")
+        return Revocation(TokenOutcome.OK)
     error, description = reply.oauth_error(reply.load_json(body))
     message = f"HTTP code {status}" + (
         f" ({reply.error_text(error, description)})" if error else ""
     )
     if status in TRANSIENT_STATUSES:
-        return Revocation("transient", message, error, got.retry_after)
-    return Revocation("permanent", message, error)
+        return Revocation(TokenOutcome.TRANSIENT, message, error, got.retry_after)
+    return Revocation(TokenOutcome.PERMANENT, message, error)

@@ -16,6 +16,7 @@ from urllib.parse import quote_plus
 import requests
 
 from pizauth import ipc, limits
+from pizauth.ipc import NetExchange, NetRefresh, RefreshKind, TokenOutcome
 from pizauth.net import deadline, reply
 from pizauth.safetext import safe_text
 from pizauth.timeouts import CODE_EXCHANGE, CONNECT, TOKEN_REQUEST
@@ -39,11 +40,11 @@ AUTH_METHODS = (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC)
 
 @dataclass
 class TokenResult:
-    outcome: str  # "ok", "transient" or "permanent"
+    outcome: TokenOutcome
     message: str = ""
     access_token: str = ""
     expires_in: int | None = None
-    refresh_kind: str = "absent"  # "absent", "string" or "invalid" (present but not a string)
+    refresh_kind: RefreshKind = RefreshKind.ABSENT
     refresh_token: str = ""
     # The provider's OAuth error code (`invalid_client`, `slow_down`...), when it gave one.
     provider_error: str = ""
@@ -53,16 +54,17 @@ class TokenResult:
     def fields(self) -> list[bytes]:
         """The NET_TOKEN_RESULT fields, each within the bounds the parent accepts: the
         message goes into logs and hook environments, so it is made safe here too."""
-        return [
-            self.outcome.encode(),
-            safe_text(self.message, limits.MAX_PROVIDER_TEXT).encode(),
+        made_safe = ipc.NetTokenResult(
+            self.outcome,
+            safe_text(self.message, limits.MAX_PROVIDER_TEXT),
             self.access_token.encode(),
-            b"" if self.expires_in is None else str(self.expires_in).encode(),
-            self.refresh_kind.encode(),
+            self.expires_in,
+            self.refresh_kind,
             self.refresh_token.encode(),
-            safe_text(self.provider_error, limits.MAX_ERROR_CODE).encode(),
-            b"" if self.retry_after is None else str(self.retry_after).encode(),
-        ]
+            safe_text(self.provider_error, limits.MAX_ERROR_CODE),
+            self.retry_after,
+        )
+        return [bytes(f) for f in made_safe.fields()]
 
 
 class _Failure(Exception):
@@ -273,16 +275,16 @@ def _judge(
     if token_type.lower() != "bearer":
         raise _Permanent(unexpected)
     if "refresh_token" not in doc:
-        kind, refresh = "absent", ""
+        kind, refresh = RefreshKind.ABSENT, ""
     elif isinstance(doc["refresh_token"], str):
-        kind, refresh = "string", doc["refresh_token"]
+        kind, refresh = RefreshKind.STRING, doc["refresh_token"]
     else:
-        kind, refresh = "invalid", ""
+        kind, refresh = RefreshKind.INVALID, ""
     try:
         token, refresh = _token_text(token), _token_text(refresh)
     except ValueError:
         raise _Permanent(unexpected) from None
-    return TokenResult("ok", "", token, expires_in, kind, refresh)
+    return TokenResult(TokenOutcome.OK, "", token, expires_in, kind, refresh)
 
 
 def basic_credentials(client_id: str, secret: str) -> str:
@@ -330,16 +332,15 @@ def authenticate_form(
 
 def exchange_code(
     session: requests.Session,
-    token_uri: str,
-    form: list[tuple[str, str]],
+    request: NetExchange,
     sleep: Callable[[float], None] = time.sleep,
-    auth_method: str = CLIENT_SECRET_POST,
 ) -> TokenResult:
-    """The authorisation-code grant. A request is sent again only if it cannot have
-    reached the provider or the provider refused it as overloaded
+    """The authorisation-code grant `request` asks for. It is sent again only if it cannot
+    have reached the provider or the provider refused it as overloaded
     (docs/compatibility.md "Code exchange retries"), after EXCHANGE_RETRY_DELAY or the
     provider's Retry-After if longer, and only while CODE_EXCHANGE allows."""
-    form, headers = authenticate_form(form, auth_method)
+    token_uri, form = exchange_form(request)
+    form, headers = authenticate_form(form, request.auth_method)
     last, code = "", ""
     with deadline.within(CODE_EXCHANGE):
         for attempt in range(EXCHANGE_ATTEMPTS):
@@ -351,64 +352,68 @@ def exchange_code(
             except _Transient as e:
                 if not str(e).startswith("HTTP code"):
                     # The code may have been used: re-posting it could revoke the grant.
-                    return TokenResult("permanent", str(e), provider_error=e.code)
+                    return TokenResult(TokenOutcome.PERMANENT, str(e), provider_error=e.code)
                 last, code, wait = str(e), e.code, e.retry_after
             except _Permanent as e:
-                return TokenResult("permanent", str(e), provider_error=e.code)
+                return TokenResult(TokenOutcome.PERMANENT, str(e), provider_error=e.code)
             pause = max(EXCHANGE_RETRY_DELAY, wait or 0)
             left = deadline.remaining()
             if attempt + 1 == EXCHANGE_ATTEMPTS or (left is not None and pause >= left):
                 break
             sleep(pause)
-    return TokenResult("permanent", last, provider_error=code)
+    return TokenResult(TokenOutcome.PERMANENT, last, provider_error=code)
 
 
-def refresh(
-    session: requests.Session,
-    token_uri: str,
-    form: list[tuple[str, str]],
-    auth_method: str = CLIENT_SECRET_POST,
-) -> TokenResult:
-    """One refresh-token grant attempt; the parent schedules retries.
+def refresh(session: requests.Session, request: NetRefresh) -> TokenResult:
+    """One refresh-token grant attempt (`request`); the parent schedules retries.
 
     A reply with a token over MAX_TOKEN is a permanent failure here too, not a
     transient one: it is what this provider issues, not an outage, so a retry would get
     the same; and a provider that rotates refresh tokens has already retired the one we
     hold, so keeping it would only defer the failure. The user is told at once.
     """
-    form, headers = authenticate_form(form, auth_method)
+    token_uri, form = refresh_form(request)
+    form, headers = authenticate_form(form, request.auth_method)
     try:
         got = _post(session, token_uri, form, headers)
         return _judge(got.status, got.body, "Received JSON in unexpected format", got.retry_after)
     except _Transient as e:
-        return TokenResult("transient", str(e), provider_error=e.code, retry_after=e.retry_after)
+        return TokenResult(
+            TokenOutcome.TRANSIENT, str(e), provider_error=e.code, retry_after=e.retry_after
+        )
     except _Permanent as e:
-        return TokenResult("permanent", str(e), provider_error=e.code)
+        return TokenResult(TokenOutcome.PERMANENT, str(e), provider_error=e.code)
 
 
-def exchange_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, str]]]:
-    """token_uri and form of a NET_EXCHANGE (fields in pizauth 1.1's order)."""
-    uri, client_id, has_secret, secret, code, verifier, redirect_uri = (ipc.text(f) for f in fields)
+def secret_text(secret: ipc.Buffer | None) -> str | None:
+    """A secret of a request as the str a form or header needs (None stays None). The str
+    copy dies with the worker process that made it (net/worker.py)."""
+    return None if secret is None else ipc.text(memoryview(secret))
+
+
+def exchange_form(request: NetExchange) -> tuple[str, list[tuple[str, str]]]:
+    """token_uri and form of a code exchange, in pizauth 1.1's order."""
     form = [
-        ("code", code),
-        ("client_id", client_id),
-        ("code_verifier", verifier),
-        ("redirect_uri", redirect_uri),
+        ("code", request.code),
+        ("client_id", request.client_id),
+        ("code_verifier", ipc.text(memoryview(request.code_verifier))),
+        ("redirect_uri", request.redirect_uri),
         ("grant_type", "authorization_code"),
     ]
-    if has_secret == "1":
+    secret = secret_text(request.client_secret)
+    if secret is not None:
         form.append(("client_secret", secret))
-    return uri, form
+    return request.token_uri, form
 
 
-def refresh_form(fields: tuple[ipc.Buffer, ...]) -> tuple[str, list[tuple[str, str]]]:
-    """token_uri and form of a NET_REFRESH (fields in pizauth 1.1's order)."""
-    uri, client_id, has_secret, secret, refresh_token = (ipc.text(f) for f in fields)
+def refresh_form(request: NetRefresh) -> tuple[str, list[tuple[str, str]]]:
+    """token_uri and form of a refresh, in pizauth 1.1's order."""
     form = [
-        ("client_id", client_id),
-        ("refresh_token", refresh_token),
+        ("client_id", request.client_id),
+        ("refresh_token", ipc.text(memoryview(request.refresh_token))),
         ("grant_type", "refresh_token"),
     ]
-    if has_secret == "1":
+    secret = secret_text(request.client_secret)
+    if secret is not None:
         form.append(("client_secret", secret))
-    return uri, form
+    return request.token_uri, form

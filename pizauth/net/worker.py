@@ -8,16 +8,16 @@ network child forks at start-up, before it has any thread, any secret or any
 private key, and before its seccomp filter forbids it to make processes:
 
     network child --SCM_RIGHTS: one end of a new socketpair--> launcher
-    launcher --fork--> worker: reads one NET_EXCHANGE, NET_REFRESH or NET_DEVICE_POLL
-    frame on that socket, makes the call, writes one NET_TOKEN_RESULT frame, exits
-    (a NET_DEVICE_AUTH is answered by one NET_DEVICE_AUTH_RESULT frame instead).
+    launcher --fork--> worker: reads one request frame on that socket, makes the
+    call, writes one frame of the call's result type, exits (the calls and their
+    results: net/calls.py).
 
 The launcher only ever sees descriptors (each with the type of the request it will
 carry), never a request or a result. It runs at most limits.MAX_WORKERS workers at
 once, whatever it is asked: a worker counts until the launcher has reaped it, and a
 descriptor that finds every slot taken is answered REFUSED, which the network child
 turns into a transient failure. It kills a worker still running WORKER_IO and
-WORKER_KILL_MARGIN after its deadline (DEADLINES), so that a worker that escapes its
+WORKER_KILL_MARGIN after its deadline (net/calls.py), so that a worker that escapes its
 own timer (net/deadline.py) still ends.
 """
 
@@ -34,32 +34,15 @@ import time
 import requests
 
 from pizauth import ipc, limits, sandbox
-from pizauth.ipc import MsgType, NetTokenResult, RefreshKind, TokenOutcome
-from pizauth.net import deadline, device, metadata, revoke, tokenclient
+from pizauth.ipc import MsgType, TokenOutcome
+from pizauth.net import deadline
+from pizauth.net.calls import CALLS
 from pizauth.process import harden, set_title
-from pizauth.timeouts import (
-    CODE_EXCHANGE,
-    DEVICE_AUTHORIZATION,
-    TOKEN_REQUEST,
-    WORKER_IO,
-    WORKER_KILL_MARGIN,
-    WORKER_SLOT_WAIT,
-)
+from pizauth.timeouts import WORKER_IO, WORKER_KILL_MARGIN, WORKER_SLOT_WAIT
 
 log = logging.getLogger("pizauth")
 
 MAX_WORKERS = limits.MAX_WORKERS
-# The wall-clock time each request may take in its worker, from its first connection to
-# its answer (net/deadline.py); the launcher kills a worker still running WORKER_IO (to
-# read its request and write its answer) and WORKER_KILL_MARGIN after it.
-DEADLINES = {
-    MsgType.NET_EXCHANGE: CODE_EXCHANGE,
-    MsgType.NET_REFRESH: TOKEN_REQUEST,
-    MsgType.NET_DEVICE_AUTH: DEVICE_AUTHORIZATION,
-    MsgType.NET_DEVICE_POLL: TOKEN_REQUEST,
-    MsgType.NET_METADATA: TOKEN_REQUEST,  # every document tried, together
-    MsgType.NET_REVOKE: TOKEN_REQUEST,
-}
 # What the launcher writes on a worker's socket before the network child sends the
 # request: a worker runs on it, or every slot is taken.
 STARTED, REFUSED = b"+", b"-"
@@ -74,12 +57,14 @@ class Busy(Exception):
 
 
 def kill_after(kind: int) -> float:
-    """Seconds after its start that the launcher kills a worker told to run `kind`:
-    the longest deadline when the network child named no request type we know."""
+    """Seconds after its start that the launcher kills a worker told to run `kind`: its
+    call's deadline (net/calls.py), WORKER_IO to read its request and write its answer,
+    and WORKER_KILL_MARGIN; the longest deadline when the network child named no
+    request type we know."""
     try:
-        limit = DEADLINES[MsgType(kind)]
+        limit = CALLS[MsgType(kind)].deadline
     except (ValueError, KeyError):
-        limit = max(DEADLINES.values())
+        limit = max(call.deadline for call in CALLS.values())
     return limit + WORKER_IO + WORKER_KILL_MARGIN
 
 
@@ -122,7 +107,7 @@ class Launcher:
         threading.Thread(target=wait_for_exit, daemon=True).start()
 
     def call(self, request: bytearray, msg_type: MsgType) -> bytearray | None:
-        """Run `request` (a frame of a type in DEADLINES) in a new worker.
+        """Run `request` (a frame of a request type in calls.CALLS) in a new worker.
 
         The worker's result frame, or None if it failed to answer. Busy if no worker
         could be had within WORKER_SLOT_WAIT: the request was not sent.
@@ -300,178 +285,21 @@ def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
     if request is None:
         return
     msg = ipc.decode(request)
-    if msg.type not in DEADLINES:
+    call = CALLS.get(msg.type)
+    if call is None:
         raise ipc.ProtocolError(f"{msg.type.name} is not a provider request")
     result: ipc.Wire
     with requests.Session() as session:
         try:
             # Each call bounds itself more tightly (net/tokenclient.py); this is the whole
             # request's bound, which the launcher's kill backs up.
-            with deadline.within(DEADLINES[msg.type]):
-                result = _call(session, msg)
+            with deadline.within(call.deadline):
+                result = call.handler(session, call.request.decode(msg))
         except deadline.DeadlineExceeded:
-            # A code may have been sent: an exchange fails for good, as when a worker
-            # does not answer (net/child.py).
-            outcome = (
-                TokenOutcome.PERMANENT
-                if msg.type == MsgType.NET_EXCHANGE
-                else TokenOutcome.TRANSIENT
-            )
-            result = failure(msg.type, outcome, "timed out waiting for the provider")
+            # Reported as when the worker does not answer: a code may have been sent.
+            result = call.failure(call.lost, "timed out waiting for the provider")
         except Exception as e:  # noqa: BLE001 - every request gets an answer
             log.warning("token request failed: %s", type(e).__name__)
-            result = failure(msg.type, TokenOutcome.PERMANENT, "invalid response received")
+            result = call.failure(TokenOutcome.PERMANENT, "invalid response received")
     conn.settimeout(WORKER_IO)
     conn.sendall(result.encode(msg.request_id))
-
-
-def _call(session: requests.Session, msg: ipc.Message) -> ipc.Wire:  # pragma: no cover
-    """The result of the provider request `msg` carries."""
-    # tokenclient builds the form from the wire fields, in their declared order
-    # (pizauth 1.1's), less the last one: how the client authenticates.
-    if msg.type == MsgType.NET_EXCHANGE:
-        exchange = ipc.NetExchange.decode(msg)
-        uri, form = tokenclient.exchange_form(tuple(exchange.fields())[:-1])
-        return to_wire(
-            tokenclient.exchange_code(session, uri, form, auth_method=exchange.auth_method)
-        )
-    if msg.type == MsgType.NET_REFRESH:
-        refresh = ipc.NetRefresh.decode(msg)
-        uri, form = tokenclient.refresh_form(tuple(refresh.fields())[:-1])
-        return to_wire(tokenclient.refresh(session, uri, form, refresh.auth_method))
-    if msg.type == MsgType.NET_METADATA:
-        found = metadata.fetch_metadata(session, ipc.NetMetadata.decode(msg).issuer)
-        return metadata_to_wire(found)
-    if msg.type in DEVICE_CALLS:
-        return DEVICE_CALLS[msg.type](session, msg)
-    return revoke_to_wire(_revoke(session, ipc.NetRevoke.decode(msg)))
-
-
-def to_wire(result: tokenclient.TokenResult) -> NetTokenResult:
-    """The NET_TOKEN_RESULT for what the token client made of a reply. Nothing over its
-    limit is sent: the parent would refuse it as a protocol error and restart us."""
-    outcome = TokenOutcome(result.outcome)
-    message = ipc.cut(result.message, limits.MAX_RESULT_MESSAGE)
-    if outcome is not TokenOutcome.OK:
-        code = ipc.cut(result.provider_error, limits.MAX_ERROR_CODE)
-        wait = result.retry_after if outcome is TokenOutcome.TRANSIENT else None
-        return NetTokenResult(outcome, message, provider_error=code, retry_after=wait)
-    access, refresh = result.access_token.encode(), result.refresh_token.encode()
-    if len(access) > limits.MAX_TOKEN or len(refresh) > limits.MAX_TOKEN:
-        return NetTokenResult(TokenOutcome.PERMANENT, "token from token endpoint too large")
-    expires_in = None if result.expires_in is None else min(result.expires_in, limits.MAX_SECONDS)
-    return NetTokenResult(
-        outcome, "", access, expires_in, RefreshKind(result.refresh_kind), refresh
-    )
-
-
-def failure(msg_type: MsgType, outcome: TokenOutcome, message: str) -> ipc.Wire:
-    """The result a request of `msg_type` gets when its call could not be made."""
-    if msg_type == MsgType.NET_DEVICE_AUTH:
-        return ipc.NetDeviceAuthResult(outcome, message)
-    if msg_type == MsgType.NET_METADATA:
-        return ipc.NetMetadataResult(ipc.NetOutcome(outcome.value), message)
-    if msg_type == MsgType.NET_REVOKE:
-        return ipc.NetRevokeResult(ipc.NetOutcome(outcome.value), message)
-    return NetTokenResult(outcome, message)
-
-
-def _device_auth(session: requests.Session, msg: ipc.Message) -> ipc.NetDeviceAuthResult:
-    request = ipc.NetDeviceAuth.decode(msg)
-    secret = None if request.client_secret is None else ipc.text(request.client_secret)
-    got = device.request_device_authorization(
-        session,
-        request.device_auth_uri,
-        request.client_id,
-        secret,
-        request.scope,
-        request.auth_method,
-    )
-    return device_auth_to_wire(got)
-
-
-def device_auth_to_wire(got: device.DeviceAuthorization) -> ipc.NetDeviceAuthResult:
-    """The NET_DEVICE_AUTH_RESULT for what the device endpoint said, within its limits."""
-    outcome = TokenOutcome(got.outcome)
-    message = ipc.cut(got.message, limits.MAX_RESULT_MESSAGE)
-    code = ipc.cut(got.provider_error, limits.MAX_ERROR_CODE)
-    if outcome is not TokenOutcome.OK:
-        return ipc.NetDeviceAuthResult(outcome, message, code)
-    if len(got.user_code.encode()) > limits.MAX_PROVIDER_TEXT:
-        return ipc.NetDeviceAuthResult(TokenOutcome.PERMANENT, "user_code too long")
-    return ipc.NetDeviceAuthResult(
-        outcome,
-        device_code=got.device_code,
-        user_code=got.user_code,
-        verification_uri=got.verification_uri,
-        verification_uri_complete=got.verification_uri_complete,
-        expires_in=min(got.expires_in, limits.MAX_SECONDS),
-        interval=min(got.interval, limits.MAX_SECONDS),
-    )
-
-
-def _device_poll(session: requests.Session, msg: ipc.Message) -> NetTokenResult:
-    request = ipc.NetDevicePoll.decode(msg)
-    secret = None if request.client_secret is None else ipc.text(request.client_secret)
-    code = ipc.text(request.device_code)
-    got = device.poll_device_token(
-        session, request.token_uri, request.client_id, secret, code, request.auth_method
-    )
-    return poll_to_wire(got, code)
-
-
-def poll_to_wire(got: device.DevicePoll, device_code: str) -> NetTokenResult:
-    """The NET_TOKEN_RESULT of one device poll. A provider that quotes the device code
-    in its error text must not get it into the parent's log or a hook's environment."""
-    if got.outcome == "ok":
-        assert got.token is not None
-        return to_wire(got.token)
-    message = got.message.replace(device_code, "[device code]") if device_code else got.message
-    return NetTokenResult(
-        TokenOutcome(got.outcome),
-        ipc.cut(message, limits.MAX_RESULT_MESSAGE),
-        provider_error=ipc.cut(got.provider_error, limits.MAX_ERROR_CODE),
-    )
-
-
-DEVICE_CALLS = {MsgType.NET_DEVICE_AUTH: _device_auth, MsgType.NET_DEVICE_POLL: _device_poll}
-
-
-def _revoke(session: requests.Session, msg: ipc.NetRevoke) -> revoke.Revocation:  # pragma: no cover
-    # str copies of the token and secret die with this process (see the module docstring).
-    secret = None if msg.client_secret is None else ipc.text(memoryview(msg.client_secret))
-    return revoke.revoke_token(
-        session,
-        msg.revoke_uri,
-        msg.client_id,
-        secret,
-        ipc.text(memoryview(msg.token)),
-        msg.token_type_hint,
-        msg.auth_method,
-    )
-
-
-def metadata_to_wire(found: metadata.Metadata) -> ipc.NetMetadataResult:
-    """The NET_METADATA_RESULT for a metadata fetch, each part within its limit."""
-    outcome = ipc.NetOutcome(found.outcome)
-    message = ipc.cut(found.message, limits.MAX_RESULT_MESSAGE)
-    if outcome is not ipc.NetOutcome.OK:
-        return ipc.NetMetadataResult(outcome, message)
-    return ipc.NetMetadataResult(
-        outcome,
-        message,
-        found.authorization_endpoint,
-        found.token_endpoint,
-        found.device_authorization_endpoint,
-        found.revocation_endpoint,
-    )
-
-
-def revoke_to_wire(done: revoke.Revocation) -> ipc.NetRevokeResult:
-    outcome = ipc.NetOutcome(done.outcome)
-    return ipc.NetRevokeResult(
-        outcome,
-        ipc.cut(done.message, limits.MAX_RESULT_MESSAGE),
-        ipc.cut(done.provider_error, limits.MAX_ERROR_CODE),
-        done.retry_after if outcome is ipc.NetOutcome.TRANSIENT else None,
-    )

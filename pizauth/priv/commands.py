@@ -42,7 +42,7 @@ class Commands:
             ipc.wipe(payload)
             return
         try:
-            self.parent.cmd.post(ipc.CmdReply(payload), client)  # secret by its type
+            self.parent.cmd.post(ipc.CmdSecretReply(payload), client)  # secret by its type
         finally:
             ipc.wipe(payload)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from pizauth import ipc, runtime
 from pizauth.config import Account
-from pizauth.ipc import NetMetadataResult, NetOutcome
+from pizauth.ipc import NetMetadataResult, TokenOutcome
 from pizauth.priv import secretcmd
 from pizauth.priv.clock import instant
 from pizauth.priv.secmem import Secret
@@ -119,7 +119,7 @@ class Resolver:
         if account.issuer is None:
             return account
         found = self.metadata.get(account.issuer)
-        if found is None or found.outcome is not NetOutcome.OK:
+        if found is None or found.outcome is not TokenOutcome.OK:
             return account
         return _filled(account, found)
 
@@ -148,7 +148,7 @@ class Resolver:
         found = self.metadata.get(account.issuer or "")
         if found is None:
             out["resolved"] = "no"
-        elif found.outcome is not NetOutcome.OK:
+        elif found.outcome is not TokenOutcome.OK:
             out["resolved"] = "failed"
             out["error"] = found.message
         else:
@@ -231,8 +231,8 @@ class Resolver:
                 # The configuration refuses this; kept as an error rather than a crash.
                 return Unready(f"{endpoint} is not configured", False, True)
             return account
-        if found.outcome is not NetOutcome.OK:
-            transient = found.outcome is NetOutcome.TRANSIENT
+        if found.outcome is not TokenOutcome.OK:
+            transient = found.outcome is TokenOutcome.TRANSIENT
             return Unready(found.message, transient, self._first_report(account, transient))
         filled = _filled(account, found)
         if getattr(filled, endpoint) is None and not optional:
@@ -260,14 +260,14 @@ class Resolver:
 
         def lost() -> None:
             if epoch == self.epoch:
-                self._fetched(issuer, NetMetadataResult(NetOutcome.TRANSIENT, NETWORK_LOST))
+                self._fetched(issuer, NetMetadataResult(TokenOutcome.TRANSIENT, NETWORK_LOST))
 
         try:
             self._call(
                 ipc.NetMetadata(issuer), lambda result: self._result(issuer, epoch, result), lost
             )
         except ipc.ProtocolError as e:  # an issuer over its limit: the config allows none
-            self._fetched(issuer, NetMetadataResult(NetOutcome.PERMANENT, str(e)))
+            self._fetched(issuer, NetMetadataResult(TokenOutcome.PERMANENT, str(e)))
             return
         log.info("fetching the metadata of %s", issuer)
 
@@ -287,9 +287,9 @@ class Resolver:
         self._fetched(issuer, _allowed(issuer, result))
 
     def _fetched(self, issuer: str, result: NetMetadataResult) -> None:
-        if result.outcome is not NetOutcome.TRANSIENT:
+        if result.outcome is not TokenOutcome.TRANSIENT:
             self.metadata[issuer] = result
-        if result.outcome is not NetOutcome.OK:
+        if result.outcome is not TokenOutcome.OK:
             log.info("metadata of %s: %s", issuer, result.message)
         for then in self.waiting.pop(issuer, []):
             then(result)
@@ -345,7 +345,7 @@ class Resolver:
         not go on steering other accounts' codes and tokens (tests/test_child_lies.py)."""
         self.epoch += 1
         for issuer in list(self.waiting):
-            self._fetched(issuer, NetMetadataResult(NetOutcome.TRANSIENT, why))
+            self._fetched(issuer, NetMetadataResult(TokenOutcome.TRANSIENT, why))
         if self.metadata:
             log.info("issuer metadata forgotten: %s", why)
         self.metadata.clear()
@@ -382,7 +382,7 @@ def _allowed(issuer: str, result: NetMetadataResult) -> NetMetadataResult:
         uri = getattr(result, meta)
         if uri and not endpoint_allowed(issuer, uri):
             return NetMetadataResult(
-                NetOutcome.PERMANENT,
+                TokenOutcome.PERMANENT,
                 f"the metadata of issuer {issuer} names a plain http {meta} ({uri});"
                 " only an issuer on this machine may",
             )

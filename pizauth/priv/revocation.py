@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from pizauth import ipc, runtime
 from pizauth.config import Account
-from pizauth.ipc import NetOutcome, NetRevokeResult
+from pizauth.ipc import NetRevokeResult, TokenOutcome
 from pizauth.limits import MAX_REVOCATIONS_WAITING
 from pizauth.priv.clock import instant
 from pizauth.priv.failures import retry_delay
@@ -161,11 +161,11 @@ class Revoker:
         name = revocation.account.name
         if result.provider_error == "invalid_client":
             self.resolver.forget_secret(name)
-        if result.outcome is NetOutcome.OK:
+        if result.outcome is TokenOutcome.OK:
             revocation.token.wipe()
             log.info("token of %s revoked at the provider", shown(name))
         else:
-            transient = result.outcome is NetOutcome.TRANSIENT
+            transient = result.outcome is TokenOutcome.TRANSIENT
             self._failed(revocation, result.message, transient, result.retry_after)
 
     def _lost(self, key: int) -> None:

@@ -85,7 +85,14 @@ class Launcher:
                     pass
             except OSError:
                 pass
-            log.error("network launcher (pid %d) exited", self.pid)
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except OSError:
+                status = 0
+            if sandbox.killed_by_filter(status):
+                log.error("%s", sandbox.killed_message("network launcher", self.pid))
+            else:
+                log.error("network launcher (pid %d) exited", self.pid)
             os._exit(1)
 
         threading.Thread(target=wait_for_exit, daemon=True).start()
@@ -136,8 +143,8 @@ def _launcher(sock: socket.socket, network_child: int) -> None:  # pragma: no co
     if os.getppid() != network_child:
         return  # the network child died before the death signal was armed
     set_title("pizauth: network launcher")
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
-    sandbox.confine_launcher()
+    signal.signal(signal.SIGCHLD, _reap)
+    paths = sandbox.confine_launcher()
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(sock, 16, MAX_WORKERS)
@@ -146,10 +153,23 @@ def _launcher(sock: socket.socket, network_child: int) -> None:  # pragma: no co
         if not data:
             return  # the network child is gone
         for fd in fds:
-            _start_worker(sock, fd)
+            _start_worker(sock, fd, paths)
 
 
-def _start_worker(launcher: socket.socket, fd: int) -> None:  # pragma: no cover - forked
+def _reap(signum: int, frame: object) -> None:  # pragma: no cover - in the launcher
+    """SIGCHLD: collect the workers that have ended; say so of one its filter killed."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if sandbox.killed_by_filter(status):
+            log.error("%s", sandbox.killed_message("network worker", pid))
+
+
+def _start_worker(launcher: socket.socket, fd: int, paths: list[str]) -> None:  # pragma: no cover
     try:
         pid = os.fork()
     except OSError as e:
@@ -159,7 +179,7 @@ def _start_worker(launcher: socket.socket, fd: int) -> None:  # pragma: no cover
     if pid == 0:
         try:
             launcher.close()
-            _worker(socket.socket(fileno=fd))
+            _worker(socket.socket(fileno=fd), paths)
         except Exception as e:  # noqa: BLE001 - the network child sees no answer
             # The type only: an exception raised mid-request might quote what it carried.
             log.warning("token request worker failed: %s", type(e).__name__)
@@ -168,11 +188,11 @@ def _start_worker(launcher: socket.socket, fd: int) -> None:  # pragma: no cover
     os.close(fd)
 
 
-def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
+def _worker(conn: socket.socket, paths: list[str]) -> None:  # pragma: no cover - forked
     harden(parent_death_signal=signal.SIGKILL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     set_title("pizauth: network worker")
-    sandbox.confine_worker()  # on top of the launcher's confinement: no new processes
+    sandbox.confine_worker(paths)  # on top of the launcher's confinement: no new processes
     conn.settimeout(WORKER_IO)
     request = _one_frame(conn)
     if request is None:

@@ -312,8 +312,9 @@ def metadata_attacks(pizauth: Pizauth, home: Path, parent: int) -> dict[str, str
     raise_errno = "if rc < 0:\n    raise OSError(ctypes.get_errno(), 'failed')"
     return {
         "chmod the config": f"os.chmod('{conf}', 0o666)",
-        "fchmodat the config's directory": f"os.chmod('{conf.name}', 0o777, dir_fd=None)\n"
-        f"os.chmod('{conf.parent}', 0o777)",
+        # -100: AT_FDCWD. (os.chmod makes a chmod call, not fchmodat.)
+        "fchmodat the config's directory": f"{libc}"
+        f"rc = libc.fchmodat(-100, b'{conf.parent}', 0o777, 0)\n{raise_errno}",
         "chmod ~/.ssh": f"os.chmod('{home}/.ssh', 0o777)",
         "chmod a private key": f"os.chmod('{key}', 0o644)",
         "fchown stderr": "os.fchown(2, 1, 1)",

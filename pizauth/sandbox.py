@@ -385,12 +385,10 @@ def confine(
     return True
 
 
-def killed_by_filter(status: int) -> bool:
-    """Whether a wait status (or a negative Popen returncode) says the process was
-    ended by its filter: SIGSYS, the signal a call outside the allowlist gets."""
-    if status < 0:
-        return -status == signal.SIGSYS
-    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
+def killed_by_filter(wait_status: int) -> bool:
+    """Whether a wait status (os.waitpid's) says the process was ended by its filter:
+    SIGSYS, the signal a call outside the allowlist ends it with."""
+    return os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == signal.SIGSYS
 
 
 def killed_message(who: str, pid: int) -> str:

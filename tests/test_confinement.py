@@ -24,6 +24,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -286,6 +287,15 @@ def test_landlock_scopes_keep_a_process_from_signalling_or_reaching_outside_its_
             assert result.stdout.strip() == str([f"signal: {want}", f"abstract socket: {want}"]), (
                 result.stderr
             )
+
+
+def test_a_kill_by_the_filter_is_told_from_an_exit() -> None:
+    core = 0x80  # the core-dump flag of a wait status
+    assert sandbox.killed_by_filter(signal.SIGSYS)
+    assert sandbox.killed_by_filter(signal.SIGSYS | core)
+    assert not sandbox.killed_by_filter(signal.SIGSYS << 8)  # exit(31)
+    assert not sandbox.killed_by_filter(signal.SIGKILL)
+    assert not sandbox.killed_by_filter(0)
 
 
 # -- what Landlock cannot take away: metadata, other processes, namespaces ------------------------

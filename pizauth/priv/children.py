@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -155,7 +156,7 @@ class Child:
         self._unwatch(self.pidfd)
         os.close(self.pidfd)
         self.pidfd = None
-        if sandbox.killed_by_filter(code):
+        if code == -signal.SIGSYS:  # Popen's way of saying "killed by SIGSYS"
             log.error("%s", sandbox.killed_message(f"{self.name} child", self.proc.pid))
         else:
             log.error("%s child (pid %d) exited with status %d", self.name, self.proc.pid, code)

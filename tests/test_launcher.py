@@ -1,7 +1,7 @@
 """The network launcher (net/worker.py) against a network child that asks too much: it
 never runs more than MAX_WORKERS workers at once, answers a refused request so that the
 network child fails it as a transient failure, gives slots back once it has reaped their
-workers, and kills a worker that outlives its deadline.
+workers, and a worker that outlives its deadline is killed.
 
 The test process plays the network child: it forks a real launcher (as the network child
 does at start-up) and talks to it over the launcher's socket as a subverted network child

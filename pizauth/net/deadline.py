@@ -9,12 +9,13 @@ one never outlasts the outer one, and the outer one is re-armed when the inner e
 The timer is a signal, so it works in the main thread only; a network worker
 (net/worker.py) is a single-threaded process and makes its calls there. In another
 thread `within` only keeps the bounds for check() and remaining(), which the token
-client consults between reads; and for a worker, the launcher's kill of an overdue
-worker is the last word whatever happens.
+client consults between reads. For a worker, `kill_self_after`, armed as it starts, is
+the last word whatever happens.
 """
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import threading
 import time
@@ -80,3 +81,46 @@ def within(seconds: float) -> Iterator[None]:
             signal.signal(signal.SIGALRM, previous)
             if _bounds:
                 _arm(_bounds[-1])
+
+
+# -- the hard bound of a worker ------------------------------------------------------------------
+
+CLOCK_BOOTTIME = 7  # counts through a suspend, as the parent's timers do
+SIGEV_SIGNAL = 0
+
+
+class _SigEvent(ctypes.Structure):
+    """struct sigevent (64 bytes on Linux): a value, the signal, how to notify."""
+
+    _fields_ = [
+        ("value", ctypes.c_void_p),
+        ("signo", ctypes.c_int),
+        ("notify", ctypes.c_int),
+        ("_pad", ctypes.c_int * 12),
+    ]
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [("interval", _TimeSpec), ("value", _TimeSpec)]
+
+
+def kill_self_after(seconds: float) -> None:
+    """Have the kernel SIGKILL this process `seconds` from now (a POSIX timer whose
+    signal is SIGKILL: no handler runs, nothing in the process can delay it, and no
+    other process needs the right to signal this one). OSError if it cannot be armed:
+    the caller must then not go on unbounded."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "timer_create"):  # glibc before 2.34 keeps the timers in librt
+        libc = ctypes.CDLL("librt.so.1", use_errno=True)
+    timer = ctypes.c_void_p()
+    event = _SigEvent(None, signal.SIGKILL, SIGEV_SIGNAL)
+    if libc.timer_create(CLOCK_BOOTTIME, ctypes.byref(event), ctypes.byref(timer)) != 0:
+        raise OSError(ctypes.get_errno(), "timer_create")
+    whole = int(seconds)
+    when = _ITimerSpec(_TimeSpec(0, 0), _TimeSpec(whole, int((seconds - whole) * 1e9)))
+    if libc.timer_settime(timer, 0, ctypes.byref(when), None) != 0:
+        raise OSError(ctypes.get_errno(), "timer_settime")

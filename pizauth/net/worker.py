@@ -16,9 +16,10 @@ The launcher only ever sees descriptors (each with the type of the request it wi
 carry), never a request or a result. It runs at most limits.MAX_WORKERS workers at
 once, whatever it is asked: a worker counts until the launcher has reaped it, and a
 descriptor that finds every slot taken is answered REFUSED, which the network child
-turns into a transient failure. It kills a worker still running WORKER_IO and
-WORKER_KILL_MARGIN after its deadline (net/calls.py), so that a worker that escapes its
-own timer (net/deadline.py) still ends.
+turns into a transient failure. A new worker first arms a kernel timer that SIGKILLs
+it WORKER_IO and WORKER_KILL_MARGIN after its call's deadline (net/calls.py), so that it
+ends even if its call escapes its own bound (net/deadline.py); the launcher itself may
+signal no process but its own (pizauth/sandbox.py).
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class Busy(Exception):
 
 
 def kill_after(kind: int) -> float:
-    """Seconds after its start that the launcher kills a worker told to run `kind`: its
-    call's deadline (net/calls.py), WORKER_IO to read its request and write its answer,
-    and WORKER_KILL_MARGIN; the longest deadline when the network child named no
-    request type we know."""
+    """Seconds after its start that a worker told to run `kind` is killed: its call's
+    deadline (net/calls.py), WORKER_IO to read its request and write its answer, and
+    WORKER_KILL_MARGIN; the longest deadline when the network child named no request
+    type we know."""
     try:
         limit = CALLS[MsgType(kind)].deadline
     except (ValueError, KeyError):
@@ -169,14 +170,14 @@ def _launcher(sock: socket.socket, network_child: int) -> None:  # pragma: no co
     # and waited for (sigtimedwait) when every slot is taken.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    sandbox.confine_launcher()
-    serve_launcher(sock)
+    paths = sandbox.confine_launcher()
+    serve_launcher(sock, paths)
 
 
-def serve_launcher(sock: socket.socket) -> None:  # pragma: no cover - forked
+def serve_launcher(sock: socket.socket, paths: list[str]) -> None:  # pragma: no cover - forked
     """Start a worker on each descriptor received on `sock`, never more than MAX_WORKERS
-    at once, until the network child closes it."""
-    workers: dict[int, float] = {}  # pid -> when to kill it (monotonic)
+    at once, until the network child closes it. `paths` is what a worker may read."""
+    workers: set[int] = set()
     # Set when a descriptor was refused, until a worker is reaped: a flood is refused at
     # once, not ADMIT_WAIT per descriptor, so that it cannot hold up the requests after it.
     full = False
@@ -184,8 +185,7 @@ def serve_launcher(sock: socket.socket) -> None:  # pragma: no cover - forked
     poller.register(sock, select.POLLIN)
     while True:
         _reap(workers)
-        _kill_overdue(workers)
-        # Wake up at least once a second to reap and to kill the overdue.
+        # Wake up at least once a second to reap.
         if not poller.poll(1000):
             continue
         try:
@@ -199,7 +199,7 @@ def serve_launcher(sock: socket.socket) -> None:  # pragma: no cover - forked
         for fd in fds:
             if _make_room(workers, 0.0 if full else ADMIT_WAIT):
                 full = False
-                _start_worker(sock, fd, data[0], workers)
+                _start_worker(sock, fd, data[0], workers, paths)
             else:
                 if not full:
                     log.warning("every token request worker slot is taken; refusing requests")
@@ -207,30 +207,22 @@ def serve_launcher(sock: socket.socket) -> None:  # pragma: no cover - forked
                 _answer(fd, REFUSED)
 
 
-def _reap(workers: dict[int, float]) -> None:  # pragma: no cover - forked
+def _reap(workers: set[int]) -> None:  # pragma: no cover - forked
+    """Collect the workers that have ended; say so of one its filter killed."""
     while workers:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             workers.clear()
             return
         if pid == 0:
             return
-        workers.pop(pid, None)
+        workers.discard(pid)
+        if sandbox.killed_by_filter(status):
+            log.error("%s", sandbox.killed_message("network worker", pid))
 
 
-def _kill_overdue(workers: dict[int, float]) -> None:  # pragma: no cover - forked
-    now = time.monotonic()
-    for pid, when in workers.items():
-        if now >= when:
-            log.warning("token request worker %d overran its deadline; killing it", pid)
-            try:
-                os.kill(pid, signal.SIGKILL)  # still counted until reaped
-            except ProcessLookupError:
-                pass
-
-
-def _make_room(workers: dict[int, float], wait: float) -> bool:  # pragma: no cover - forked
+def _make_room(workers: set[int], wait: float) -> bool:  # pragma: no cover - forked
     """True once fewer than MAX_WORKERS workers are alive, waiting up to `wait` seconds."""
     end = time.monotonic() + wait
     while True:
@@ -253,7 +245,7 @@ def _answer(fd: int, verdict: bytes) -> None:  # pragma: no cover - forked
 
 
 def _start_worker(
-    launcher: socket.socket, fd: int, kind: int, workers: dict[int, float]
+    launcher: socket.socket, fd: int, kind: int, workers: set[int], paths: list[str]
 ) -> None:  # pragma: no cover - forked
     try:
         pid = os.fork()
@@ -263,23 +255,25 @@ def _start_worker(
         return
     if pid == 0:
         try:
+            # First of all: whatever the worker does from here on, it ends in time.
+            deadline.kill_self_after(kill_after(kind))
             launcher.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-            _worker(socket.socket(fileno=fd))
+            _worker(socket.socket(fileno=fd), paths)
         except Exception as e:  # noqa: BLE001 - the network child sees no answer
             # The type only: an exception raised mid-request might quote what it carried.
             log.warning("token request worker failed: %s", type(e).__name__)
         finally:
             os._exit(0)
-    workers[pid] = time.monotonic() + kill_after(kind)
+    workers.add(pid)
     _answer(fd, STARTED)
 
 
-def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
+def _worker(conn: socket.socket, paths: list[str]) -> None:  # pragma: no cover - forked
     harden(parent_death_signal=signal.SIGKILL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     set_title("pizauth: network worker")
-    sandbox.confine_worker()  # on top of the launcher's confinement: no new processes
+    sandbox.confine_worker(paths)  # on top of the launcher's confinement: no new processes
     conn.settimeout(WORKER_IO)
     request = _one_frame(conn)
     if request is None:
@@ -292,7 +286,7 @@ def _worker(conn: socket.socket) -> None:  # pragma: no cover - forked
     with requests.Session() as session:
         try:
             # Each call bounds itself more tightly (net/tokenclient.py); this is the whole
-            # request's bound, which the launcher's kill backs up.
+            # request's bound, which the kernel timer armed at fork backs up.
             with deadline.within(call.deadline):
                 result = call.handler(session, call.request.decode(msg))
         except deadline.DeadlineExceeded:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
-from pizauth import ipc, runtime
+from pizauth import ipc, runtime, sandbox
 from pizauth.priv.clock import instant
 from pizauth.process import CHILD_PROLOGUE, interrupts_ignored
 from pizauth.timeouts import CHILD_STOP
@@ -160,7 +161,10 @@ class Child:
         self._unwatch(self.pidfd)
         os.close(self.pidfd)
         self.pidfd = None
-        log.error("%s child (pid %d) exited with status %d", self.name, self.proc.pid, code)
+        if code == -signal.SIGSYS:  # Popen's way of saying "killed by SIGSYS"
+            log.error("%s", sandbox.killed_message(f"{self.name} child", self.proc.pid))
+        else:
+            log.error("%s child (pid %d) exited with status %d", self.name, self.proc.pid, code)
         self.proc = None
         self.on_exit()
 

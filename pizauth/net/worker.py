@@ -102,7 +102,14 @@ class Launcher:
                     pass
             except OSError:
                 pass
-            log.error("network launcher (pid %d) exited", self.pid)
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except OSError:
+                status = 0
+            if sandbox.killed_by_filter(status):
+                log.error("%s", sandbox.killed_message("network launcher", self.pid))
+            else:
+                log.error("network launcher (pid %d) exited", self.pid)
             os._exit(1)
 
         threading.Thread(target=wait_for_exit, daemon=True).start()

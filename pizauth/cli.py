@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import ModuleType
 
-    from pizauth.fastshow import ExchangeFailed
+    from pizauth.control import ExchangeFailed
 
 _USAGE_LINES = (
     "dump",
@@ -364,7 +364,7 @@ def _cmd_restore(ctx: _Ctx, args: list[str]) -> int:
     _check(free)
     # All of stdin first, then connect (as pizauth 1.1), so a slow producer (`age -d` asking
     # for a passphrase) holds no connection open.
-    from pizauth.priv.dump import MAX_DUMP
+    from pizauth.ipc import MAX_DUMP
 
     try:
         # Bounded: `pizauth restore < /dev/zero` must fail, not fill the memory.

@@ -5,7 +5,7 @@ One request per connection, as in pizauth 1.1: connect, write the request, half-
 reply until EOF. Replies are handled as bytes so a token or status text reaches stdout
 exactly as the server sent it, whatever the locale.
 
-Before it sends a byte, every command checks who it is talking to (pizauth.fastshow's
+Before it sends a byte, every command checks who it is talking to (pizauth.control's
 `check_socket` and `check_peer`, which the lean `show` path runs too): the runtime
 directory and the socket must be this user's own, and so must the process listening on
 it. Otherwise the command fails, naming the path and what is wrong with it.
@@ -13,15 +13,15 @@ it. Otherwise the command fails, naming the path and what is wrong with it.
 `pizauth show` runs every few minutes from mail clients, so this module stays lean: it
 uses the C module `_socket` rather than `socket` (whose Python wrapper also imports
 `selectors`, `enum`, `array`, ... — about 4 ms, more than all of pizauth's own code on
-this path) and nothing else beyond pizauth.paths, pizauth.timeouts and pizauth.fastshow
-(whose `exchange` it uses; a plain `pizauth show` runs only that module).
+this path) and nothing else beyond pizauth.paths, pizauth.timeouts and pizauth.control
+(whose `exchange` it uses, as the lean `show` in pizauth.fastshow does).
 """
 
 import _socket
 import os
 import time
 
-from pizauth.fastshow import ExchangeFailed, Refused, check_peer, check_socket, exchange
+from pizauth.control import ExchangeFailed, Refused, check_peer, check_socket, exchange
 from pizauth.paths import display_path, os_error_text, socket_too_long
 from pizauth.timeouts import CLIENT_REPLY
 

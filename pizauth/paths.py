@@ -1,12 +1,12 @@
 """Runtime directory, control-socket and configuration-file paths.
 
 This module is on the `pizauth show` path, so it imports nothing but `os` (and the lean
-pizauth.fastshow, which that path has loaded already).
+pizauth.control, for the longest socket path).
 """
 
 import os
 
-from pizauth.fastshow import SOCKET_PATH_MAX
+from pizauth.control import SOCKET_PATH_MAX
 
 RUNTIME_LEAF = "pizauth"
 SOCKET_LEAF = "pizauth.sock"

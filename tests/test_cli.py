@@ -812,6 +812,7 @@ def test_show_imports_only_what_it_needs(e):
         "pizauth",
         "pizauth.cli",
         "pizauth.client",
+        "pizauth.control",
         "pizauth.fastshow",
         "pizauth.paths",
         "pizauth.timeouts",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import PIZAUTH, Pizauth
 
-from pizauth import fastshow
+from pizauth import control
 
 NOBODY = 65534
 FORGED = b"access_token:ATTACKER"
@@ -222,10 +222,10 @@ def test_the_directory_holding_the_socket_is_checked_too(tmp_path: Path) -> None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(rundir / "pizauth.sock"))
     path = os.fsencode(rundir / "pizauth.sock")
-    fastshow.check_socket(path)
+    control.check_socket(path)
     os.chown(rundir, NOBODY, NOBODY)
-    with pytest.raises(fastshow.Refused) as e:
-        fastshow.check_socket(path)
+    with pytest.raises(control.Refused) as e:
+        control.check_socket(path)
     assert (e.value.path, e.value.problem) == (
         os.fsencode(rundir),
         f"it belongs to another user (uid {NOBODY})",

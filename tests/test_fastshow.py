@@ -83,10 +83,11 @@ def test_token_is_printed_alike_without_the_full_command_line(two: Pizauth) -> N
     for args in (["show", "acct"], ["show", "-u", "acct"]):
         result = same(args, two.env, two.tmp)
         assert (result.returncode, result.stdout, result.stderr) == (0, f"{token}\n".encode(), b"")
-    # Only the lean path ran: stdlib C modules and three small pizauth modules.
+    # Only the lean path ran: stdlib C modules and four small pizauth modules.
     assert imported(["show", "acct"], two.env, two.tmp) == {
         "_socket",
         "pizauth",
+        "pizauth.control",
         "pizauth.fastshow",
         "pizauth.timeouts",
     }

@@ -39,6 +39,8 @@ class Child:
         watch: Callable[[int, Callable[[], None]], None],
         unwatch: Callable[[int], None],
         set_writing: Callable[[int, Callable[[], None] | None], None],
+        on_frame: Callable[[bytearray], None] = lambda frame: None,
+        on_exit: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self.module = module
@@ -54,8 +56,8 @@ class Child:
         # Counts starts: request ids begin again in every new child, so an answer for an
         # earlier one's request must never reach the new one (Parent.client_request_id).
         self.incarnation = 0
-        self.on_frame: Callable[[bytearray], None] = lambda frame: None
-        self.on_exit: Callable[[], None] = lambda: None
+        self.on_frame = on_frame
+        self.on_exit = on_exit
 
     def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

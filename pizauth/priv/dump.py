@@ -47,10 +47,9 @@ KEY = bytes.fromhex("66a247a85e48cfecaaed9b36eba97d5350d4286375097a44eeffb9c4546
 NONCE_LEN = 12
 TAG_LEN = 16
 VERSION = 1
-# The largest dump `restore` can take back: the command child accepts requests of up
-# to ipc.MAX_MESSAGE - 1024 bytes (command.MAX_REQUEST), «restore:» included. A larger
-# dump is refused when it is made rather than when it is needed.
-MAX_DUMP = ipc.MAX_MESSAGE - 1024 - len(b"restore:")
+# The largest dump `restore` can take back (ipc.MAX_DUMP). A larger dump is refused
+# when it is made rather than when it is needed.
+MAX_DUMP = ipc.MAX_DUMP
 
 # bincode enum variants of TokenStateDump.
 _EMPTY, _ACTIVE = 0, 1

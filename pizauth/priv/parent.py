@@ -24,7 +24,7 @@ from pizauth.ipc import MsgType
 from pizauth.priv.authurl import effective_redirect_uri, redirect_matches
 from pizauth.priv.children import RESTART_DELAY, Child
 from pizauth.priv.clock import instant
-from pizauth.priv.commands import Commands
+from pizauth.priv.commands import Collaborators, Commands, Listening, Replies
 from pizauth.priv.device import DeviceFlow
 from pizauth.priv.device import next_wakeup as next_poll
 from pizauth.priv.failures import callback_error
@@ -85,70 +85,106 @@ class Parent:
         self.sockets = sockets
         self.http_port = port_of(sockets.http)
         self.https_port = port_of(sockets.https)
+        self.https_pub_key = ""
+        self.https_fingerprint = ""
         self.on_ready = on_ready
         # Errors kept for `status` when there is nowhere to log, and the pipe the
         # children's stderr arrives on (server.py).
         self.kept = kept
         self.kept_fd = kept_fd
-        self.table = TokenTable(config.accounts)
-        self.sel = selectors.DefaultSelector()
-        self.hooks = HookRunner(self.watch, self.unwatch)
-        self.notifier = Notifier(self.hooks, lambda: self.config)
-        # Each event a change of token state raises goes to token_event_cmd.
-        self.table.on_event = lambda name, event: self.notifier.event(name, event)
-        self.keeper = StoreKeeper(config, self.table, self.notifier, self.watch, self.unwatch)
-        # Every request to the network child, whoever makes it (runtime.Calls).
-        self.netcalls = runtime.Calls(
-            lambda msg, request_id: self.net.post(msg, request_id), NET_RESULTS
-        )
-        self.refresher = Refresher(
-            self.table,
-            lambda: self.config,
-            lambda: (self.http_port, self.https_port),
-            self.notifier,
-            self.hooks,
-            self.netcalls.call,
-        )
-        self.login_pages = LoginPages(self.verdict)
-        self.refresher.exchange_done = self.login_pages.done
-        # Endpoints from issuer metadata and secrets from client_secret_cmd, before any
-        # request to the provider; revocation at the provider after `revoke`.
-        self.resolver = Resolver(
-            self.netcalls.call,
-            lambda name: self.table.client_secret(name),
-            self.watch,
-            self.unwatch,
-        )
-        self.refresher.resolve = self.resolver.resolve
-        self.refresher.known = self.resolver.known
-        self.refresher.forget_secret = self.resolver.forget_secret
-        self.revoker = Revoker(
-            self.resolver,
-            self.netcalls.call,
-            self.notifier,
-            lambda name: self.config.account(name),
-        )
-        self.commands = Commands(self)
-        self.device = DeviceFlow(
-            self.table, self.refresher, self.commands.reply, self.netcalls.call
-        )
         self.stopping = False
         self.reload_requested = False
         self.ready = False
         self.cmd_ready = self.net_ready = False
         self.restart_at: dict[str, float] = {}
-        self.https_pub_key = ""
-        self.https_fingerprint = ""
         self.next_touch = instant() + SOCKET_TOUCH_PERIOD
-        self.net = self._child("network", "pizauth.net", sockets.listener_fds(), child_args)
-        self.cmd = self._child(
-            "command", "pizauth.cmd", {"socket": sockets.control.fileno()}, child_args
+        self.sel = selectors.DefaultSelector()
+
+        # The tokens, the user's hooks their changes run, and the token store.
+        self.hooks = HookRunner(self.watch, self.unwatch)
+        self.notifier = notifier = Notifier(self.hooks, lambda: self.config)
+        # Each event a change of token state raises goes to token_event_cmd.
+        self.table = TokenTable(config.accounts, lambda name, event: notifier.event(name, event))
+        self.keeper = StoreKeeper(config, self.table, notifier, self.watch, self.unwatch)
+
+        # Requests to the provider, all through the network child (runtime.Calls):
+        # endpoints from issuer metadata and secrets from client_secret_cmd before any of
+        # them, token requests, revocation at the provider after `revoke`.
+        self.netcalls = runtime.Calls(
+            lambda msg, request_id: self.net.post(msg, request_id), NET_RESULTS
         )
-        # Every text a child sends is cleaned before any handler sees it (priv/untrusted.py).
-        self.net.on_frame = self._dispatcher(self.net, received(self.net_handlers()))
-        self.cmd.on_frame = self._dispatcher(self.cmd, self._tagged(received(self.cmd_handlers())))
-        self.net.on_exit = lambda: self._child_exited(self.net)
-        self.cmd.on_exit = lambda: self._child_exited(self.cmd)
+        self.resolver = Resolver(
+            self.netcalls.call, self.table.client_secret, self.watch, self.unwatch
+        )
+        # The browser waiting on a login is answered once its code exchange has ended.
+        self.login_pages = LoginPages(self.verdict)
+        self.refresher = Refresher(
+            self.table,
+            lambda: self.config,
+            lambda: (self.http_port, self.https_port),
+            notifier,
+            self.hooks,
+            self.netcalls.call,
+            exchange_done=self.login_pages.done,
+            resolve=self.resolver.resolve,
+            known=self.resolver.known,
+            forget_secret=self.resolver.forget_secret,
+        )
+        self.revoker = Revoker(
+            self.resolver, self.netcalls.call, notifier, lambda name: self.config.account(name)
+        )
+
+        # What a client asks for, answered through the command child.
+        replies = Replies(
+            lambda msg, request_id: self.cmd.post(msg, request_id), self.client_request_id
+        )
+        self.device = DeviceFlow(self.table, self.refresher, replies.reply, self.netcalls.call)
+        self.commands = Commands(self._collaborators(replies))
+
+        # The children, each with what it may send (the dispatch tables below); run()
+        # starts them. Every text a child sends is cleaned before any handler sees it
+        # (priv/untrusted.py).
+        self.net = self._child(
+            "network",
+            "pizauth.net",
+            sockets.listener_fds(),
+            child_args,
+            received(self.net_handlers()),
+            lambda: self.net,
+        )
+        self.cmd = self._child(
+            "command",
+            "pizauth.cmd",
+            {"socket": sockets.control.fileno()},
+            child_args,
+            self._tagged(received(self.cmd_handlers())),
+            lambda: self.cmd,
+        )
+
+    def _collaborators(self, replies: Replies) -> Collaborators:
+        def stop() -> None:
+            self.stopping = True
+
+        return Collaborators(
+            table=self.table,
+            refresher=self.refresher,
+            device=self.device,
+            resolver=self.resolver,
+            revoker=self.revoker,
+            keeper=self.keeper,
+            notifier=self.notifier,
+            replies=replies,
+            kept=self.kept,
+            listening=self.listening,
+            reload=self.reload,
+            stop=stop,
+        )
+
+    def listening(self) -> Listening:
+        """The redirect listeners as they are now (a reload may rebind them)."""
+        return Listening(
+            self.http_port, self.https_port, self.https_pub_key, self.https_fingerprint
+        )
 
     # -- the dispatch tables: what each child may send --------------------------------------
 
@@ -176,8 +212,28 @@ class Parent:
 
     # -- the event loop ----------------------------------------------------------------------
 
-    def _child(self, name: str, module: str, fds: dict[str, int], args: list[str]) -> Child:
-        return Child(name, module, fds, args, self.watch, self.unwatch, self._set_writing)
+    def _child(
+        self,
+        name: str,
+        module: str,
+        fds: dict[str, int],
+        args: list[str],
+        handlers: runtime.Handlers,
+        itself: Callable[[], Child],
+    ) -> Child:
+        """A child whose frames go to `handlers`; `itself()` is the Child made here, for
+        its frames' and its exit's handling, which can only run once it exists."""
+        return Child(
+            name,
+            module,
+            fds,
+            args,
+            self.watch,
+            self.unwatch,
+            self._set_writing,
+            on_frame=self._dispatcher(itself, handlers),
+            on_exit=lambda: self._child_exited(itself()),
+        )
 
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
         self.sel.register(fd, selectors.EVENT_READ, (callback, None))
@@ -291,7 +347,7 @@ class Parent:
 
     def _tagged(self, handlers: runtime.Handlers) -> runtime.Handlers:
         """The command child's handlers, given request ids that carry which start of the
-        child asked, so that Commands.reply can drop an answer the parent had deferred
+        child asked, so that Replies can drop an answer the parent had deferred
         (an issuer lookup, a device login) for a command child that has since restarted."""
 
         def tag(handler: Callable[[int, Any], None]) -> Callable[[int, Any], None]:
@@ -307,8 +363,11 @@ class Parent:
         incarnation, request_id = divmod(tagged, REQUEST_ID_SPAN)
         return request_id if incarnation == self.cmd.incarnation else None
 
-    def _dispatcher(self, child: Child, handlers: runtime.Handlers) -> Callable[[bytearray], None]:
+    def _dispatcher(
+        self, itself: Callable[[], Child], handlers: runtime.Handlers
+    ) -> Callable[[bytearray], None]:
         def dispatch(frame: bytearray) -> None:
+            child = itself()
             try:
                 runtime.dispatch(handlers, frame, "parent")
             except ipc.ProtocolError as e:

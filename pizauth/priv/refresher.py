@@ -95,6 +95,11 @@ class Refresher:
 
     `call` asks the network child (runtime.Calls.call); `config()` is the
     configuration in force; ports() the redirect listeners' (http, https) ports.
+    `exchange_done(account, error)` is told how each code exchange ended (None or why
+    it failed), so that the browser waiting on the login can be answered
+    (priv/loginpages.py). `resolve`, `known` and `forget_secret` are the resolver's
+    (priv/provider.py): each account's endpoints and client secret before a request;
+    without a resolver, the configuration as written.
     """
 
     def __init__(
@@ -105,6 +110,11 @@ class Refresher:
         notifier: Notifier,
         hooks: HookRunner,
         call: runtime.Caller,
+        *,
+        exchange_done: Callable[[str, str | None], None] = lambda name, error: None,
+        resolve: Callable[..., None] | None = None,
+        known: Callable[[Account], Account] = lambda account: account,
+        forget_secret: Callable[[str], None] = lambda name: None,
     ) -> None:
         self.table = table
         self._config = config
@@ -112,14 +122,12 @@ class Refresher:
         self.notifier = notifier
         self.hooks = hooks
         self._call = call
-        # Told how each code exchange ended (account, None or why it failed), so that
-        # the browser waiting on the login can be answered (priv/loginpages.py).
-        self.exchange_done: Callable[[str, str | None], None] = lambda name, error: None
-        # Each account's endpoints and client secret before a request (priv/provider.py);
-        # without a resolver, the configuration as written.
-        self.resolve: Callable[..., None] = configured(table.client_secret)
-        self.known: Callable[[Account], Account] = lambda account: account
-        self.forget_secret: Callable[[str], None] = lambda name: None
+        self.exchange_done = exchange_done
+        self.resolve: Callable[..., None] = (
+            configured(table.client_secret) if resolve is None else resolve
+        )
+        self.known = known
+        self.forget_secret = forget_secret
 
     # -- starting -------------------------------------------------------------------------------
 

@@ -49,7 +49,11 @@ class Entry:
 class TokenTable:
     """The only place tokens live. Owned by the parent's event loop (one thread)."""
 
-    def __init__(self, accounts: Iterable[Account]) -> None:
+    def __init__(
+        self,
+        accounts: Iterable[Account],
+        on_event: Callable[[str, TokenEvent], None] = lambda name, event: None,
+    ) -> None:
         accounts = list(accounts)
         self._generations = itertools.count()
         self.entries: dict[str, Entry] = {
@@ -60,7 +64,7 @@ class TokenTable:
         # touches an Active state): the token store is rewritten after it.
         self.on_change: Callable[[], None] = lambda: None
         # Told of each event a change raises (the parent's notifier: token_event_cmd).
-        self.on_event: Callable[[str, TokenEvent], None] = lambda name, event: None
+        self.on_event = on_event
 
     def client_secret(self, name: str) -> Secret | None:
         """The account's client secret as a Secret (made once per configuration load)."""

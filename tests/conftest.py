@@ -7,9 +7,11 @@ what `show` prints. All traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +73,96 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
     report.outcome = "failed"
     report.longrepr = f"skipped under CI (CI={os.environ['CI']}), which must run it: {reason}"
+
+
+# -- unit and system tests ------------------------------------------------------------------
+#
+# A test is a system test when it, a fixture it uses, or a function or class of the test
+# suite either calls (to any depth) names one of PROCESS_NAMES: it starts a real
+# `pizauth server`, the local provider or another process. Every other test is a unit test.
+# New tests are so classified without anyone marking them; `-m "not system"` runs the unit
+# tests in seconds. An explicit @pytest.mark.system or @pytest.mark.unit wins.
+
+TESTS = Path(__file__).resolve().parent
+PROCESS_NAMES = frozenset(
+    {
+        "Server",  # server_harness: a real `pizauth server`
+        "Pizauth",
+        "Provider",  # examples/provider.py: an HTTP server thread for a provider
+        "PIZAUTH",  # the installed command, run by subprocess
+        "subprocess",
+        "Popen",
+        "fork",
+        "forkpty",
+        "execv",
+        "execvp",
+        "spawnv",
+        "system",  # os.system
+    }
+)
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """The global and attribute names `code` and the functions nested in it use."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _ours(obj: object) -> bool:
+    """Whether `obj` is a function or class of the test suite (not of pytest or pizauth)."""
+    try:
+        source = inspect.getsourcefile(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return source is not None and Path(source).resolve().is_relative_to(TESTS)
+
+
+def _starts_processes(obj: object, seen: dict[object, bool]) -> bool:
+    """Whether function or class `obj`, or one of ours it names, uses a PROCESS_NAMES name."""
+    obj = inspect.unwrap(obj) if callable(obj) else obj
+    key = id(obj)
+    if key in seen:
+        return seen[key]
+    seen[key] = False  # a recursive helper is judged by the rest of its body
+    if inspect.isclass(obj):
+        members = [m for m in vars(obj).values() if inspect.isfunction(m)]
+        found = any(_starts_processes(m, seen) for m in members)
+    elif inspect.isfunction(obj):
+        names = _code_names(obj.__code__)
+        used = [obj.__globals__[n] for n in names if n in obj.__globals__]
+        found = bool(names & PROCESS_NAMES) or any(
+            _starts_processes(u, seen)
+            for u in used
+            if (inspect.isfunction(u) or inspect.isclass(u)) and _ours(u)
+        )
+    else:
+        found = False
+    seen[key] = found
+    return found
+
+
+def is_system_test(item: pytest.Item, seen: dict[object, bool]) -> bool:
+    if not isinstance(item, pytest.Function):
+        return False
+    fixtures = getattr(item, "_fixtureinfo", None)
+    fixture_funcs = [
+        definition.func
+        for definitions in (fixtures.name2fixturedefs.values() if fixtures else ())
+        for definition in definitions
+        if _ours(definition.func)
+    ]
+    return any(_starts_processes(f, seen) for f in [item.function, *fixture_funcs])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    seen: dict[object, bool] = {}
+    for item in items:
+        if item.get_closest_marker("system") or item.get_closest_marker("unit"):
+            continue
+        item.add_marker(pytest.mark.system if is_system_test(item, seen) else pytest.mark.unit)
 
 
 def as_nobody(sock_path: str, request: bytes | None) -> tuple[str, int | bytes]:

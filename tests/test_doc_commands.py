@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT_ID, CLIENT_SECRET, Client, Provider, http_get, wait_for
-from server_harness import ROOT
+from server_harness import ROOT, free_port
 
 BIN = Path(sys.executable).parent
 DOCUMENTS = ("README.md", "man/pizauth.1", "man/pizauth.conf.5")
@@ -378,12 +377,6 @@ def test_age_recipe_keeps_tokens_over_a_restart(tmp_path: Path, provider: Provid
 
 
 # -- the demo provider prints what README shows ---------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_demo_provider_prints_what_the_readme_shows() -> None:

@@ -31,6 +31,7 @@ from conftest import (
     title,
     wait_for,
 )
+from server_harness import follow_login
 
 INVALID_GRANT = json.dumps({"error": "invalid_grant", "error_description": "token revoked"})
 UNAVAILABLE = json.dumps({"error": "temporarily_unavailable"})
@@ -102,14 +103,6 @@ def daemon_parents(cwd: Path) -> list[int]:
 
 def socket_path(pizauth: Pizauth) -> Path:
     return Path(pizauth.env["XDG_RUNTIME_DIR"]) / "pizauth" / "pizauth.sock"
-
-
-def follow_login(pizauth: Pizauth, account: str = "acct") -> tuple[int, bytes]:
-    """The browser's two steps; returns the callback's status and page."""
-    status_code, headers, _ = http_get(pizauth.auth_url(account))
-    assert status_code == 302, status_code
-    status_code, _, body = http_get(headers["location"])
-    return status_code, body
 
 
 def new_token(pizauth: Pizauth, old: str, account: str = "acct", timeout: float = 5) -> str:

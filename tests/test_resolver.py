@@ -3,38 +3,17 @@ configuration wins, results after a reload are dropped, bad results refused."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from server_harness import ISSUER
+from server_harness import resolved_account as account
 
 from pizauth import ipc
-from pizauth.config import Account
 from pizauth.ipc import NetMetadataResult, NetOutcome
 from pizauth.priv.provider import Ready, Resolver, Unready
 
-ISSUER = "https://issuer.example"
 OK = NetMetadataResult(
     NetOutcome.OK, "", ISSUER + "/auth", ISSUER + "/token", "", ISSUER + "/revoke"
 )
-
-
-def account(name: str = "a", **changes: object) -> Account:
-    base = Account(
-        name=name,
-        auth_uri=None,
-        auth_uri_fields=(),
-        client_id="cid",
-        client_secret="s",
-        login_hint=None,
-        redirect_uri="http://localhost/",
-        scopes=(),
-        token_uri=None,
-        refresh_at_least=3600,
-        refresh_before_expiry=90,
-        refresh_retry=40,
-        issuer=ISSUER,
-    )
-    return dataclasses.replace(base, **changes)
 
 
 class Net:

@@ -98,6 +98,15 @@ PROCESS_NAMES = frozenset(
         "execvp",
         "spawnv",
         "system",  # os.system
+        # pizauth's own parts that start processes: the network child's worker launcher,
+        # the hook and secret-command runners (through the reaper and usercmd).
+        "Launcher",
+        "HookRunner",
+        "HookQueue",
+        "SecretCommands",
+        "run_blocking",
+        "usercmd",
+        "reaper",
     }
 )
 

@@ -77,9 +77,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 # -- unit and system tests ------------------------------------------------------------------
 #
-# A test is a system test when it, a fixture it uses, or a function or class of the test
-# suite either calls (to any depth) names one of PROCESS_NAMES: it starts a real
-# `pizauth server`, the local provider or another process. Every other test is a unit test.
+# A test is a system test when its function, a fixture of ours it uses, or a function or
+# class of the test suite that these name (to any depth) names one of PROCESS_NAMES: it
+# starts a real `pizauth server`, the local provider or another process. Every other test
+# is a unit test.
 # New tests are so classified without anyone marking them; `-m "not system"` runs the unit
 # tests in seconds. An explicit @pytest.mark.system or @pytest.mark.unit wins.
 
@@ -88,7 +89,7 @@ PROCESS_NAMES = frozenset(
     {
         "Server",  # server_harness: a real `pizauth server`
         "Pizauth",
-        "Provider",  # examples/provider.py: an HTTP server thread for a provider
+        "Provider",  # examples/provider.py: the local provider (a server thread)
         "PIZAUTH",  # the installed command, run by subprocess
         "subprocess",
         "Popen",
@@ -129,31 +130,36 @@ def _ours(obj: object) -> bool:
     return source is not None and Path(source).resolve().is_relative_to(TESTS)
 
 
-def _starts_processes(obj: object, seen: dict[object, bool]) -> bool:
-    """Whether function or class `obj`, or one of ours it names, uses a PROCESS_NAMES name."""
-    obj = inspect.unwrap(obj) if callable(obj) else obj
-    key = id(obj)
-    if key in seen:
-        return seen[key]
-    seen[key] = False  # a recursive helper is judged by the rest of its body
+def _reachable(obj: object, found: dict[int, object]) -> None:
+    """Add to `found` function or class `obj` of ours and every one of ours it names."""
+    obj = inspect.unwrap(obj) if inspect.isfunction(obj) else obj
+    if id(obj) in found:
+        return
+    found[id(obj)] = obj
     if inspect.isclass(obj):
-        members = [m for m in vars(obj).values() if inspect.isfunction(m)]
-        found = any(_starts_processes(m, seen) for m in members)
+        for member in vars(obj).values():
+            if inspect.isfunction(member):
+                _reachable(member, found)
     elif inspect.isfunction(obj):
-        names = _code_names(obj.__code__)
-        used = [obj.__globals__[n] for n in names if n in obj.__globals__]
-        found = bool(names & PROCESS_NAMES) or any(
-            _starts_processes(u, seen)
-            for u in used
-            if (inspect.isfunction(u) or inspect.isclass(u)) and _ours(u)
-        )
-    else:
-        found = False
-    seen[key] = found
-    return found
+        for name in _code_names(obj.__code__):
+            used = obj.__globals__.get(name)
+            if (inspect.isfunction(used) or inspect.isclass(used)) and _ours(used):
+                _reachable(used, found)
 
 
-def is_system_test(item: pytest.Item, seen: dict[object, bool]) -> bool:
+def _starts_processes(roots: list[object]) -> bool:
+    """Whether `roots`, or a function or class of ours they name (to any depth), names one
+    of PROCESS_NAMES."""
+    found: dict[int, object] = {}
+    for root in roots:
+        _reachable(root, found)
+    return any(
+        _code_names(f.__code__) & PROCESS_NAMES for f in found.values() if inspect.isfunction(f)
+    )
+
+
+def is_system_test(item: pytest.Item) -> bool:
+    """Whether the test, or a fixture of ours it uses, starts processes (PROCESS_NAMES)."""
     if not isinstance(item, pytest.Function):
         return False
     fixtures = getattr(item, "_fixtureinfo", None)
@@ -163,15 +169,14 @@ def is_system_test(item: pytest.Item, seen: dict[object, bool]) -> bool:
         for definition in definitions
         if _ours(definition.func)
     ]
-    return any(_starts_processes(f, seen) for f in [item.function, *fixture_funcs])
+    return _starts_processes([item.function, *fixture_funcs])
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    seen: dict[object, bool] = {}
     for item in items:
         if item.get_closest_marker("system") or item.get_closest_marker("unit"):
             continue
-        item.add_marker(pytest.mark.system if is_system_test(item, seen) else pytest.mark.unit)
+        item.add_marker(pytest.mark.system if is_system_test(item) else pytest.mark.unit)
 
 
 def as_nobody(sock_path: str, request: bytes | None) -> tuple[str, int | bytes]:

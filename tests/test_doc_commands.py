@@ -92,7 +92,7 @@ NOT_RUN = {
         f"{TESTED_ELSEWHERE} the demo itself runs in "
         "tests/test_ux.py::test_demo_runs_and_removes_its_directory"
     ),
-    "python3 -m venv .venv && .venv/bin/pip install '.[test]' && .venv/bin/pytest -n 6": (
+    "python3 -m venv .venv && .venv/bin/pip install '.[test]' && .venv/bin/pytest -n 4": (
         f"{TESTED_ELSEWHERE} it is how this suite is run"
     ),
     "pip install .            # into a venv, or: pipx install .": (

@@ -10,6 +10,7 @@ address is 127.0.0.1 or a Unix socket in the server's own temporary directory.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import re
@@ -22,12 +23,15 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 from provider import Client, Provider  # noqa: E402
+
+if TYPE_CHECKING:
+    from pizauth.config import Account
 
 __all__ = ["Client", "Provider"]  # re-exported: the provider comes with the harness
 
@@ -38,6 +42,7 @@ if not os.path.exists(PIZAUTH):
 CLIENT_ID = "test-client"
 CLIENT_SECRET = "test-secret-5f1c"
 URL_PREFIX = "ERROR - Access token unavailable until authorised with URL "
+ISSUER = "https://issuer.example"  # resolved_account's
 
 # What the parent logs when a handler raised something unexpected: it keeps serving, so
 # only its log shows the bug. Both wordings the parent has used are matched.
@@ -130,6 +135,69 @@ def show_request(account: str) -> bytes:
     return b"showtoken:withurl " + account.encode()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server started later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def follow_login(server: Server, account: str = "acct") -> tuple[int, bytes]:
+    """A browser's two steps through `account`'s login URL: the provider's approval, which
+    must redirect, then pizauth's redirect listener. The listener's status and page."""
+    status, headers, _ = http_get(server.auth_url(account))
+    if status != 302:
+        raise HarnessError(f"{account}: the provider answered {status}")
+    status, _, body = http_get(headers["location"])
+    return status, body
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def account_config(
+    auth_uri: str,
+    token_uri: str,
+    name: str = "acct",
+    extra: str = "",
+    client_id: str = CLIENT_ID,
+    client_secret: str = CLIENT_SECRET,
+) -> str:
+    """An `account` block of pizauth.conf, with the test client's credentials by default."""
+    return (
+        f'account "{name}" {{\n'
+        f'  auth_uri = "{auth_uri}";\n'
+        f'  token_uri = "{token_uri}";\n'
+        f'  client_id = "{client_id}";\n'
+        f'  client_secret = "{client_secret}";\n'
+        f"  {extra}\n"
+        "}\n"
+    )
+
+
+def resolved_account(name: str = "a", **changes: object) -> Account:
+    """A pizauth.config.Account as the parent holds it, for tests of the parent's parts on
+    their own: endpoints from the issuer https://issuer.example unless `changes` say."""
+    from pizauth.config import Account  # noqa: F811 - here: the harness needs only the stdlib
+
+    base = Account(
+        name=name,
+        auth_uri=None,
+        auth_uri_fields=(),
+        client_id="cid",
+        client_secret="s",
+        login_hint=None,
+        redirect_uri="http://localhost/",
+        scopes=(),
+        token_uri=None,
+        refresh_at_least=3600,
+        refresh_before_expiry=90,
+        refresh_retry=40,
+        issuer=ISSUER,
+    )
+    return dataclasses.replace(base, **changes)
+
+
 # -- /proc -------------------------------------------------------------------------------------
 
 
@@ -206,14 +274,8 @@ class Server:
         client_id: str = CLIENT_ID,
         client_secret: str = CLIENT_SECRET,
     ) -> str:
-        return (
-            f'account "{name}" {{\n'
-            f'  auth_uri = "{self.provider.auth_uri}";\n'
-            f'  token_uri = "{self.provider.token_uri}";\n'
-            f'  client_id = "{client_id}";\n'
-            f'  client_secret = "{client_secret}";\n'
-            f"  {extra}\n"
-            "}\n"
+        return account_config(
+            self.provider.auth_uri, self.provider.token_uri, name, extra, client_id, client_secret
         )
 
     def write_config(
@@ -368,10 +430,7 @@ class Server:
 
     def authorise(self, account: str = "acct") -> str:
         """The whole browser round trip; returns the access token `show` then prints."""
-        status, headers, _ = http_get(self.auth_url(account))
-        if status != 302:
-            raise HarnessError(f"{account}: the provider answered {status}")
-        status, _, body = http_get(headers["location"])
+        status, body = follow_login(self, account)
         if status != 200 or b"pizauth processing authentication" not in body:
             raise HarnessError(f"{account}: the redirect listener answered {status}: {body!r}")
         return wait_for(lambda: self._token(account), 15, f"token for {account}", self.log)

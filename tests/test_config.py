@@ -69,7 +69,7 @@ def only_account(text: str) -> Account:
         ('"\\\\"', "\\"),
     ],
 )
-def test_case1_string_unescaping(written: str, value: str) -> None:
+def test_string_escapes_unescape_to_their_characters(written: str, value: str) -> None:
     assert only_account(account_with(f"client_secret = {written};")).client_secret == value
 
 
@@ -85,12 +85,12 @@ def test_strings_may_contain_literal_newlines_and_comment_markers() -> None:
     ("written", "seconds"),
     [("0s", 0), ("1s", 1), ("1m", 60), ("2m", 120), ("1h", 3600), ("1d", 86400)],
 )
-def test_case2_times(written: str, seconds: int) -> None:
+def test_time_units_convert_to_seconds(written: str, seconds: int) -> None:
     conf = parse(f"auth_notify_interval = {written};" + MINIMAL_ACCOUNT)
     assert conf.auth_notify_interval == seconds
 
 
-def test_case2_time_multiplication_overflow() -> None:
+def test_time_whose_unit_multiplication_overflows_is_an_error() -> None:
     assert error_text("auth_notify_interval = 9223372036854775808m;" + MINIMAL_ACCOUNT) == (
         "Line 1, column 24:\n"
         "  auth_notify_interval = 9223372036854775808m;\n"
@@ -106,15 +106,15 @@ def test_largest_time_is_accepted() -> None:
 # --- lexer ------------------------------------------------------------------------------
 
 
-def test_case3_escaped_backslash_is_one_string() -> None:
+def test_escaped_backslash_is_one_string() -> None:
     assert only_account(account_with('client_secret = "\\\\";')).client_secret == "\\"
 
 
-def test_case3_escaped_quotes_are_one_string() -> None:
+def test_escaped_quotes_are_one_string() -> None:
     assert only_account(account_with('client_secret = "\\"\\"";')).client_secret == '""'
 
 
-def test_case3_backslash_n_is_not_a_string() -> None:
+def test_backslash_n_is_not_a_string_escape() -> None:
     # `"\n"` lexes as four stray characters, so the error is at its first quote.
     assert error_text('auth_notify_cmd = "\\n";') == (
         "Parsing error at line 1 column 19. Expected a string, found '\"'"
@@ -124,7 +124,7 @@ def test_case3_backslash_n_is_not_a_string() -> None:
 
 # --- a valid config read back exactly ----------------------------------------------------
 
-CASE4 = """
+VALID_CONFIG = """
 auth_notify_cmd = "g";
 auth_notify_interval = 88m;
 error_notify_cmd = "j";
@@ -147,8 +147,8 @@ account "x" {
 """
 
 
-def test_case4_valid_config() -> None:
-    conf = parse(CASE4)
+def test_valid_config_parses_to_every_field() -> None:
+    conf = parse(VALID_CONFIG)
     assert conf == Config(
         accounts=(
             Account(
@@ -183,7 +183,7 @@ def test_case4_valid_config() -> None:
 
 
 def test_config_and_account_are_frozen() -> None:
-    conf = parse(CASE4)
+    conf = parse(VALID_CONFIG)
     with pytest.raises(dataclasses.FrozenInstanceError):
         conf.auth_notify_cmd = "x"  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -213,7 +213,7 @@ def test_all_global_options() -> None:
 
 
 def test_security_key() -> None:
-    act = parse(CASE4).accounts[0]
+    act = parse(VALID_CONFIG).accounts[0]
     assert act.security_key() == (
         "x",
         "http://a.com",
@@ -231,7 +231,7 @@ def test_security_key() -> None:
         None,
     )
     # Timings and the deprecated login_hint are not part of it, as in pizauth 1.1.
-    changed = parse(CASE4.replace("43m", "1s").replace('"i"', '"z"')).accounts[0]
+    changed = parse(VALID_CONFIG.replace("43m", "1s").replace('"i"', '"z"')).accounts[0]
     assert changed.security_key() == act.security_key()
 
 
@@ -239,11 +239,11 @@ def test_security_key() -> None:
 
 
 @pytest.mark.parametrize("text", ["", "  \n// only a comment\n", 'auth_notify_cmd = "a";'])
-def test_case5_no_account(text: str) -> None:
+def test_config_without_account_is_an_error(text: str) -> None:
     assert error_text(text) == "Must specify at least one account"
 
 
-def test_case6_time_too_large_for_u64() -> None:
+def test_time_too_large_for_u64_is_an_error() -> None:
     assert error_text("auth_notify_interval = 18446744073709551616s;") == (
         "Line 1, column 24:\n"
         "  auth_notify_interval = 18446744073709551616s;\n"
@@ -278,7 +278,7 @@ def test_time_with_thousands_of_digits() -> None:
         ("https_listen", "none", '"a"'),
     ],
 )
-def test_case7_duplicate_global_options(option: str, first: str, second: str) -> None:
+def test_duplicate_global_option_is_an_error(option: str, first: str, second: str) -> None:
     # No account: the duplicate is found first.
     text = f"{option} = {first};\n{option} = {second};\n"
     assert error_text(text).endswith(f"\nMustn't specify '{option}' more than once")
@@ -300,7 +300,7 @@ def test_case7_duplicate_global_options(option: str, first: str, second: str) ->
         ("token_uri", '"http://a.com"'),
     ],
 )
-def test_case7_duplicate_account_fields(option: str, value: str) -> None:
+def test_duplicate_account_field_is_an_error(option: str, value: str) -> None:
     # Reported before the missing-mandatory check.
     text = f'account "x" {{\n  {option} = {value};\n  {option} = {value};\n}}'
     assert error_text(text).endswith(f"\nMustn't specify '{option}' more than once")
@@ -337,7 +337,7 @@ def test_duplicate_list_option_points_at_keyword() -> None:
 # --- both listeners off -----------------------------------------------------------------
 
 
-def test_case8_both_listeners_none() -> None:
+def test_both_listeners_none_is_an_error() -> None:
     text = "http_listen = none;\nhttps_listen = none;\n" + MINIMAL_ACCOUNT
     assert error_text(text) == "Cannot set both http_listen and https_listen to 'none'"
 
@@ -351,13 +351,13 @@ def test_both_listeners_none_is_checked_before_missing_account() -> None:
 
 
 @pytest.mark.parametrize("uri", ["httpx://", "ftp://blah/", "mailto:a@b.com", "a.com:80"])
-def test_case9_non_http_redirect_uri(uri: str) -> None:
+def test_non_http_redirect_uri_is_an_error(uri: str) -> None:
     msg = error_text(f'account "x" {{ redirect_uri = "{uri}"; }}')
     assert msg.endswith("\nnot a valid HTTP or HTTPS URI")
 
 
 @pytest.mark.parametrize("option", ["auth_uri", "redirect_uri", "token_uri"])
-def test_case11_relative_uri(option: str) -> None:
+def test_relative_uri_is_an_error(option: str) -> None:
     assert error_text(f'account "x" {{ {option} = "blah"; }}') == (
         "Line 1, column "
         f'{len(option) + 18}:\n  account "x" {{ {option} = "blah"; }}\n'
@@ -396,7 +396,7 @@ def test_valid_uris_are_stored_as_written(uri: str) -> None:
     assert only_account(account_with(f'redirect_uri = "{uri}";')).redirect_uri == uri
 
 
-def test_case17_fragment_in_auth_uri() -> None:
+def test_fragment_in_auth_uri_is_an_error() -> None:
     text = 'account "x" {\n  auth_uri = "http://a.com/#a";\n}'
     assert error_text(text) == (
         "Line 2, column 14:\n"
@@ -405,7 +405,7 @@ def test_case17_fragment_in_auth_uri() -> None:
     )
 
 
-def test_case17_fragment_in_token_uri_beats_login_hint_conflict() -> None:
+def test_fragment_in_token_uri_is_reported_before_login_hint_conflict() -> None:
     text = account_with(
         'login_hint = "d";',
         'auth_uri_fields = {"login_hint": "e"};',
@@ -417,13 +417,13 @@ def test_case17_fragment_in_token_uri_beats_login_hint_conflict() -> None:
 # --- redirect vs listeners --------------------------------------------------------------
 
 
-def test_case10_http_redirect_with_http_listener_off() -> None:
+def test_http_redirect_with_http_listener_off_is_an_error() -> None:
     assert error_text("http_listen = none;" + MINIMAL_ACCOUNT) == (
         "Account x has an 'http' redirect but the HTTP server is set to 'none'"
     )
 
 
-def test_case10_https_redirect_with_https_listener_off() -> None:
+def test_https_redirect_with_https_listener_off_is_an_error() -> None:
     text = "https_listen = none;" + account_with('redirect_uri = "https://c.com";')
     assert error_text(text) == (
         "Account x has an 'https' redirect but the HTTPS server is set to 'none'"
@@ -449,7 +449,7 @@ def test_redirect_matching_the_remaining_listener_is_fine() -> None:
     assert conf.https_listen is None
 
 
-def test_case12_https_listen_with_https_redirect() -> None:
+def test_https_listen_with_https_redirect_is_accepted() -> None:
     conf = parse(
         'https_listen = "127.0.0.1:56789";' + account_with('redirect_uri = "https://e.com";')
     )
@@ -460,13 +460,13 @@ def test_case12_https_listen_with_https_redirect() -> None:
 # --- mandatory fields -------------------------------------------------------------------
 
 
-def test_case13_mandatory_fields_present() -> None:
+def test_mandatory_fields_present_are_parsed() -> None:
     act = only_account(MINIMAL_ACCOUNT)
     assert (act.auth_uri, act.client_id, act.token_uri) == ("http://a.com", "b", "http://c.com")
 
 
 @pytest.mark.parametrize("missing", ["auth_uri", "client_id", "token_uri"])
-def test_case13_missing_mandatory_field(missing: str) -> None:
+def test_missing_mandatory_field_is_an_error(missing: str) -> None:
     lines = [line for line in MINIMAL_ACCOUNT.split("\n") if missing not in line]
     assert error_text("\n".join(lines)) == (
         f'Line 2, column 1:\n  account "x" {{\n{missing} not specified'
@@ -501,7 +501,7 @@ def global_refresh_times(conf: Config) -> tuple[int | None, int | None, int | No
     return (conf.refresh_at_least, conf.refresh_before_expiry, conf.refresh_retry)
 
 
-def test_case14_defaults() -> None:
+def test_refresh_times_default_when_not_set() -> None:
     conf = parse(MINIMAL_ACCOUNT)
     assert refresh_times(conf.accounts[0]) == (90 * 60, 90, 40)
     defaults = (DEFAULT_REFRESH_AT_LEAST, DEFAULT_REFRESH_BEFORE_EXPIRY, DEFAULT_REFRESH_RETRY)
@@ -512,17 +512,17 @@ def test_case14_defaults() -> None:
 GLOBAL_123 = "refresh_at_least = 1s; refresh_before_expiry = 2s; refresh_retry = 3s;\n"
 
 
-def test_case14_global_only() -> None:
+def test_global_refresh_times_apply_to_accounts() -> None:
     conf = parse(GLOBAL_123 + MINIMAL_ACCOUNT)
     assert refresh_times(conf.accounts[0]) == (1, 2, 3)
     assert global_refresh_times(conf) == (1, 2, 3)
 
 
-def test_case14_globals_after_the_account_still_apply() -> None:
+def test_global_refresh_times_after_the_account_still_apply() -> None:
     assert refresh_times(parse(MINIMAL_ACCOUNT + GLOBAL_123).accounts[0]) == (1, 2, 3)
 
 
-def test_case14_account_only() -> None:
+def test_account_refresh_times_are_not_global() -> None:
     conf = parse(
         account_with("refresh_at_least = 1s;", "refresh_before_expiry = 2s;", "refresh_retry = 3s;")
     )
@@ -530,7 +530,7 @@ def test_case14_account_only() -> None:
     assert global_refresh_times(conf) == (None, None, None)
 
 
-def test_case14_account_beats_global() -> None:
+def test_account_refresh_times_beat_global_ones() -> None:
     conf = parse(
         GLOBAL_123
         + account_with(
@@ -540,7 +540,7 @@ def test_case14_account_beats_global() -> None:
     assert refresh_times(conf.accounts[0]) == (4, 5, 6)
 
 
-def test_case14_three_accounts() -> None:
+def test_refresh_times_are_resolved_per_account() -> None:
     conf = parse(
         GLOBAL_123
         + account_with(
@@ -574,7 +574,7 @@ def test_zero_intervals_are_accepted_as_written() -> None:
 # --- auth_uri_fields --------------------------------------------------------------------
 
 
-def test_case15_login_hint_conflict() -> None:
+def test_login_hint_with_auth_uri_fields_login_hint_is_an_error() -> None:
     text = "\n  " + account_with('login_hint = "d";', 'auth_uri_fields = {"login_hint": "e"};')
     assert error_text(text) == (
         "Line 2, column 3:\n"
@@ -590,7 +590,7 @@ def test_login_hint_without_conflict_is_kept_separately() -> None:
     assert act.auth_uri_fields == (("a", "b"),)
 
 
-def test_case16_reserved_key() -> None:
+def test_reserved_auth_uri_fields_key_is_an_error() -> None:
     text = 'account "x" {\n  auth_uri_fields = {"a": "b", "state": "e"};\n}'
     assert error_text(text) == (
         "Line 2, column 32:\n"
@@ -794,8 +794,8 @@ def test_syntax_errors_before_semantic_errors() -> None:
 
 def test_load(tmp_path) -> None:
     path = tmp_path / "pizauth.conf"
-    path.write_bytes(CASE4.replace("\n", "\r\n").encode())
-    assert load(str(path)) == parse(CASE4)
+    path.write_bytes(VALID_CONFIG.replace("\n", "\r\n").encode())
+    assert load(str(path)) == parse(VALID_CONFIG)
 
 
 def test_load_keeps_carriage_returns_in_strings(tmp_path) -> None:
@@ -927,7 +927,7 @@ def device_account_with(*fields: str) -> str:
 
 
 def test_a_1_1_config_has_the_old_meaning() -> None:
-    conf = parse(CASE4)
+    conf = parse(VALID_CONFIG)
     act = conf.accounts[0]
     assert (act.auth_flow, act.device_auth_uri, act.issuer, act.revoke_uri) == (
         "code",
@@ -1256,5 +1256,5 @@ def test_new_options_may_not_repeat(option: str) -> None:
     ],
 )
 def test_security_key_covers_new_fields(field: str, value: str) -> None:
-    act = parse(CASE4).accounts[0]
+    act = parse(VALID_CONFIG).accounts[0]
     assert dataclasses.replace(act, **{field: value}).security_key() != act.security_key()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT_ID, CLIENT_SECRET, Client, Pizauth, Provider, cmdline, wait_for
+from server_harness import resolved_account
 
 from pizauth import ipc, limits
-from pizauth.config import Account
 from pizauth.ipc import NetTokenResult, TokenOutcome
 from pizauth.net import device as netdevice
 from pizauth.net.calls import poll_to_wire
@@ -471,19 +471,13 @@ def test_device_results_the_parent_refuses(change: dict[str, object]) -> None:
 
 
 def test_device_account_dump_names_its_device_endpoint() -> None:
-    account = Account(
-        name="dev",
-        auth_uri=None,
-        auth_uri_fields=(),
+    account = resolved_account(
+        "dev",
         client_id="id",
         client_secret=None,
-        login_hint=None,
-        redirect_uri="http://localhost/",
         refresh_at_least=90,
-        refresh_before_expiry=90,
-        refresh_retry=40,
-        scopes=(),
         token_uri="https://x/t",
+        issuer=None,
         auth_flow="device",
         device_auth_uri="https://x/device",
     )

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT_ID, CLIENT_SECRET, Client, Provider, http_get, wait_for
-from server_harness import ROOT
+from server_harness import ROOT, free_port
 
 BIN = Path(sys.executable).parent
 # Markdown documents (their ```sh blocks and `$ ` lines), then the man pages.
@@ -98,7 +97,7 @@ NOT_RUN = {
         f"{TESTED_ELSEWHERE} the demo itself runs in "
         "tests/test_ux.py::test_demo_runs_and_removes_its_directory"
     ),
-    "python3 -m venv .venv && .venv/bin/pip install '.[test]' && .venv/bin/pytest": (
+    "python3 -m venv .venv && .venv/bin/pip install '.[test]' && .venv/bin/pytest -n 4": (
         f"{TESTED_ELSEWHERE} it is how this suite is run"
     ),
     "pip install .            # into a venv, or: pipx install .": (
@@ -108,7 +107,9 @@ NOT_RUN = {
     "python3 -m venv .venv && .venv/bin/pip install '.[test]'": TESTED_ELSEWHERE,
     ".venv/bin/pip install -q --no-deps . && rm -rf build   # again after each change to "
     "pizauth/, bin/, man/ or share/": "how this suite's venv is kept current; .ci/run installs",
-    ".venv/bin/pytest            # everything, about six minutes on 2 cores": TESTED_ELSEWHERE,
+    ".venv/bin/pytest -n 4       # everything, in parallel: about five minutes on 2 cores": (
+        TESTED_ELSEWHERE
+    ),
     ".venv/bin/ruff check .": "a development check, run by .ci/run",
     "systemctl --user daemon-reload && systemctl --user enable --now pizauth": (
         "needs a running systemd user manager; tests/test_packaging.py::"
@@ -386,12 +387,6 @@ def test_age_recipe_keeps_tokens_over_a_restart(tmp_path: Path, provider: Provid
 
 
 # -- the demo provider prints what README shows ---------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_demo_provider_prints_what_the_readme_shows() -> None:

@@ -27,8 +27,6 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     URL_PREFIX,
     Pizauth,
     as_nobody,
@@ -39,7 +37,7 @@ from conftest import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import INTERNAL_ERROR
+from server_harness import INTERNAL_ERROR, account_config, follow_login
 
 from pizauth import config, ipc, limits, timeouts
 from pizauth.ipc import MsgType
@@ -127,25 +125,6 @@ def still_serves(pizauth: Pizauth, token: str | None = None) -> None:
         assert result.stderr.startswith(URL_PREFIX.encode()), result.stderr
     else:
         assert (result.returncode, result.stdout.decode()) == (0, token + "\n"), result
-
-
-def follow_login(pizauth: Pizauth, account: str = "acct") -> tuple[int, bytes]:
-    """Through the provider's approval to the callback; the callback's answer."""
-    status, headers, _ = http_get(pizauth.auth_url(account))
-    assert status == 302
-    status, _, body = http_get(headers["location"])
-    return status, body
-
-
-def account(token_uri: str, auth_uri: str, name: str = "acct") -> str:
-    return (
-        f'account "{name}" {{\n'
-        f'  auth_uri = "{auth_uri}";\n'
-        f'  token_uri = "{token_uri}";\n'
-        f'  client_id = "{CLIENT_ID}";\n'
-        f'  client_secret = "{CLIENT_SECRET}";\n'
-        "}\n"
-    )
 
 
 class Stall:
@@ -383,7 +362,7 @@ def test_error_redirect_gets_a_helpful_page(pizauth: Pizauth) -> None:
 def test_second_callback_during_an_exchange_starts_no_second_one(
     pizauth: Pizauth, stall: Stall
 ) -> None:
-    pizauth.write_config(accounts=account(stall.uri, pizauth.provider.auth_uri))
+    pizauth.write_config(accounts=account_config(pizauth.provider.auth_uri, stall.uri))
     pizauth.start()
     url = pizauth.auth_url()
     port = redirect_port(url)
@@ -508,8 +487,8 @@ def test_stalled_or_refused_token_endpoint_blocks_nothing(pizauth: Pizauth, stal
     refused = f"http://127.0.0.1:{closed_port()}/token"
     auth = pizauth.provider.auth_uri
     pizauth.write_config(
-        accounts=account(stall.uri, auth, "stalled")
-        + account(refused, auth)
+        accounts=account_config(auth, stall.uri, "stalled")
+        + account_config(auth, refused)
         + pizauth.account_block("ok")
     )
     pizauth.start()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import URL_PREFIX, Pizauth, http_get, wait_for
+from conftest import URL_PREFIX, Pizauth, wait_for
+from server_harness import follow_login
 
 from pizauth import limits
 
@@ -16,13 +17,6 @@ def conf_string(text: str) -> str:
 
 def lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-def follow_login(pizauth: Pizauth, account: str = "acct") -> None:
-    status, headers, _ = http_get(pizauth.auth_url(account))
-    assert status == 302, status
-    status, _, body = http_get(headers["location"])
-    assert status == 200, body
 
 
 def unharmed(pizauth: Pizauth, other: str) -> None:
@@ -47,7 +41,8 @@ def test_hostile_code_exchange_replies(pizauth: Pizauth) -> None:
     huge = head + "r" * (limits.MAX_REPLY_BODY - len(head) - 2) + '"}'
     assert len(huge) == limits.MAX_REPLY_BODY and len(huge) - len(head) > 1_048_400
     pizauth.provider.script_token_responses((200, huge))
-    follow_login(pizauth)
+    status, body = follow_login(pizauth)
+    assert status == 200, body
     refused = "acct|Authentication for acct failed: token longer than 16384 bytes refused"
     wait_for(lambda: refused in lines(errors), 15, "the oversized token to be refused")
     unharmed(pizauth, other)
@@ -56,7 +51,8 @@ def test_hostile_code_exchange_replies(pizauth: Pizauth) -> None:
     # (b) A NUL in error_description, on its way to error_notify_cmd.
     desc = json.dumps({"error": "invalid_grant", "error_description": "code\u0000expired"})
     pizauth.provider.script_token_responses((400, desc))
-    follow_login(pizauth)
+    status, body = follow_login(pizauth)
+    assert status == 200, body
     wait_for(lambda: len(lines(errors)) == 2, 15, "error_notify_cmd")
     assert lines(errors)[1] == (
         "acct|Authentication for acct failed: HTTP code 400 (invalid_grant: code\ufffdexpired)"
@@ -69,7 +65,8 @@ def test_hostile_code_exchange_replies(pizauth: Pizauth) -> None:
         '"expires_in": 1'
     )
     pizauth.provider.script_token_responses((200, forever + "0" * 399 + "}"))
-    follow_login(pizauth)
+    status, body = follow_login(pizauth)
+    assert status == 200, body
     wait_for(lambda: pizauth._token("acct") == "at-forever", 15, "the clamped token")
     after = '{"access_token": "at-after", "token_type": "Bearer", "expires_in": 3600}'
     pizauth.provider.script_token_responses((200, after))

@@ -12,12 +12,7 @@ import urllib.parse
 
 from conftest import CLIENT_ID, CLIENT_SECRET, Pizauth, http_get, wait_for
 from provider import Client, Provider
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from server_harness import free_port
 
 
 def pinned_get(url: str, fingerprint: str) -> tuple[int, bytes]:

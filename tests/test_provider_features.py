@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import CLIENT_ID, Client, Pizauth, Provider, http_get, wait_for
+from server_harness import free_port
 
 SECRET = "cmd-secret-7d2e9a41"  # given to the provider, printed by client_secret_cmd
 OPENID = "/.well-known/openid-configuration"
@@ -249,12 +249,6 @@ def test_configured_endpoint_wins_over_metadata(server: Pizauth, cmd_provider: P
     server.authorise()  # the token endpoint comes from the document
     # The OpenID document lacks an endpoint: RFC 8414's is asked for it (and lacks it too).
     assert cmd_provider.metadata_fetches == [OPENID, RFC8414]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_provider_down_then_up(tmp_path: Path) -> None:

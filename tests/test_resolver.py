@@ -3,39 +3,18 @@ configuration wins, results after a reload are dropped, bad results refused."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from server_harness import ISSUER
+from server_harness import resolved_account as account
 
 from pizauth import ipc, runtime
-from pizauth.config import Account
 from pizauth.ipc import NetMetadataResult, TokenOutcome
 from pizauth.priv.parent import NET_RESULTS
 from pizauth.priv.provider import Ready, Resolver, Unready
 
-ISSUER = "https://issuer.example"
 OK = NetMetadataResult(
     TokenOutcome.OK, "", ISSUER + "/auth", ISSUER + "/token", "", ISSUER + "/revoke"
 )
-
-
-def account(name: str = "a", **changes: object) -> Account:
-    base = Account(
-        name=name,
-        auth_uri=None,
-        auth_uri_fields=(),
-        client_id="cid",
-        client_secret="s",
-        login_hint=None,
-        redirect_uri="http://localhost/",
-        scopes=(),
-        token_uri=None,
-        refresh_at_least=3600,
-        refresh_before_expiry=90,
-        refresh_retry=40,
-        issuer=ISSUER,
-    )
-    return dataclasses.replace(base, **changes)
 
 
 class Net:

@@ -9,8 +9,7 @@ import dataclasses
 import logging
 
 import pytest
-from test_resolver import ISSUER
-from test_resolver import account as resolver_account
+from server_harness import ISSUER, resolved_account
 
 from pizauth import ipc, runtime
 from pizauth.config import Account
@@ -41,7 +40,7 @@ def account(name: str = "acct", **changes: object) -> Account:
         "revoke_uri": REVOKE_URI,
         "issuer": None,
     }
-    return resolver_account(name, **{**in_config, **changes})
+    return resolved_account(name, **{**in_config, **changes})
 
 
 class Net:

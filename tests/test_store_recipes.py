@@ -3,10 +3,11 @@ normal (non-root) user: the recipe's shell commands make the key, the server is 
 with the recipe's key command, a login is stored, and a restarted server has the token
 back with no request to the provider.
 
-The user is `pizauth-test` (created with `useradd -m` when missing; it needs root). It
-runs the installed pizauth, or, when that Python is out of its reach (a venv whose
-interpreter lives under /root), a copy of the installed pizauth and its run-time
-dependencies beside a Python of the same version it can run.
+The user is `pizauth-test` (created with `useradd -m` when missing, by one test worker
+while the others wait; it needs root). It runs the installed pizauth, or, when that
+Python is out of its reach (a venv whose interpreter lives under /root), a copy of the
+installed pizauth and its run-time dependencies beside a Python of the same version it
+can run.
 
 Not run: the desktop keyring (secret-tool needs a D-Bus session with an unlocked
 keyring daemon). systemd-creds as a normal user needs systemd 256; on an older systemd
@@ -16,6 +17,7 @@ why at start.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import re
@@ -35,6 +37,8 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = "pizauth-test"
+# In root's own /run, not the world-writable /tmp: see ensure_user.
+USERADD_LOCK = "/run/pizauth-test-useradd.lock"
 DOCS = ("README.md", "docs/token-store.md")
 NOT_RUN = {"secret-tool lookup service pizauth key token-store": "needs a desktop keyring"}
 
@@ -110,11 +114,27 @@ def test_every_recipe_is_run_or_says_why_not() -> None:
 def user() -> pwd.struct_passwd:
     if os.geteuid() != 0:
         pytest.skip("needs root, to create and become the user pizauth-test")
+    return ensure_user(USER)
+
+
+def ensure_user(name: str) -> pwd.struct_passwd:
+    """The user `name`, created if missing. Parallel test workers (pytest -n) may all find
+    it missing at once, and a second useradd fails rather than waits while the first holds
+    /etc/passwd's lock: one creates it under USERADD_LOCK while the others wait, then find it.
+    """
+    fd = os.open(USERADD_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", USER], check=False, capture_output=True)
-        return pwd.getpwnam(USER)  # made now, or by another worker meanwhile
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            made = subprocess.run(["useradd", "-m", name], capture_output=True)
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            raise AssertionError(f"useradd -m {name} failed: {made.stderr!r}") from None
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def as_user(

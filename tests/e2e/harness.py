@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_harness import PIZAUTH, Server, wait_for
+from server_harness import PIZAUTH, Server, free_port, wait_for
 
 E2E = Path(__file__).resolve().parent
-__all__ = ["wait_for"]  # the shared one, re-exported for the tests
+__all__ = ["free_port", "wait_for"]  # the shared ones, re-exported for the tests
 ACCOUNT = "mail"  # pizauth's account name
 USER = "alice"  # the provider's account, the SMTP and IMAP user
 PIZAUTH_CLIENT = ("pizauth-e2e", "pizauth-e2e-secret-9d2a")
@@ -95,12 +95,6 @@ def read_jsonl(path: Path) -> list[dict]:
         except ValueError:  # a line being written right now
             pass
     return events
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:

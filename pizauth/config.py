@@ -87,7 +87,7 @@ class Account:
         """Every setting that decides where the account's tokens are sent, and as which
         client, by name: pizauth 1.1's (V11_DESTINATION), then the newer ones
         (NEWER_DESTINATION). A reload (security_key), the token store and `restore`
-        (pizauth/priv/dump.py) give a token back only while all of them are unchanged."""
+        (pizauth/priv/storage/dump.py) give a token back only while all of them are unchanged."""
         return tuple((name, getattr(self, name)) for name in V11_DESTINATION + NEWER_DESTINATION)
 
     def newer_destination(self) -> tuple[tuple[str, object], ...]:
@@ -99,7 +99,7 @@ class Account:
         return newer
 
 
-# pizauth 1.1's: its dumps hold them (pizauth/priv/dump.py AccountDump).
+# pizauth 1.1's: its dumps hold them (pizauth/priv/storage/dump.py AccountDump).
 V11_DESTINATION = (
     "auth_uri",
     "auth_uri_fields",

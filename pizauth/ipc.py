@@ -655,7 +655,7 @@ class CmdDump(Wire):
 # A request's frame is at most MAX_MESSAGE: header, field length and the dump.
 MAX_RESTORE = MAX_MESSAGE - 1024
 # The largest dump `restore` can take back: the command child accepts requests of up to
-# MAX_RESTORE bytes, «restore:» included. Here, not in priv/dump.py, because the client
+# MAX_RESTORE bytes, «restore:» included. Here, not in priv/storage/dump.py, because the client
 # refuses a larger input before connecting, and clients import nothing of the parent's.
 MAX_DUMP = MAX_RESTORE - len(b"restore:")
 

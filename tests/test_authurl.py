@@ -11,7 +11,7 @@ import pytest
 
 from pizauth import config
 from pizauth.ipc import Callback
-from pizauth.priv.authurl import (
+from pizauth.priv.state.authurl import (
     effective_redirect_uri,
     form_encode,
     new_auth_request,

@@ -27,8 +27,8 @@ from test_hostile import frame, no_internal_errors
 from pizauth import config, ipc
 from pizauth.ipc import MsgType
 from pizauth.priv.parent import Parent, Sockets
-from pizauth.priv.tokens import Empty, Pending
-from pizauth.priv.tokenstate import Cause
+from pizauth.priv.state.tokens import Empty, Pending
+from pizauth.priv.state.tokenstate import Cause
 
 # What a child may try to smuggle into a terminal or a log: an OSC 52 clipboard write,
 # a cursor move, a forged log line, C1 controls (CSI, NEL), bidi overrides, a line
@@ -390,9 +390,9 @@ def test_a_token_is_never_sent_to_another_token_endpoint(
 
 
 def test_refresh_goes_only_to_the_token_endpoint_that_issued_the_token(parent) -> None:  # type: ignore[no-untyped-def]
-    from pizauth.priv.clock import instant
-    from pizauth.priv.secmem import Secret
-    from pizauth.priv.tokens import Active
+    from pizauth.priv.state.clock import instant
+    from pizauth.priv.state.secmem import Secret
+    from pizauth.priv.state.tokens import Active
 
     p, sent, errors = parent
     now = instant()

@@ -16,10 +16,10 @@ from pizauth import ipc, limits
 from pizauth.ipc import NetTokenResult, TokenOutcome
 from pizauth.net import device as netdevice
 from pizauth.net.calls import poll_to_wire
-from pizauth.priv import device
-from pizauth.priv.dump import AccountDump
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import DevicePending, describe
+from pizauth.priv.flows import device
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import DevicePending, describe
+from pizauth.priv.storage.dump import AccountDump
 
 PREFIX = "ERROR - Access token unavailable until authorised with "
 HOOKS = (

@@ -24,12 +24,12 @@ from token_states import put
 from pizauth import config, ipc
 from pizauth.cmd import child as command
 from pizauth.ipc import MsgType
-from pizauth.priv import dump
-from pizauth.priv.authurl import AuthRequest
-from pizauth.priv.dump import DumpError, Now, Time
 from pizauth.priv.parent import Parent, Sockets
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, Empty, Pending, TokenTable
+from pizauth.priv.state.authurl import AuthRequest
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, Empty, Pending, TokenTable
+from pizauth.priv.storage import dump
+from pizauth.priv.storage.dump import DumpError, Now, Time
 
 # The original's published key, typed in again rather than imported from the module.
 SPEC_KEY = bytes.fromhex(

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import CLIENT_SECRET, PIZAUTH, Pizauth, wait_for
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from pizauth.priv.dump import KEY
+from pizauth.priv.storage.dump import KEY
 
 EVENTS = 'token_event_cmd = "echo $PIZAUTH_ACCOUNT $PIZAUTH_EVENT >> events";'
 
@@ -105,7 +105,7 @@ def test_damaged_dumps_are_refused_clearly(pizauth: Pizauth) -> None:
     ]:
         assert restore(pizauth, bad) == (1, b"", f"ERROR - {message}\n".encode()), message
     # More than any dump can be is refused before it reaches the server.
-    from pizauth.priv.dump import MAX_DUMP
+    from pizauth.priv.storage.dump import MAX_DUMP
 
     too_large = f"Input too large: not a pizauth dump (a dump is at most {MAX_DUMP} bytes)"
     assert restore(pizauth, bytes(MAX_DUMP + 1)) == (1, b"", f"ERROR - {too_large}\n".encode())

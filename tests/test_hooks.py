@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from pizauth.priv import hooks
-from pizauth.priv.hooks import HookQueue, HookRunner
+from pizauth.priv.run import hooks
+from pizauth.priv.run.hooks import HookQueue, HookRunner
 
 
 class Loop:
@@ -157,7 +157,7 @@ def test_shutdown_kills_what_left_the_session(loop, tmp_path) -> None:
 SERVER = textwrap.dedent(
     """
     import os, sys, time
-    from pizauth.priv.hooks import HookRunner
+    from pizauth.priv.run.hooks import HookRunner
     os.environ["SHELL"] = "/bin/sh"
     runner = HookRunner(lambda fd, cb: None, lambda fd: None)
     runner.start(sys.argv[1], {}, None, lambda error: None)

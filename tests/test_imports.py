@@ -66,6 +66,18 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "client": ("priv", "net", "cmd", "server"),
 }
 
+# Inside the parent, its packages from the bottom up: each may import those before it, never
+# one after it. What the parent holds; the user's commands it runs; the tokens it keeps
+# outside itself (the store, dumps); the flows that move tokens. Above them all, the
+# modules at the top of pizauth/priv/ (the loop, the children, the client requests), which
+# may use any of them.
+PRIV_LAYERS = (
+    "pizauth.priv.state",
+    "pizauth.priv.run",
+    "pizauth.priv.storage",
+    "pizauth.priv.flows",
+)
+
 # Imports a rule above forbids but which are the design, each with why.
 ALLOWED: dict[tuple[str, str], str] = {
     ("pizauth.cli", "pizauth.server"): (
@@ -103,7 +115,8 @@ def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
                 anchor = name.split(".")
                 anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from pizauth.priv import dump` imports the module pizauth.priv.dump.
+            # `from pizauth.priv.storage import dump` imports the module
+            # pizauth.priv.storage.dump.
             targets = [
                 f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                 for alias in node.names
@@ -176,7 +189,8 @@ def test_every_kind_of_import_is_in_the_graph() -> None:
     assert "pizauth.ipc" in graph["pizauth.priv.parent"]  # at module level
     assert "pizauth.cli" in graph["pizauth.fastshow"]  # inside a function: the hand-over
     assert "pizauth.priv.keptlog" in graph["pizauth.priv.commands"]  # under TYPE_CHECKING
-    assert "pizauth.priv.dump" in graph["pizauth.priv.commands"]  # `from pizauth.priv import`
+    # `from pizauth.priv.storage import dump`, inside a function:
+    assert "pizauth.priv.storage.dump" in graph["pizauth.priv.commands"]
 
 
 def test_the_circle_finder_finds_circles() -> None:
@@ -227,3 +241,38 @@ def test_a_forbidden_import_is_caught(tmp_path: Path) -> None:
     graph = import_graph(package)
     assert graph["pizauth.cmd.child"] == {"pizauth.priv.tokens"}
     assert layer_of("pizauth.priv.tokens") in FORBIDDEN[layer_of("pizauth.cmd.child") or ""]
+
+
+def priv_layer(module: str) -> int | None:
+    """The rank of `module`'s package in PRIV_LAYERS; len(PRIV_LAYERS) for a module at
+    the top of pizauth/priv/; None outside the parent."""
+    for rank, package in enumerate(PRIV_LAYERS):
+        if module == package or module.startswith(package + "."):
+            return rank
+    if module == "pizauth.priv" or module.startswith("pizauth.priv."):
+        return len(PRIV_LAYERS)
+    return None
+
+
+def test_nothing_in_the_parent_imports_up_its_layers() -> None:
+    upwards = []
+    for module, imported in sorted(import_graph().items()):
+        rank = priv_layer(module)
+        if rank is None:
+            continue
+        for target in sorted(imported):
+            target_rank = priv_layer(target)
+            if target_rank is not None and target_rank > rank:
+                upwards.append(f"{module} imports {target}")
+    assert upwards == []
+
+
+def test_every_package_of_the_parent_is_a_layer() -> None:
+    packages = {
+        name
+        for name, path in module_names().items()
+        if path.name == "__init__.py" and name.startswith("pizauth.priv.")
+    }
+    assert packages == set(PRIV_LAYERS)
+    assert priv_layer("pizauth.priv.parent") == len(PRIV_LAYERS)
+    assert priv_layer("pizauth.priv.state.tokens") == 0

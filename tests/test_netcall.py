@@ -17,10 +17,10 @@ from token_states import put
 
 from pizauth import config, ipc, runtime
 from pizauth.ipc import MsgType, TokenOutcome
-from pizauth.priv.clock import instant
 from pizauth.priv.parent import NET_RESULTS, Parent, Sockets
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, DevicePending
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, DevicePending
 
 CONF = (
     'account "r" { auth_uri = "http://127.0.0.1:9/auth"; token_uri = "http://127.0.0.1:9/t";'

@@ -248,7 +248,8 @@ def test_pizauth_1_documents_the_environment() -> None:
 
 
 def hook_variables() -> set[str]:
-    from pizauth.priv import notifier, refresher
+    from pizauth.priv.flows import refresher
+    from pizauth.priv.run import notifier
 
     sources = inspect.getsource(notifier) + inspect.getsource(refresher)
     return set(re.findall(r'"(PIZAUTH_[A-Z_]+)"', sources))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pizauth import config
-from pizauth.priv.clock import instant
 from pizauth.priv.parent import SOCKET_TOUCH_PERIOD, Parent, Sockets
+from pizauth.priv.state.clock import instant
 
 CONF = 'account "x" { auth_uri = "http://a.com/"; client_id = "c"; token_uri = "http://t/"; }'
 

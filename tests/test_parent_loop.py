@@ -12,11 +12,11 @@ from test_hostile import frame, parent_under_test
 from pizauth import ipc
 from pizauth.ipc import MsgType
 from pizauth.priv.children import Child
-from pizauth.priv.clock import instant
 from pizauth.priv.parent import REQUEST_ID_SPAN
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active
-from pizauth.priv.tokenstate import Cause
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active
+from pizauth.priv.state.tokenstate import Cause
 
 parent = pytest.fixture(parent_under_test, name="parent")
 

@@ -1,4 +1,4 @@
-"""The parent's resolver (priv/provider.py) on its own: one fetch per issuer, the
+"""The parent's resolver (priv/flows/provider.py) on its own: one fetch per issuer, the
 configuration wins, results after a reload are dropped, bad results refused."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from server_harness import resolved_account as account
 
 from pizauth import ipc, runtime
 from pizauth.ipc import NetMetadataResult, TokenOutcome
+from pizauth.priv.flows.provider import Ready, Resolver, Unready
 from pizauth.priv.parent import NET_RESULTS
-from pizauth.priv.provider import Ready, Resolver, Unready
 
 OK = NetMetadataResult(
     TokenOutcome.OK, "", ISSUER + "/auth", ISSUER + "/token", "", ISSUER + "/revoke"

@@ -1,4 +1,4 @@
-"""The parent's revoker (priv/revocation.py) on its own, with a fake clock and a fake
+"""The parent's revoker (priv/flows/revocation.py) on its own, with a fake clock and a fake
 network child: a transient failure is tried again on the REVOKE_RETRIES schedule and
 reported only when given up, a permanent one at once; the token's copy is wiped
 whenever the revocation ends, and the number waiting is bounded."""
@@ -15,10 +15,10 @@ from pizauth import ipc, runtime
 from pizauth.config import Account
 from pizauth.ipc import MsgType, NetMetadataResult, NetRevokeResult, TokenOutcome
 from pizauth.limits import MAX_REVOCATIONS_WAITING
+from pizauth.priv.flows.provider import Resolver
+from pizauth.priv.flows.revocation import ATTEMPTS, Revoker
 from pizauth.priv.parent import NET_RESULTS
-from pizauth.priv.provider import Resolver
-from pizauth.priv.revocation import ATTEMPTS, Revoker
-from pizauth.priv.secmem import Secret
+from pizauth.priv.state.secmem import Secret
 from pizauth.timeouts import RETRY_AFTER_MAX, REVOKE_RETRIES, REVOKE_RETRY_AFTER_MAX
 
 TOKEN = b"1//refresh-token-to-revoke"

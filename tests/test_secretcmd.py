@@ -18,10 +18,10 @@ import pytest
 from conftest import wait_for
 
 from pizauth import limits
-from pizauth.priv import secretcmd, usercmd
-from pizauth.priv.clock import instant
-from pizauth.priv.secmem import Secret
-from pizauth.priv.secretcmd import CLIENT_SECRET, STORE_KEY, CommandError, run_blocking
+from pizauth.priv.run import secretcmd, usercmd
+from pizauth.priv.run.secretcmd import CLIENT_SECRET, STORE_KEY, CommandError, run_blocking
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.secmem import Secret
 
 KEY = "k" * 40
 
@@ -330,7 +330,7 @@ def test_kill_all_kills_what_left_the_session(tmp_path: Path) -> None:
 SERVER = textwrap.dedent(
     """
     import sys, time
-    from pizauth.priv import secretcmd, usercmd
+    from pizauth.priv.run import secretcmd, usercmd
     runner = secretcmd.SecretCommands(lambda fd, cb: None, lambda fd: None)
     runner.start(sys.argv[1], secretcmd.CLIENT_SECRET, {}, print)
     print("started", flush=True)
@@ -534,7 +534,7 @@ def needs(*tools: str) -> None:
 
 
 def test_store_key_from_age_opens_what_it_sealed(tmp_path: Path) -> None:
-    from pizauth.priv import store
+    from pizauth.priv.storage import store
 
     needs("age", "age-keygen")
     identity, encrypted = tmp_path / "identity.txt", tmp_path / "key.age"

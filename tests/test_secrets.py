@@ -27,8 +27,8 @@ import server_harness
 from conftest import CLIENT_SECRET, Pizauth, children_of, title, wait_for
 
 from pizauth import sandbox
-from pizauth.priv import secmem
-from pizauth.priv.secmem import Secret
+from pizauth.priv.state import secmem
+from pizauth.priv.state.secmem import Secret
 
 # Mappings that are not memory of the process (reading them fails or means nothing).
 UNREADABLE = ("[vvar]", "[vvar_vclock]", "[vsyscall]")

@@ -17,12 +17,13 @@ from conftest import wait_for
 from token_states import put
 
 from pizauth import config
-from pizauth.priv import dump, secmem, store
-from pizauth.priv.dump import Now
-from pizauth.priv.secmem import Secret
-from pizauth.priv.store import Status, Store, StoreError, WriteSchedule
-from pizauth.priv.storekeeper import StoreKeeper
-from pizauth.priv.tokens import Active, Empty, TokenTable
+from pizauth.priv.state import secmem
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, Empty, TokenTable
+from pizauth.priv.storage import dump, store
+from pizauth.priv.storage.dump import Now
+from pizauth.priv.storage.store import Status, Store, StoreError, WriteSchedule
+from pizauth.priv.storage.storekeeper import StoreKeeper
 
 KEY = Secret(b"key material from the key command, 40 b")
 OTHER_KEY = Secret(b"another key material, also long enough!!")
@@ -228,8 +229,8 @@ WRITER = textwrap.dedent(
     import os
     import sys
     import time
-    from pizauth.priv import store
-    from pizauth.priv.secmem import Secret
+    from pizauth.priv.storage import store
+    from pizauth.priv.state.secmem import Secret
 
     # Stretch the gap between writing the new file and renaming it over the old one
     # (in this writer process only), so that a kill at a random moment often lands in it.
@@ -616,7 +617,7 @@ CONF = (
 
 
 def test_a_damaged_list_of_revokes_gives_no_token_back_and_is_used_up(tmp_path: Path) -> None:
-    from pizauth.priv import storerevoked
+    from pizauth.priv.storage import storerevoked
 
     key = Secret(b"k" * 40)
     table = TokenTable(config.parse(CONF).accounts)
@@ -640,7 +641,7 @@ def test_a_damaged_list_of_revokes_gives_no_token_back_and_is_used_up(tmp_path: 
 
 
 def test_the_list_of_revokes_is_private_and_holds_names_and_times(tmp_path: Path) -> None:
-    from pizauth.priv import storerevoked
+    from pizauth.priv.storage import storerevoked
 
     path = str(tmp_path / "state" / "tokens")
     storerevoked.add(path, "work", 100.0)

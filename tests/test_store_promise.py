@@ -27,8 +27,8 @@ from test_store_system import (
     wait_stored,
 )
 
-from pizauth.priv import dump, store
-from pizauth.priv.secmem import Secret
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.storage import dump, store
 
 
 def revoked_list(pizauth: Pizauth) -> Path:

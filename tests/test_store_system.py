@@ -18,9 +18,9 @@ import pytest
 from conftest import CLIENT_SECRET, Pizauth, wait_for
 
 from pizauth import config, ipc, limits
-from pizauth.priv import dump, store
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, TokenTable
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, TokenTable
+from pizauth.priv.storage import dump, store
 
 NOTIFY = 'error_notify_cmd = "echo $PIZAUTH_MSG >> notified";\n'
 TWO_ACCOUNTS = "acct", "other"
@@ -500,8 +500,8 @@ def test_tokens_survive_a_restart_with_age(pizauth: Pizauth) -> None:
 
 def test_only_changes_of_tokens_ask_for_a_write() -> None:
     """A pending login is stored as no token: starting or abandoning one writes nothing."""
-    from pizauth.priv.authurl import new_auth_request
-    from pizauth.priv.tokens import Cause, Empty, Pending
+    from pizauth.priv.state.authurl import new_auth_request
+    from pizauth.priv.state.tokens import Cause, Empty, Pending
 
     accounts = config.parse(
         'account "acct" { auth_uri = "http://127.0.0.1:1/a"; token_uri = "http://127.0.0.1:1/t";'

@@ -15,10 +15,12 @@ from token_states import put
 
 from pizauth import config, ipc, runtime
 from pizauth.ipc import NetTokenResult, TokenOutcome
-from pizauth.priv import clock, notifier, refresher
-from pizauth.priv.authurl import AuthRequest
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenTable, describe
+from pizauth.priv.flows import refresher
+from pizauth.priv.run import notifier
+from pizauth.priv.state import clock
+from pizauth.priv.state.authurl import AuthRequest
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, Empty, Entry, Pending, TokenTable, describe
 from pizauth.timeouts import RETRY_AFTER_MAX
 
 ACCOUNT_BODY = """

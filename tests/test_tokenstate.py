@@ -1,4 +1,4 @@
-"""The token state machine (pizauth/priv/tokenstate.py): every change the table allows
+"""The token state machine (pizauth/priv/state/tokenstate.py): every change the table allows
 raises exactly its event, and every other change raises IllegalTransition and changes
 nothing, whichever way it is asked for (a transition, a reload, a restore, a shutdown)."""
 
@@ -11,11 +11,11 @@ import pytest
 
 from pizauth import config
 from pizauth.ipc import TokenEvent
-from pizauth.priv import dump
-from pizauth.priv.authurl import AuthRequest
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, DevicePending, Empty, Pending, TokenState, TokenTable
-from pizauth.priv.tokenstate import KINDS, TRANSITIONS, Cause, IllegalTransition, allows, step
+from pizauth.priv.state.authurl import AuthRequest
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, DevicePending, Empty, Pending, TokenState, TokenTable
+from pizauth.priv.state.tokenstate import KINDS, TRANSITIONS, Cause, IllegalTransition, allows, step
+from pizauth.priv.storage import dump
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS, REFRESH, VERIFIER, DEVICE_CODE = b"ACCESS-5e1f", b"REFRESH-77c2", b"VERIFIER-a0", b"DC-19"

@@ -1,10 +1,10 @@
 """Putting an account in a token state for a test, the way the server could reach it:
-through the state machine (pizauth/priv/tokenstate.py), by a cause its table allows."""
+through the state machine (pizauth/priv/state/tokenstate.py), by a cause its table allows."""
 
 from __future__ import annotations
 
-from pizauth.priv.tokens import Entry, TokenState, TokenTable
-from pizauth.priv.tokenstate import TRANSITIONS
+from pizauth.priv.state.tokens import Entry, TokenState, TokenTable
+from pizauth.priv.state.tokenstate import TRANSITIONS
 
 
 def put(table: TokenTable, name: str, state: TokenState) -> Entry:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 
 from pizauth import ipc, runtime, sandbox
-from pizauth.priv.clock import instant
+from pizauth.priv.state.clock import instant
 from pizauth.process import CHILD_PROLOGUE, interrupts_ignored
 from pizauth.timeouts import CHILD_STOP
 

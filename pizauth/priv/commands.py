@@ -12,25 +12,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pizauth import ipc
-from pizauth.priv.clock import instant
-from pizauth.priv.failures import show_line
-from pizauth.priv.provider import Outcome, Unready
-from pizauth.priv.refresher import refresh_time
-from pizauth.priv.revocation import token_to_revoke
-from pizauth.priv.tokens import Active, DevicePending, Empty, Entry, Pending
-from pizauth.priv.tokenstate import Cause
+from pizauth.priv.flows.provider import Outcome, Unready
+from pizauth.priv.flows.refresher import refresh_time
+from pizauth.priv.flows.revocation import token_to_revoke
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.failures import show_line
+from pizauth.priv.state.tokens import Active, DevicePending, Empty, Entry, Pending
+from pizauth.priv.state.tokenstate import Cause
 from pizauth.text import shown
 from pizauth.timeouts import RESOLVE_WAIT
 
 if TYPE_CHECKING:
-    from pizauth.priv.device import DeviceFlow
+    from pizauth.priv.flows.device import DeviceFlow
+    from pizauth.priv.flows.provider import Resolver
+    from pizauth.priv.flows.refresher import Refresher
+    from pizauth.priv.flows.revocation import Revoker
     from pizauth.priv.keptlog import KeptLog
-    from pizauth.priv.notifier import Notifier
-    from pizauth.priv.provider import Resolver
-    from pizauth.priv.refresher import Refresher
-    from pizauth.priv.revocation import Revoker
-    from pizauth.priv.storekeeper import StoreKeeper
-    from pizauth.priv.tokens import TokenTable
+    from pizauth.priv.run.notifier import Notifier
+    from pizauth.priv.state.tokens import TokenTable
+    from pizauth.priv.storage.storekeeper import StoreKeeper
 
 
 class Replies:
@@ -286,7 +286,7 @@ class Commands:
         self._c.stop()
 
     def dump(self, request_id: int, msg: ipc.CmdDump) -> None:
-        from pizauth.priv import dump  # cryptography is ~7 MiB: loaded only when asked for
+        from pizauth.priv.storage import dump  # cryptography is ~7 MiB: loaded only when asked for
 
         data = dump.dump(self._c.table)
         if len(data) > dump.MAX_DUMP:
@@ -297,7 +297,7 @@ class Commands:
         self.reply_secret(request_id, data)  # raw bytes, no prefix; wiped once sent
 
     def restore(self, request_id: int, msg: ipc.CmdRestore) -> None:
-        from pizauth.priv import dump
+        from pizauth.priv.storage import dump
 
         try:
             dump.restore(self._c.table, msg.dump)
@@ -310,5 +310,5 @@ class Commands:
 
 
 def _device(entry: Entry) -> bool:
-    """Whether `entry` logs in with the device flow (priv/device.py)."""
+    """Whether `entry` logs in with the device flow (priv/flows/device.py)."""
     return entry.account.auth_flow == "device" or isinstance(entry.state, DevicePending)

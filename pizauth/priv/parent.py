@@ -21,25 +21,25 @@ from typing import TYPE_CHECKING, Any
 from pizauth import config as configuration
 from pizauth import ipc, runtime
 from pizauth.ipc import MsgType
-from pizauth.priv.authurl import effective_redirect_uri, redirect_matches
 from pizauth.priv.children import RESTART_DELAY, Child
-from pizauth.priv.clock import instant
 from pizauth.priv.commands import Collaborators, Commands, Listening, Replies
-from pizauth.priv.device import DeviceFlow
-from pizauth.priv.device import next_wakeup as next_poll
-from pizauth.priv.failures import callback_error
-from pizauth.priv.hooks import HookRunner
+from pizauth.priv.flows.device import DeviceFlow
+from pizauth.priv.flows.device import next_wakeup as next_poll
+from pizauth.priv.flows.loginpages import LoginPages
+from pizauth.priv.flows.provider import Resolver
+from pizauth.priv.flows.refresher import MAX_SLEEP, Refresher
+from pizauth.priv.flows.refresher import next_wakeup as next_refresh
+from pizauth.priv.flows.revocation import Revoker
 from pizauth.priv.keptlog import CONFIG_PERMISSIONS
 from pizauth.priv.listeners import ListenError, Sockets, port_of
-from pizauth.priv.loginpages import LoginPages
-from pizauth.priv.notifier import Notifier
-from pizauth.priv.provider import Resolver
-from pizauth.priv.refresher import MAX_SLEEP, Refresher
-from pizauth.priv.refresher import next_wakeup as next_refresh
-from pizauth.priv.revocation import Revoker
-from pizauth.priv.storekeeper import StoreKeeper
-from pizauth.priv.tokens import DevicePending, Empty, Pending, TokenTable
-from pizauth.priv.tokenstate import Cause
+from pizauth.priv.run.hooks import HookRunner
+from pizauth.priv.run.notifier import Notifier
+from pizauth.priv.state.authurl import effective_redirect_uri, redirect_matches
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.failures import callback_error
+from pizauth.priv.state.tokens import DevicePending, Empty, Pending, TokenTable
+from pizauth.priv.state.tokenstate import Cause
+from pizauth.priv.storage.storekeeper import StoreKeeper
 from pizauth.priv.untrusted import received
 from pizauth.text import shown
 from pizauth.timeouts import SHUTDOWN_FLUSH
@@ -481,7 +481,7 @@ class Parent:
         if code is None:
             self.verdict(request_id, 400)
             return
-        # The page waits for the exchange's outcome (priv/loginpages.py); registered
+        # The page waits for the exchange's outcome (priv/flows/loginpages.py); registered
         # first, as a request that cannot even be sent fails at once.
         self.login_pages.wait(name, request_id, instant())
         self.refresher.exchange(entry, code)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pizauth.config import Account
 from pizauth.ipc import Callback
-from pizauth.priv.secmem import Secret, random_urlsafe
+from pizauth.priv.state.secmem import Secret, random_urlsafe
 
 # The built-in SHA-256 rather than hashlib's: hashlib loads OpenSSL (3.5 MiB) into the
 # parent just for the PKCE challenge (see benchmarks/profile_memory.py).

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from pizauth.limits import MAX_ERROR_CODE, MAX_PROVIDER_TEXT
-from pizauth.priv.clock import format_instant, wall_time
+from pizauth.priv.state.clock import format_instant, wall_time
 from pizauth.safetext import safe_text
 from pizauth.timeouts import RETRY_AFTER_MAX
 
@@ -21,7 +21,7 @@ from pizauth.timeouts import RETRY_AFTER_MAX
 @dataclass(frozen=True, slots=True)
 class LastError:
     message: str
-    at: float  # an instant (priv/clock.py)
+    at: float  # an instant (priv/state/clock.py)
 
 
 def retry_delay(normal: float, retry_after: int | None, limit: float = RETRY_AFTER_MAX) -> float:

@@ -3,7 +3,7 @@
 Everything that decides which state may follow which, and what token_event_cmd is told
 of it, lives here: TRANSITIONS is the whole of it, as data. Each row says, for a state
 kind and the cause of a change, which kind follows and which event (if any) that raises.
-TokenTable (priv/tokens.py) makes a change only once step() has allowed it; a change
+TokenTable (priv/state/tokens.py) makes a change only once step() has allowed it; a change
 that is not in the table is a bug, and raises IllegalTransition instead of happening.
 
 Bookkeeping changed in place (the last reminder, an exchange, poll or refresh under way,
@@ -16,8 +16,8 @@ import enum
 from dataclasses import dataclass
 
 from pizauth.ipc import TokenEvent
-from pizauth.priv.authurl import AuthRequest
-from pizauth.priv.secmem import Secret
+from pizauth.priv.state.authurl import AuthRequest
+from pizauth.priv.state.secmem import Secret
 
 
 @dataclass(slots=True)
@@ -42,7 +42,7 @@ class Pending:
 class DevicePending:
     """A device login (RFC 8628). Until the provider has answered the device
     authorization request, `device_code` is None and nothing is to be shown or polled.
-    priv/device.py holds the schedule."""
+    priv/flows/device.py holds the schedule."""
 
     device_code: Secret | None = None  # a credential, like a refresh token
     user_code: str = ""
@@ -70,7 +70,7 @@ class Active:
     # What the provider's Retry-After asked for with the last transient failure, if any.
     retry_after: int | None = None
     # The token endpoint that issued the token, the only one its refresh token goes to
-    # (priv/binding.py); None when restored from a dump or the store, until a refresh.
+    # (priv/state/binding.py); None when restored from a dump or the store, until a refresh.
     token_uri: str | None = None
 
     def wipe(self) -> None:

@@ -1,7 +1,7 @@
 """Starting one of the user's shell commands, the one way every command is started.
 
-Hooks (priv/hooks.py) and secret commands (priv/secretcmd.py) alike run as
-`SHELL -c CMD` under a reaper process (priv/reaper.py, run as a script): stdin
+Hooks (priv/run/hooks.py) and secret commands (priv/run/secretcmd.py) alike run as
+`SHELL -c CMD` under a reaper process (priv/run/reaper.py, run as a script): stdin
 from /dev/null, the shell in a session of its own, no descriptor of the server
 but the ones named here. The reaper is a child subreaper, so that on the
 command's timeout, at shutdown and when the server dies (even by SIGKILL)

@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from pizauth import ipc, limits
 from pizauth.config import NEWER_DESTINATION, V11_DESTINATION, Account
 from pizauth.ipc import Buffer
-from pizauth.priv.clock import instant
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, DevicePending, Empty, Pending, TokenTable
-from pizauth.priv.tokenstate import Cause, allows
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, DevicePending, Empty, Pending, TokenTable
+from pizauth.priv.state.tokenstate import Cause, allows
 from pizauth.text import shown
 
 log = logging.getLogger("pizauth")

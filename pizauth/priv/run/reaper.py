@@ -1,5 +1,5 @@
 """Runs one user command and answers for every process it starts (run as a script, not
-imported; pizauth/priv/usercmd.py starts it).
+imported; pizauth/priv/run/usercmd.py starts it).
 
     python -I -S reaper.py PARENT_PID SHELL CMD [--end-with-shell]
 

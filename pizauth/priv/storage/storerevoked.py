@@ -19,8 +19,8 @@ import json
 import math
 import os
 
-from pizauth.priv import store
-from pizauth.priv.store import StoreError
+from pizauth.priv.storage import store
+from pizauth.priv.storage.store import StoreError
 
 SUFFIX = ".revoked"
 VERSION = 1

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pizauth import ipc, runtime
 from pizauth.config import Account, Config
 from pizauth.ipc import NetTokenResult, RefreshKind, TokenOutcome
-from pizauth.priv import binding
-from pizauth.priv.authurl import new_auth_request
-from pizauth.priv.clock import instant
-from pizauth.priv.failures import LastError, retry_delay
-from pizauth.priv.hooks import HookRunner
-from pizauth.priv.notifier import Notifier
-from pizauth.priv.provider import Outcome, Unready, configured
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, Empty, Entry, Pending, TokenState, TokenTable
-from pizauth.priv.tokenstate import Cause
+from pizauth.priv.flows.provider import Outcome, Unready, configured
+from pizauth.priv.run.hooks import HookRunner
+from pizauth.priv.run.notifier import Notifier
+from pizauth.priv.state import binding
+from pizauth.priv.state.authurl import new_auth_request
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.failures import LastError, retry_delay
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, Empty, Entry, Pending, TokenState, TokenTable
+from pizauth.priv.state.tokenstate import Cause
 from pizauth.text import shown
 from pizauth.timeouts import TRANSIENT_ERROR_IF
 
@@ -97,8 +97,8 @@ class Refresher:
     configuration in force; ports() the redirect listeners' (http, https) ports.
     `exchange_done(account, error)` is told how each code exchange ended (None or why
     it failed), so that the browser waiting on the login can be answered
-    (priv/loginpages.py). `resolve`, `known` and `forget_secret` are the resolver's
-    (priv/provider.py): each account's endpoints and client secret before a request;
+    (priv/flows/loginpages.py). `resolve`, `known` and `forget_secret` are the resolver's
+    (priv/flows/provider.py): each account's endpoints and client secret before a request;
     without a resolver, the configuration as written.
     """
 
@@ -228,7 +228,7 @@ class Refresher:
 
     def _unbound(self, entry: Entry, why: str) -> None:
         """The token endpoint moved away from the one that issued the token: the token is
-        dropped unsent and the user told to log in again (priv/binding.py)."""
+        dropped unsent and the user told to log in again (priv/state/binding.py)."""
         name = entry.account.name
         log.error("Refreshing %s: %s", shown(name), why)
         self.failed(entry, why, instant())
@@ -366,5 +366,5 @@ class Refresher:
 
     def change(self, entry: Entry, state: TokenState, cause: Cause) -> None:
         """A change of `entry`'s token state for `cause`: the table makes it, if the state
-        machine allows it, and raises its event (priv/tokenstate.py)."""
+        machine allows it, and raises its event (priv/state/tokenstate.py)."""
         self.table.transition(entry.account.name, state, cause)

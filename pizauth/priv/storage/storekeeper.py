@@ -10,7 +10,7 @@ are written together (store.WriteSchedule), from the parent's loop (tick and
 next_wakeup). The key material stays in a Secret. With no key yet (the key
 command failed) the key command runs again when a write is due, without
 blocking the loop. A revoke the store cannot record yet goes to PATH.revoked
-(priv/storerevoked.py).
+(priv/storage/storerevoked.py).
 
 The parent alone reads and writes the file: it holds the tokens and needs no
 network to seal them, so no child gains file access or a token for it.
@@ -24,13 +24,14 @@ from collections.abc import Callable
 
 from pizauth import ipc, paths
 from pizauth.config import Config
-from pizauth.priv import secretcmd, store, storerevoked
-from pizauth.priv.clock import instant
-from pizauth.priv.notifier import Notifier
-from pizauth.priv.secmem import Secret
-from pizauth.priv.store import Aead, Status, Store, StoreError, WriteSchedule
-from pizauth.priv.tokens import TokenTable
-from pizauth.priv.tokenstate import Cause
+from pizauth.priv.run import secretcmd
+from pizauth.priv.run.notifier import Notifier
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import TokenTable
+from pizauth.priv.state.tokenstate import Cause
+from pizauth.priv.storage import store, storerevoked
+from pizauth.priv.storage.store import Aead, Status, Store, StoreError, WriteSchedule
 from pizauth.text import shown
 from pizauth.timeouts import STORE_LAST_KEY as LAST_KEY
 
@@ -151,7 +152,7 @@ class StoreKeeper:
 
     def _load(self, report: Callable[[str], None]) -> None:
         """Open the store with self.key and merge its tokens into the table."""
-        from pizauth.priv import dump  # cryptography: only loaded when a store is used
+        from pizauth.priv.storage import dump  # cryptography: only loaded when a store is used
 
         assert self.store is not None and self.key is not None
         try:
@@ -262,7 +263,7 @@ class StoreKeeper:
         self._save()
 
     def _save(self) -> None:
-        from pizauth.priv import dump
+        from pizauth.priv.storage import dump
 
         assert self.store is not None and self.key is not None
         old_error = self.store.error

@@ -1,7 +1,7 @@
 """Running a user command whose stdout is secret material, without blocking the parent.
 
 `client_secret_cmd` and `token_store_key_cmd` run as `$SHELL -c COMMAND` (/bin/sh
-when SHELL is unset) the one way every user command runs (priv/usercmd.py): under
+when SHELL is unset) the one way every user command runs (priv/run/usercmd.py): under
 a reaper that is a child subreaper, stdin from /dev/null, in a session of their
 own, with no descriptor of the server. A timeout, the server's shutdown and its
 death (even by SIGKILL) kill everything the command started, including what left
@@ -19,7 +19,7 @@ reallocated), from there into a Secret, and the bytearray is wiped: it never
 becomes a str or bytes. stderr is read only for its first line, which goes, made
 printable and short, into every error message; stdout is never quoted.
 
-The parent's loop drives it like priv/hooks.HookRunner: `watch(fd, callback)` and
+The parent's loop drives it like priv/run/hooks.HookRunner: `watch(fd, callback)` and
 `unwatch(fd)` register descriptors with its selector, `next_deadline()` and
 `enforce_timeouts(now)` fit its timer, and `on_done` receives a Secret (which the
 receiver owns and must wipe) or a CommandError. `run_blocking` does the same with
@@ -36,9 +36,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pizauth import ipc, limits
-from pizauth.priv import usercmd
-from pizauth.priv.clock import instant
-from pizauth.priv.secmem import Secret
+from pizauth.priv.run import usercmd
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.secmem import Secret
 from pizauth.timeouts import SECRET_COMMAND
 
 # How long a command may take: long enough for a person to unlock a password store.

@@ -12,7 +12,7 @@ first refresh. This is the one place the rule lives.
 
 from __future__ import annotations
 
-from pizauth.priv.tokens import Active
+from pizauth.priv.state.tokens import Active
 
 
 def refused(active: Active, token_uri: str) -> str | None:

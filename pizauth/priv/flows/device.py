@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 from pizauth import ipc, limits, runtime
 from pizauth.ipc import NetDeviceAuthResult, NetTokenResult, TokenOutcome
-from pizauth.priv.clock import instant
-from pizauth.priv.provider import Outcome, Ready, Unready
-from pizauth.priv.refresher import NetRequest, Refresher, RequestKind
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import DevicePending, Empty, Entry, TokenTable
-from pizauth.priv.tokenstate import Cause
+from pizauth.priv.flows.provider import Outcome, Ready, Unready
+from pizauth.priv.flows.refresher import NetRequest, Refresher, RequestKind
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import DevicePending, Empty, Entry, TokenTable
+from pizauth.priv.state.tokenstate import Cause
 from pizauth.text import shown as shown_name
 
 log = logging.getLogger("pizauth")

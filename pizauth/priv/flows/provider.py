@@ -13,7 +13,7 @@ until it is forgotten.
 
 A `client_secret_cmd` runs when its secret is first needed (never at start-up: a
 locked password store must not hold up the server), without blocking the loop
-(priv/secretcmd.py). The secret is kept in the locked arena until a reload, the
+(priv/run/secretcmd.py). The secret is kept in the locked arena until a reload, the
 shutdown, or the token endpoint's `invalid_client` (forget_secret), after which
 the next need runs the command again.
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pizauth import ipc, runtime
 from pizauth.config import Account
 from pizauth.ipc import NetMetadataResult, TokenOutcome
-from pizauth.priv import secretcmd
-from pizauth.priv.clock import instant
-from pizauth.priv.secmem import Secret
+from pizauth.priv.run import secretcmd
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.secmem import Secret
 from pizauth.text import shown
 from pizauth.uri import endpoint_allowed, http_uri
 

@@ -3,7 +3,7 @@
 
 Each command runs as `$SHELL -c CMD` in a session of its own, stdin from
 /dev/null, with no descriptor of the server, under a small reaper process
-(started by pizauth/priv/usercmd.py) that is a child subreaper: a timeout, the
+(started by pizauth/priv/run/usercmd.py) that is a child subreaper: a timeout, the
 server's shutdown or its death (even by SIGKILL) kills everything the command
 started, including what left its session and double-forked. The parent's event
 loop learns of a command's exit through a pidfd.
@@ -22,8 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pizauth.priv import usercmd
-from pizauth.priv.clock import instant
+from pizauth.priv.run import usercmd
+from pizauth.priv.state.clock import instant
 from pizauth.safetext import safe_text
 from pizauth.timeouts import HOOK, TRANSIENT_ERROR_IF
 

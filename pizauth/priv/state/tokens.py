@@ -2,7 +2,7 @@
 A device-flow account (auth_flow = "device") is DevicePending instead of Pending.
 
 Every change of state goes through TokenTable (transition, reload, wipe_all), which
-makes it only if the state machine (priv/tokenstate.py) allows it, and raises the event
+makes it only if the state machine (priv/state/tokenstate.py) allows it, and raises the event
 (if any) the machine says token_event_cmd is told of.
 
 Each account has a generation that changes whenever its token state is
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from pizauth.config import Account
 from pizauth.ipc import TokenEvent
-from pizauth.priv.clock import format_instant
-from pizauth.priv.failures import LastError, status_suffix
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokenstate import (
+from pizauth.priv.state.clock import format_instant
+from pizauth.priv.state.failures import LastError, status_suffix
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokenstate import (
     Active,
     Cause,
     DevicePending,

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from pizauth.config import Config
 from pizauth.ipc import TokenEvent
-from pizauth.priv.hooks import HookQueue, HookRunner
-from pizauth.priv.tokens import DevicePending, Entry, Pending, TokenTable
+from pizauth.priv.run.hooks import HookQueue, HookRunner
+from pizauth.priv.state.tokens import DevicePending, Entry, Pending, TokenTable
 from pizauth.text import shown
 from pizauth.timeouts import HOOK
 

@@ -40,7 +40,9 @@ class _Arena:
     def __init__(self, size: int) -> None:
         self.size = size
         self.map = mmap.mmap(
-            -1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+            -1,
+            size,
+            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
             prot=mmap.PROT_READ | mmap.PROT_WRITE,
         )
         self.view = memoryview(self.map)

@@ -31,12 +31,12 @@ from pizauth import ipc, runtime
 from pizauth.config import Account
 from pizauth.ipc import NetRevokeResult, TokenOutcome
 from pizauth.limits import MAX_REVOCATIONS_WAITING
-from pizauth.priv.clock import instant
-from pizauth.priv.failures import retry_delay
-from pizauth.priv.notifier import Notifier
-from pizauth.priv.provider import NETWORK_LOST, Outcome, Resolver, Unready
-from pizauth.priv.secmem import Secret
-from pizauth.priv.tokens import Active, TokenState
+from pizauth.priv.flows.provider import NETWORK_LOST, Outcome, Resolver, Unready
+from pizauth.priv.run.notifier import Notifier
+from pizauth.priv.state.clock import instant
+from pizauth.priv.state.failures import retry_delay
+from pizauth.priv.state.secmem import Secret
+from pizauth.priv.state.tokens import Active, TokenState
 from pizauth.text import shown
 from pizauth.timeouts import REVOKE_RETRIES, REVOKE_RETRY_AFTER_MAX
 

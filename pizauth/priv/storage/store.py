@@ -20,7 +20,7 @@ A file is replaced atomically: a new file in the same directory, written, fsynce
 renamed over the old one, and the directory fsynced. A store that could not be
 opened is never overwritten: it is moved aside first (Store.save).
 
-The parent's use (priv/storekeeper.py): at start, check_aead() once; then run the
+The parent's use (priv/storage/storekeeper.py): at start, check_aead() once; then run the
 key command (secretcmd.run_blocking with STORE_KEY) and, if Store.exists(),
 Store.load(key) (or Store.key_failed(message)), then dump.merge the plaintext,
 calling Store.not_opened(message) if it does not decode; a file that did not
@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from pizauth import ipc
 from pizauth.ipc import Buffer
-from pizauth.priv.secmem import Secret
+from pizauth.priv.state.secmem import Secret
 
 MAGIC = b"PZST"
 VERSION = 1

@@ -71,8 +71,11 @@ def raw_http(port: int, request: bytes, timeout: float = 10) -> bytes:
         try:
             s.sendall(request)
             s.shutdown(socket.SHUT_WR)  # so a request without a blank line ends too
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it may answer (and close) before taking everything
+        except OSError as e:
+            # It may answer and close before taking everything: the write fails, or the
+            # shutdown finds the connection already reset.
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                raise
         out = b""
         try:
             while chunk := s.recv(65536):

@@ -61,6 +61,15 @@ class HarnessError(AssertionError):
     """A step of the harness could not be carried out (a test failure, not a crash)."""
 
 
+def gone(pid: int) -> bool:
+    """True once `pid` no longer runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
 def has_line(path: Path) -> bool:
     """Whether `path` holds a whole line yet. A hook's `echo … >> FILE` creates the file
     before it writes, so a file that exists may still be empty."""
@@ -444,3 +453,21 @@ class Server:
         reply = self.request(show_request(account))
         prefix = b"access_token:"
         return reply[len(prefix) :].decode() if reply.startswith(prefix) else None
+
+
+def start_detached(server: Server, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """`pizauth server` as a user types it (it detaches): what the command printed and its
+    exit status. A server that started is checked to answer, then shut down again."""
+    env = {k: v for k, v in server.env.items() if k != "JOURNAL_STREAM"}
+    result = subprocess.run(
+        [PIZAUTH, "server", "-c", str(server.conf)],
+        env=env,
+        cwd=server.tmp,
+        capture_output=True,
+        timeout=timeout,
+    )
+    if result.returncode == 0:
+        assert server.run("status").returncode == 0  # up, and answering
+        assert server.run("shutdown").returncode == 0
+        wait_for(lambda: not os.path.exists(server.sock), 10, "the server to go")
+    return result

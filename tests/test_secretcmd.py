@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from server_harness import gone
 
 from pizauth import limits
 from pizauth.priv.run import secretcmd, usercmd
@@ -37,15 +38,6 @@ def secret_bytes(result: secretcmd.Result) -> bytes:
 def error(result: secretcmd.Result) -> str:
     assert isinstance(result, CommandError), result
     return result.message
-
-
-def gone(pid: int) -> bool:
-    """True once `pid` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
 
 
 def open_fds() -> set[str]:

@@ -12,18 +12,10 @@ import time
 from pathlib import Path
 
 from conftest import CLIENT_SECRET, Pizauth, http_get, wait_for
+from server_harness import gone
 from test_store_system import configure, logged_in_store, notified, store_path
 
 from pizauth.timeouts import SECRET_COMMAND, STORE_LAST_KEY
-
-
-def gone(pid: int) -> bool:
-    """True once `pid` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
 
 
 def escaping_sleeper(pidfile: Path) -> str:

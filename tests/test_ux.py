@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PIZAUTH, Pizauth, http_get, wait_for
-from server_harness import ROOT
+from server_harness import ROOT, start_detached
 
 
 def run_in_pty(argv: list[str], env: dict[str, str], cwd: Path, until=None, timeout=20.0):
@@ -176,23 +176,6 @@ def run_demo(tmpdir: Path):
 # -- configuration: readable secrets, errors that name the file ------------------------------
 
 SECRET_WARNING = "holds a client_secret and is readable by others (mode 644)"
-
-
-def start_detached(pizauth: Pizauth):
-    """`pizauth server` as a user types it (it detaches); returns what the command printed.
-    The daemon is shut down again before returning."""
-    env = {k: v for k, v in pizauth.env.items() if k != "JOURNAL_STREAM"}
-    result = subprocess.run(
-        [PIZAUTH, "server", "-c", str(pizauth.conf)],
-        env=env,
-        cwd=pizauth.tmp,
-        capture_output=True,
-        timeout=30,
-    )
-    if result.returncode == 0:
-        assert pizauth.run("shutdown").returncode == 0
-        wait_for(lambda: not os.path.exists(pizauth.sock), 10, "the server to go")
-    return result
 
 
 @pytest.mark.parametrize(

@@ -427,7 +427,7 @@ def test_refresh_time_honours_retry_after_within_bounds(retry_after, due):
     assert refresher.refresh_time(e) == due
 
 
-def test_a_transient_refresh_result_carries_its_retry_after(monkeypatch):
+def test_a_transient_refresh_result_carries_its_retry_after():
     conf = config.parse(block("x", "refresh_retry = 40s;"))
     table = TokenTable(conf.accounts)
     e = table.entries["x"]
@@ -436,8 +436,9 @@ def test_a_transient_refresh_result_carries_its_retry_after(monkeypatch):
 
     sent: list[bytearray] = []
     calls = runtime.Calls(lambda msg, request_id: sent.append(msg.encode(request_id)), NET_RESULTS)
-    r = refresher.Refresher(table, lambda: conf, lambda: (None, None), None, None, calls.call)
-    monkeypatch.setattr(refresher, "instant", lambda: 1950.0)
+    r = refresher.Refresher(
+        table, lambda: conf, lambda: (None, None), None, None, calls.call, clock=lambda: 1950.0
+    )
     r.start_refresh(e, 1950.0)
     (request_id,) = calls.pending
     busy = NetTokenResult(TokenOutcome.TRANSIENT, "HTTP code 503", retry_after=600)

@@ -80,7 +80,7 @@ class Listening:
 class Collaborators:
     """Everything the commands use. `listening()` is read at each `info` (a reload may
     rebind the listeners), `reload()` re-reads the configuration (the error text or
-    None), `stop()` ends the parent's loop."""
+    None), `stop()` ends the parent's loop, `clock()` is the instant now (the loop's)."""
 
     table: TokenTable
     refresher: Refresher
@@ -94,6 +94,7 @@ class Collaborators:
     listening: Callable[[], Listening]
     reload: Callable[[], str | None]
     stop: Callable[[], None]
+    clock: Callable[[], float] = instant
 
 
 class Commands:
@@ -116,7 +117,7 @@ class Commands:
         entry = self._entry_or_reply(request_id, msg.account)
         if entry is None:
             return
-        now = instant()
+        now = self._c.clock()
         state = entry.state
         if _device(entry) and not isinstance(state, Active):
             self._c.device.show(request_id, entry, msg.withurl)
@@ -190,7 +191,7 @@ class Commands:
                 pending = self._c.refresher.start_auth(entry)
                 self.reply_pending(request_id, pending, msg.withurl)
             case Active():
-                self._c.refresher.start_refresh(entry, instant())
+                self._c.refresher.start_refresh(entry, self._c.clock())
                 self.reply(request_id, "scheduled:")
 
     def revoke(self, request_id: int, msg: ipc.CmdRevoke) -> None:
@@ -222,7 +223,7 @@ class Commands:
             current = self._c.table.get(name)
             if isinstance(outcome, Unready):
                 if current is not None:
-                    self._c.refresher.failed(current, outcome.message, instant())
+                    self._c.refresher.failed(current, outcome.message, self._c.clock())
                 if outcome.notify:
                     self._c.notifier.error(name, f"{shown(name)}: {outcome.message}")
                 self.reply(request_id, "error:" + outcome.message)
@@ -238,7 +239,7 @@ class Commands:
         return False
 
     def status(self, request_id: int, msg: ipc.CmdStatus) -> None:
-        text = self._c.table.status(instant())
+        text = self._c.table.status(self._c.clock())
         kept = self._c.kept
         if kept is not None and kept.lines:
             # Errors with nowhere else to go, after the accounts (docs/compatibility.md).

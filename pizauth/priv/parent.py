@@ -79,7 +79,11 @@ class Parent:
         on_ready: Callable[[bool], None],
         kept: KeptLog | None = None,
         kept_fd: int | None = None,
+        *,
+        clock: Callable[[], float] = instant,
     ) -> None:
+        # One clock for the loop and every flow's timers, so that a test can drive both.
+        self.clock = clock
         self.config = config
         self.config_path = config_path
         self.sockets = sockets
@@ -97,15 +101,17 @@ class Parent:
         self.ready = False
         self.cmd_ready = self.net_ready = False
         self.restart_at: dict[str, float] = {}
-        self.next_touch = instant() + SOCKET_TOUCH_PERIOD
+        self.next_touch = clock() + SOCKET_TOUCH_PERIOD
         self.sel = selectors.DefaultSelector()
 
         # The tokens, the user's hooks their changes run, and the token store.
-        self.hooks = HookRunner(self.watch, self.unwatch)
+        self.hooks = HookRunner(self.watch, self.unwatch, clock)
         self.notifier = notifier = Notifier(self.hooks, lambda: self.config)
         # Each event a change of token state raises goes to token_event_cmd.
         self.table = TokenTable(config.accounts, lambda name, event: notifier.event(name, event))
-        self.keeper = StoreKeeper(config, self.table, notifier, self.watch, self.unwatch)
+        self.keeper = StoreKeeper(
+            config, self.table, notifier, self.watch, self.unwatch, clock=clock
+        )
 
         # Requests to the provider, all through the network child (runtime.Calls):
         # endpoints from issuer metadata and secrets from client_secret_cmd before any of
@@ -114,10 +120,10 @@ class Parent:
             lambda msg, request_id: self.net.post(msg, request_id), NET_RESULTS
         )
         self.resolver = Resolver(
-            self.netcalls.call, self.table.client_secret, self.watch, self.unwatch
+            self.netcalls.call, self.table.client_secret, self.watch, self.unwatch, clock
         )
         # The browser waiting on a login is answered once its code exchange has ended.
-        self.login_pages = LoginPages(self.verdict)
+        self.login_pages = LoginPages(self.verdict, clock)
         self.refresher = Refresher(
             self.table,
             lambda: self.config,
@@ -129,16 +135,23 @@ class Parent:
             resolve=self.resolver.resolve,
             known=self.resolver.known,
             forget_secret=self.resolver.forget_secret,
+            clock=clock,
         )
         self.revoker = Revoker(
-            self.resolver, self.netcalls.call, notifier, lambda name: self.config.account(name)
+            self.resolver,
+            self.netcalls.call,
+            notifier,
+            lambda name: self.config.account(name),
+            clock,
         )
 
         # What a client asks for, answered through the command child.
         replies = Replies(
             lambda msg, request_id: self.cmd.post(msg, request_id), self.client_request_id
         )
-        self.device = DeviceFlow(self.table, self.refresher, replies.reply, self.netcalls.call)
+        self.device = DeviceFlow(
+            self.table, self.refresher, replies.reply, self.netcalls.call, clock
+        )
         self.commands = Commands(self._collaborators(replies))
 
         # The children, each with what it may send (the dispatch tables below); run()
@@ -178,6 +191,7 @@ class Parent:
             listening=self.listening,
             reload=self.reload,
             stop=stop,
+            clock=self.clock,
         )
 
     def listening(self) -> Listening:
@@ -275,7 +289,7 @@ class Parent:
                 error = self.reload()
                 if error:
                     log.error("reload failed: %s", error)
-            now = instant()
+            now = self.clock()
             self.tick(now)
             if self.stopping:
                 break
@@ -392,8 +406,9 @@ class Parent:
         if child is self.net:
             self._network_lost()
         # Restart on the same sockets; throttle a child that dies as soon as it starts.
+        # How long the process lived is real time, as its start was (priv/children.py).
         delay = RESTART_DELAY if instant() - child.started_at < 1.0 else 0.0
-        self.restart_at[child.name] = instant() + delay
+        self.restart_at[child.name] = self.clock() + delay
 
     def _network_lost(self) -> None:
         """No answer will come for what the network child was asked: fail it all. And
@@ -409,7 +424,7 @@ class Parent:
                 isinstance(state, Pending) and entry.account.auth_uri is None
             )
             if from_child:
-                self.refresher.failed(entry, NETWORK_RESTARTED, instant())
+                self.refresher.failed(entry, NETWORK_RESTARTED, self.clock())
                 self.refresher.change(entry, Empty(), Cause.NETWORK_LOST)
 
     # -- the command child ------------------------------------------------------------------
@@ -465,7 +480,7 @@ class Parent:
         error = url.get("error")
         if error is not None:
             description = url.get("error_description")
-            self.refresher.failed(entry, callback_error(error, description), instant())
+            self.refresher.failed(entry, callback_error(error, description), self.clock())
             self.refresher.change(entry, Empty(), Cause.LOGIN_FAILURE)
             # A page that says what failed and what to do (the network child escapes it).
             reason = f"{error} ({description})" if description else error
@@ -483,7 +498,7 @@ class Parent:
             return
         # The page waits for the exchange's outcome (priv/flows/loginpages.py); registered
         # first, as a request that cannot even be sent fails at once.
-        self.login_pages.wait(name, request_id, instant())
+        self.login_pages.wait(name, request_id)
         self.refresher.exchange(entry, code)
 
     # -- reload and shutdown -----------------------------------------------------------------

@@ -106,7 +106,8 @@ class _Waiting:
 
 class DeviceFlow:
     """Device logins in progress. `reply(request_id, text)` answers a client; `call`
-    asks the network child (runtime.Calls.call)."""
+    asks the network child (runtime.Calls.call); `clock()` is the instant now (the
+    parent's loop ticks with the same clock)."""
 
     def __init__(
         self,
@@ -114,11 +115,13 @@ class DeviceFlow:
         refresher: Refresher,
         reply: Callable[[int, str], None],
         call: runtime.Caller,
+        clock: Callable[[], float] = instant,
     ) -> None:
         self.table = table
         self.refresher = refresher
         self._reply = reply
         self._call = call
+        self._clock = clock
         # By account: the clients of the device authorization at the network child.
         self.authorizing: dict[str, _Waiting] = {}
         # By account: logins whose endpoints or client secret are still being found.
@@ -174,7 +177,7 @@ class DeviceFlow:
 
     def _not_authorized(self, entry: Entry, waiting: _Waiting, why: Unready) -> None:
         name = entry.account.name
-        self.refresher.failed(entry, why.message, instant())
+        self.refresher.failed(entry, why.message, self._clock())
         self.refresher.change(entry, Empty(), Cause.LOGIN_FAILURE)
         if why.notify:
             self.refresher.notifier.error(
@@ -233,7 +236,7 @@ class DeviceFlow:
                 )
             return
         if result.outcome is not TokenOutcome.OK:
-            self.refresher.failed(entry, result.message, instant())  # status says it
+            self.refresher.failed(entry, result.message, self._clock())  # status says it
             self.refresher.change(entry, Empty(), Cause.LOGIN_FAILURE)
             text = f"Device authorization request for {shown_name(name)} failed: {result.message}"
             if result.outcome is TokenOutcome.TRANSIENT:
@@ -242,7 +245,7 @@ class DeviceFlow:
             for client, _ in clients:
                 self._reply(client, "error:" + text)
             return
-        now = instant()
+        now = self._clock()
         interval = first_interval(result.interval)
         state = DevicePending(
             device_code=Secret(result.device_code),
@@ -266,7 +269,7 @@ class DeviceFlow:
         state = entry.state
         if not isinstance(state, DevicePending):
             return
-        now = instant()
+        now = self._clock()
         name = entry.account.name
         if result.outcome is TokenOutcome.OK:
             self.refresher.token_received(entry, result, now, request.endpoint)  # wipes the code
@@ -278,7 +281,7 @@ class DeviceFlow:
             self._end(entry, failure_message(name, result.provider_error, result.message))
 
     def _end(self, entry: Entry, message: str) -> None:
-        self.refresher.failed(entry, message, instant())  # status and show say it
+        self.refresher.failed(entry, message, self._clock())  # status and show say it
         self.refresher.change(entry, Empty(), Cause.LOGIN_FAILURE)  # wipes the device code
         self.refresher.notifier.error(entry.account.name, message)
 
@@ -341,7 +344,7 @@ class DeviceFlow:
         entry = self.table.get(request.account)
         if entry is not None and entry.generation == request.generation:
             if isinstance(entry.state, DevicePending):
-                after_poll(entry.state, "", instant())
+                after_poll(entry.state, "", self._clock())
 
 
 def shown(state: DevicePending, withurl: bool) -> str:

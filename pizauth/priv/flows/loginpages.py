@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pizauth.priv.state.clock import instant
 from pizauth.text import shown
 from pizauth.timeouts import EXCHANGE_PAGE
 
@@ -31,15 +32,20 @@ def failed_page(name: str, reason: str) -> str:
 class LoginPages:
     """Callbacks waiting for their account's code exchange to end.
 
-    `send(request_id, status, page)` answers one callback.
+    `send(request_id, status, page)` answers one callback; `clock()` is the instant
+    now (the parent's loop calls expire with the same clock).
     """
 
-    def __init__(self, send: Callable[[int, int, str], None]) -> None:
+    def __init__(
+        self, send: Callable[[int, int, str], None], clock: Callable[[], float] = instant
+    ) -> None:
         self._send = send
+        self._clock = clock
         self.waiting: dict[str, list[tuple[int, float]]] = {}  # account -> (request, deadline)
 
-    def wait(self, name: str, request_id: int, now: float) -> None:
-        self.waiting.setdefault(name, []).append((request_id, now + EXCHANGE_PAGE))
+    def wait(self, name: str, request_id: int) -> None:
+        """A callback that waits for `name`'s exchange, EXCHANGE_PAGE seconds at most."""
+        self.waiting.setdefault(name, []).append((request_id, self._clock() + EXCHANGE_PAGE))
 
     def done(self, name: str, error: str | None) -> None:
         """The account's exchange ended: None for success, else why it failed."""

@@ -89,7 +89,8 @@ def configured(table_secret: Callable[[str], Secret | None]) -> Callable[..., No
 class Resolver:
     """`call` asks the network child (runtime.Calls.call); `table_secret(name)` is the
     configured client_secret as a Secret; watch/unwatch register descriptors with the
-    parent's selector (for client_secret_cmd)."""
+    parent's selector (for client_secret_cmd); `clock()` is the instant now (the
+    parent's loop ticks with the same clock)."""
 
     def __init__(
         self,
@@ -97,10 +98,12 @@ class Resolver:
         table_secret: Callable[[str], Secret | None],
         watch: Callable[[int, Callable[[], None]], None],
         unwatch: Callable[[int], None],
+        clock: Callable[[], float] = instant,
     ) -> None:
         self._call = call
+        self._clock = clock
         self._table_secret = table_secret
-        self.commands = secretcmd.SecretCommands(watch, unwatch)
+        self.commands = secretcmd.SecretCommands(watch, unwatch, clock=clock)
         # Per issuer: a usable document, or one judged unusable ("permanent").
         self.metadata: dict[str, NetMetadataResult] = {}
         # Counts reloads and losses of the network child: the result of a fetch asked
@@ -195,7 +198,7 @@ class Resolver:
                 called = True
                 done(outcome)
 
-        self.timers.append((instant() + limit, lambda: once(Unready(message, True, False))))
+        self.timers.append((self._clock() + limit, lambda: once(Unready(message, True, False))))
         return once
 
     def forget_secret(self, name: str) -> None:

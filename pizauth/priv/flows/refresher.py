@@ -99,7 +99,8 @@ class Refresher:
     it failed), so that the browser waiting on the login can be answered
     (priv/flows/loginpages.py). `resolve`, `known` and `forget_secret` are the resolver's
     (priv/flows/provider.py): each account's endpoints and client secret before a request;
-    without a resolver, the configuration as written.
+    without a resolver, the configuration as written. `clock()` is the instant now (the
+    parent's loop ticks with the same clock).
     """
 
     def __init__(
@@ -115,7 +116,9 @@ class Refresher:
         resolve: Callable[..., None] | None = None,
         known: Callable[[Account], Account] = lambda account: account,
         forget_secret: Callable[[str], None] = lambda name: None,
+        clock: Callable[[], float] = instant,
     ) -> None:
+        self._clock = clock
         self.table = table
         self._config = config
         self._ports = ports
@@ -231,7 +234,7 @@ class Refresher:
         dropped unsent and the user told to log in again (priv/state/binding.py)."""
         name = entry.account.name
         log.error("Refreshing %s: %s", shown(name), why)
-        self.failed(entry, why, instant())
+        self.failed(entry, why, self._clock())
         self.change(entry, Empty(), Cause.REFRESH_FAILURE)
         self.notifier.error(name, f"Refreshing {shown(name)} failed permanently: {why}")
 
@@ -264,7 +267,7 @@ class Refresher:
                 self.exchange_done(request.account, STALE_EXCHANGE)
             return  # the account changed meanwhile: the result is stale
         name = entry.account.name
-        now = instant()
+        now = self._clock()
         if result.outcome is TokenOutcome.OK:
             cause = Cause.REFRESH if request.kind == RequestKind.REFRESH else Cause.GRANT
             self._token_received(entry, result, now, request.endpoint, cause)
@@ -362,7 +365,7 @@ class Refresher:
             # The code may or may not have been used: the user can simply log in again.
             entry.state.exchanging = False
         elif request.kind == RequestKind.REFRESH and isinstance(entry.state, Active):
-            self.transient_failure(entry, "network process restarted", instant())
+            self.transient_failure(entry, "network process restarted", self._clock())
 
     def change(self, entry: Entry, state: TokenState, cause: Cause) -> None:
         """A change of `entry`'s token state for `cause`: the table makes it, if the state

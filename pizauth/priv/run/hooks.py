@@ -60,13 +60,16 @@ class Job:
 
 
 class HookRunner:
-    """Starts commands and reports their end. `watch(fd, callback)` hooks into the loop."""
+    """Starts commands and reports their end. `watch(fd, callback)` hooks into the loop;
+    `clock()` is the instant now, the loop's clock, which calls enforce_timeouts."""
 
     def __init__(
         self,
         watch: Callable[[int, Callable[[], None]], None],
         unwatch: Callable[[int], None],
+        clock: Callable[[], float] = instant,
     ) -> None:
+        self._clock = clock
         self._watch = watch
         self._unwatch = unwatch
         self.running: dict[int, Running] = {}
@@ -85,7 +88,7 @@ class HookRunner:
             on_done(f"Couldn't execute '{cmd}': {getattr(e, 'strerror', None) or e}")
             return
         pidfd = started.pidfd
-        deadline = None if timeout is None else instant() + timeout
+        deadline = None if timeout is None else self._clock() + timeout
         self.running[pidfd] = Running(cmd, started.proc, pidfd, deadline, on_done)
         self._watch(pidfd, lambda: self._exited(pidfd))
 

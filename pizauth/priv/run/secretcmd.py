@@ -107,14 +107,17 @@ class _Job:
 
 
 class SecretCommands:
-    """Runs secret commands and reports each result once through its `on_done`."""
+    """Runs secret commands and reports each result once through its `on_done`;
+    `clock()` is the instant now, the clock of whoever calls enforce_timeouts."""
 
     def __init__(
         self,
         watch: Callable[[int, Callable[[], None]], None],
         unwatch: Callable[[int], None],
         timeout: float = TIMEOUT,
+        clock: Callable[[], float] = instant,
     ) -> None:
+        self._clock = clock
         self._watch = watch
         self._unwatch = unwatch
         self.timeout = timeout
@@ -157,7 +160,7 @@ class SecretCommands:
             started.pidfd,
             out_r,
             err_r,
-            instant() + self.timeout,
+            self._clock() + self.timeout,
             on_done,
             self.timeout,
             bytearray(output.max_bytes + (1 if output.first_line else 2)),
@@ -259,7 +262,7 @@ class SecretCommands:
         """Tell the reaper to kill it all; its exit ends the job."""
         if not job.stopping:
             job.stopping = True
-            job.deadline = instant() + usercmd.REAPER_GRACE
+            job.deadline = self._clock() + usercmd.REAPER_GRACE
             usercmd.stop(job.proc)
 
     def _close_stdout(self, job: _Job) -> None:

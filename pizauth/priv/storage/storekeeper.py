@@ -39,7 +39,8 @@ log = logging.getLogger("pizauth")
 
 
 class StoreKeeper:
-    """The store of `config` (inert when none is configured) for `table`."""
+    """The store of `config` (inert when none is configured) for `table`; `clock()` is
+    the instant now, the clock of the loop that calls tick."""
 
     def __init__(
         self,
@@ -49,7 +50,10 @@ class StoreKeeper:
         watch: Callable[[int, Callable[[], None]], None],
         unwatch: Callable[[int], None],
         aead: Aead | None = None,
+        *,
+        clock: Callable[[], float] = instant,
     ) -> None:
+        self._clock = clock
         self.table = table
         self.notifier = notifier
         self.configured = (config.token_store, config.token_store_key_cmd)
@@ -60,7 +64,7 @@ class StoreKeeper:
         )
         self.aead = aead
         self.schedule = WriteSchedule()
-        self.commands = secretcmd.SecretCommands(watch, unwatch)
+        self.commands = secretcmd.SecretCommands(watch, unwatch, clock=clock)
         self.key: Secret | None = None
         self.closed = False
         self.generations_at_start: dict[str, int] | None = None
@@ -213,7 +217,7 @@ class StoreKeeper:
 
     def changed(self) -> None:
         if not self.closed and not self._unusable():
-            self.schedule.changed(instant())
+            self.schedule.changed(self._clock())
 
     def next_wakeup(self) -> float | None:
         times = [self.schedule.next_write_due(), self.commands.next_deadline()]

@@ -7,22 +7,20 @@ against the installed server in real seconds."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_hostile import no_internal_errors
-from test_netcall import Recorded, answer, show
+from test_netcall import Recorded, answer, recorded_parent, show
 
-from pizauth import config, ipc
+from pizauth import ipc
 from pizauth.ipc import MsgType, NetTokenResult, TokenOutcome
 from pizauth.net import device as netdevice
 from pizauth.net.calls import device_auth_to_wire
 from pizauth.priv.flows import device
 from pizauth.priv.flows.loginpages import PROCESSING_PAGE, STILL_COMPLETING_PAGE
 from pizauth.priv.flows.refresher import MAX_SLEEP
-from pizauth.priv.parent import Parent, Sockets
+from pizauth.priv.parent import Parent
 from pizauth.priv.state.tokens import Active, DevicePending, Empty, Pending
 from pizauth.timeouts import EXCHANGE_PAGE
 
@@ -82,26 +80,10 @@ class Timed:
 
 @pytest.fixture
 def timed(tmp_path: Path) -> Iterator[Timed]:
-    control = socket.socket(socket.AF_UNIX)
-    control.bind(str(tmp_path / "sock"))
     clock = Clock()
-    p = Parent(
-        config.parse(CONF), "unused", Sockets(control, None, None), [], lambda _: None, clock=clock
-    )
-    seen = Recorded()
-    for child in (p.cmd, p.net):
-
-        def send(frame: bytearray, secret: bool = False) -> None:
-            seen.frames.append((ipc.decode(bytearray(frame)), secret))
-
-        child.send = send  # type: ignore[method-assign]
-        child.drop = lambda child=child: seen.dropped.append(child.name)  # type: ignore[method-assign]
-    with no_internal_errors():
+    with recorded_parent(tmp_path, CONF, clock=clock) as (p, seen):
         yield Timed(p, seen, clock)
-    assert seen.dropped == []
-    p.table.wipe_all()
-    p.revoker.wipe_all()
-    control.close()
+        assert seen.dropped == []
 
 
 def authorized(t: Timed, result: ipc.NetDeviceAuthResult) -> DevicePending:

@@ -6,6 +6,7 @@ secret or not by its type."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,11 +59,15 @@ class Recorded:
         return [bytes(m.fields[0]).decode() for m, _ in self.frames if m.type is MsgType.CMD_REPLY]
 
 
-@pytest.fixture
-def parent(tmp_path: Path) -> Iterator[tuple[Parent, Recorded]]:
+@contextlib.contextmanager
+def recorded_parent(tmp_path: Path, conf: str, **options: Any) -> Iterator[tuple[Parent, Recorded]]:
+    """A Parent for `conf` whose children never start: what it sends them is recorded,
+    and dropping one is recorded rather than done. `options` go to Parent (clock=)."""
     control = socket.socket(socket.AF_UNIX)
     control.bind(str(tmp_path / "sock"))
-    p = Parent(config.parse(CONF), "unused", Sockets(control, None, None), [], lambda _: None)
+    p = Parent(
+        config.parse(conf), "unused", Sockets(control, None, None), [], lambda _: None, **options
+    )
     seen = Recorded()
     for child in (p.cmd, p.net):
 
@@ -71,11 +76,19 @@ def parent(tmp_path: Path) -> Iterator[tuple[Parent, Recorded]]:
 
         child.send = send  # type: ignore[method-assign]
         child.drop = lambda child=child: seen.dropped.append(child.name)  # type: ignore[method-assign]
-    with no_internal_errors():
+    try:
+        with no_internal_errors():
+            yield p, seen
+    finally:
+        p.table.wipe_all()
+        p.revoker.wipe_all()
+        control.close()
+
+
+@pytest.fixture
+def parent(tmp_path: Path) -> Iterator[tuple[Parent, Recorded]]:
+    with recorded_parent(tmp_path, CONF) as (p, seen):
         yield p, seen
-    p.table.wipe_all()
-    p.revoker.wipe_all()
-    control.close()
 
 
 def show(p: Parent, name: str, request_id: int) -> None:
